@@ -1,0 +1,130 @@
+"""The alternation of SGPO's two phases, as a `TrainerCallback` the trainer asks before each step.
+
+One `train()` call alternates *improver* steps (supervised updates of the improver role) and *DPO* steps (preference
+updates of the policy on self-generated pairs). The schedule is a warm-up of improver steps, then cycles of
+``improver_steps`` improver steps followed by ``dpo_steps`` DPO steps, optionally limited to ``num_cycles`` cycles
+(DPO steps only afterwards). ``improver_steps=1, dpo_steps=1`` alternates every optimizer step.
+
+Why interleave rather than run the phases in long blocks: on a 0.9M-parameter model, 50 improver-only steps after SFT
+took the policy's exact match from 45% to 15% (role interference), and DPO steps with no improver loss let the
+improver drift to long outputs with no EOS. Short cycles, and the improver loss mixed into DPO steps
+(``improver_loss_weight``), avoided both.
+
+The phase of a step is a pure function of the global step, so a resumed run continues in the right phase; the
+callback also saves the phases already run (run-length encoded) in the checkpoint's trainer state.
+"""
+
+from dataclasses import asdict, dataclass
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+IMPROVER = "improver"
+DPO = "dpo"
+PHASE_IDS = {IMPROVER: 0, DPO: 1}  # logged as `sgpo/phase`, trackers want numbers
+
+
+@dataclass(frozen=True)
+class PhaseSchedule:
+    """Which phase each optimizer step (0-based global step) belongs to."""
+
+    improver_warmup_steps: int = 0
+    improver_steps: int = 1
+    dpo_steps: int = 1
+    num_cycles: int | None = None
+
+    def __post_init__(self):
+        if min(self.improver_warmup_steps, self.improver_steps, self.dpo_steps) < 0:
+            raise ValueError(f"Phase lengths must be >= 0, got {self}.")
+        if self.improver_warmup_steps + self.improver_steps + self.dpo_steps == 0:
+            raise ValueError("The schedule has zero steps in every phase: set improver_steps or dpo_steps >= 1.")
+
+    def phase_at(self, step: int) -> str:
+        if step < self.improver_warmup_steps:
+            return IMPROVER
+        step -= self.improver_warmup_steps
+        cycle_length = self.improver_steps + self.dpo_steps
+        if cycle_length == 0 or (self.num_cycles is not None and step >= self.num_cycles * cycle_length):
+            return DPO
+        return IMPROVER if step % cycle_length < self.improver_steps else DPO
+
+    def phases(self, num_steps: int) -> list[str]:
+        return [self.phase_at(step) for step in range(num_steps)]
+
+
+class SGPOPhaseCallback(TrainerCallback, ExportableState):
+    """Decides the phase of every optimizer step; `SGPOTrainer` reads `phase` and `phase_started` in each step.
+
+    Args:
+        improver_warmup_steps, improver_steps, dpo_steps, num_cycles: the `PhaseSchedule`.
+        skip_improver (`bool`): run DPO steps only (the `spin` pair source has no improver role to train).
+    """
+
+    def __init__(
+        self,
+        improver_warmup_steps: int = 0,
+        improver_steps: int = 1,
+        dpo_steps: int = 1,
+        num_cycles: int | None = None,
+        skip_improver: bool = False,
+    ):
+        self.skip_improver = skip_improver
+        self.schedule = PhaseSchedule(improver_warmup_steps, improver_steps, dpo_steps, num_cycles)
+        self.phase_runs: list[list] = []  # [[phase, number of steps], ...] of the completed steps
+        self.phase = self.phase_at(0)
+        self.phase_started = True
+
+    @classmethod
+    def from_args(cls, args: TrainingArguments) -> "SGPOPhaseCallback":
+        return cls(
+            improver_warmup_steps=args.improver_warmup_steps,
+            improver_steps=args.improver_steps,
+            dpo_steps=args.dpo_steps,
+            num_cycles=args.num_cycles,
+            skip_improver=args.pair_source == "spin",
+        )
+
+    def phase_at(self, step: int) -> str:
+        return DPO if self.skip_improver else self.schedule.phase_at(step)
+
+    @property
+    def phase_history(self) -> list[str]:
+        """The phase of every completed optimizer step, in order."""
+        return [phase for phase, count in self.phase_runs for _ in range(count)]
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if state.global_step > 0 and isinstance(saved, dict):  # resuming: take back the phases already run
+            if saved.get("args") != self.state()["args"]:
+                logger.warning(
+                    "Resuming with a different SGPO schedule than the checkpoint's (%s vs %s): the phases continue "
+                    "from the new schedule at step %d.",
+                    self.state()["args"],
+                    saved.get("args"),
+                    state.global_step,
+                )
+            self.phase_runs = [list(run) for run in saved.get("attributes", {}).get("phase_runs", [])]
+        self._set_phase(state.global_step)
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._set_phase(state.global_step)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.phase_runs and self.phase_runs[-1][0] == self.phase:
+            self.phase_runs[-1][1] += 1
+        else:
+            self.phase_runs.append([self.phase, 1])
+
+    def _set_phase(self, step: int) -> None:
+        self.phase = self.phase_at(step)
+        self.phase_started = step == 0 or self.phase_at(step - 1) != self.phase
+
+    def state(self) -> dict:
+        return {
+            "args": {**asdict(self.schedule), "skip_improver": self.skip_improver},
+            "attributes": {"phase_runs": [list(run) for run in self.phase_runs]},
+        }

@@ -1,0 +1,258 @@
+"""`SGPOConfig`: TRL's `OnlineDPOConfig` plus the improver, pair and schedule settings of SGPO."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl.experimental.online_dpo import OnlineDPOConfig
+
+from .improver import TARGET_STRATEGIES, validate_template
+from .pairs import PAIR_SOURCES
+
+
+DEFAULT_IMPROVER_TEMPLATE = (
+    "Below is a prompt and a draft response. Rewrite the draft into a better response: fix what is wrong or "
+    "missing, keep what is already good, and answer with the improved response only.\n\n"
+    "### Prompt:\n{prompt}\n\n### Draft response:\n{response}"
+)
+
+
+@dataclass
+class SGPOConfig(OnlineDPOConfig):
+    r"""
+    Configuration class for [`SGPOTrainer`].
+
+    SGPO (Self-Generated Preference Optimization, [arXiv:2507.20181](https://arxiv.org/abs/2507.20181)) trains one
+    model in two roles: the *policy* answers a prompt with `y`, the *improver* rewrites `y` into a better `y'`. The
+    improver role is trained, supervised, towards the SFT references of the dataset; the policy is trained with DPO on
+    `(chosen=y', rejected=y)`. This class adds SGPO's settings to TRL's `OnlineDPOConfig`; every parent field
+    (`beta`, `loss_type`, `max_new_tokens`, `temperature`, `use_vllm`, ...) keeps its meaning and applies to the
+    policy's samples and the DPO loss. The reward-related parent fields (`reward_model_path`, `reward_weights`,
+    `missing_eos_penalty`) are rejected: SGPO has no reward.
+
+    Which details follow the paper and which are this project's own design is marked on each field: the paper does
+    not publish its improver prompt, its target construction or its hyperparameters.
+
+    Parameters:
+        > Improver role (our design: the paper gives no template or target construction)
+
+        improver_template (`str` or `Callable`, *optional*):
+            Prompt of the improver role. A string with the fields `{prompt}` (the user's request: the text prompt, or
+            the content of the last user message of a conversational prompt) and `{response}` (the policy's draft).
+            Rendered through the tokenizer's chat template as a user turn when the tokenizer has one (earlier turns
+            of a conversational prompt are kept before it), else used as plain text. In Python it may also be a
+            callable `(prompt, response) -> str | list[dict]`; a returned message list is rendered as is.
+        improver_target (`str`, *optional*, defaults to `"interpolate"`):
+            What the improver is trained to write for a draft `y`. `"reference"`: the SFT reference itself (a jump,
+            as in SynPO). `"interpolate"`: `y` with the first `improver_alpha` fraction of the token-level edit
+            operations that turn `y` into the reference applied (an incremental step, as the paper asks).
+        improver_alpha (`float`, *optional*, defaults to `0.5`):
+            Fraction of the edit operations applied by the `"interpolate"` strategy, in `[0, 1]`.
+        improver_drop_unchanged (`bool`, *optional*, defaults to `True`):
+            Drop improver targets equal to the draft (no discernible improvement).
+        improver_filter_outliers (`bool`, *optional*, defaults to `True`):
+            Drop improver targets whose improvement size (edit operations from the draft) lies outside the Tukey
+            fences of the batch, `[Q1 - k*IQR, Q3 + k*IQR]`: keeps improvements incremental. Needs >= 4 targets.
+        improver_outlier_k (`float`, *optional*, defaults to `1.5`):
+            The `k` of the Tukey fences.
+        improver_max_new_tokens (`int`, *optional*):
+            Maximum tokens of an improved response. Defaults to `max_new_tokens`.
+        improver_temperature (`float`, *optional*):
+            Sampling temperature of the improver; `0` means greedy. Defaults to `temperature`.
+        improver_top_p (`float`, *optional*):
+            Top-p of the improver's sampling. Defaults to `top_p`.
+
+        > Pairs and loss
+
+        pair_source (`str`, *optional*, defaults to `"sgpo"`):
+            Where the chosen side of a DPO pair comes from. `"sgpo"`: the improver's rewrite of the policy sample
+            (the paper). `"spin"`: the SFT reference (the SPIN baseline, run in the same trainer; improver phases and
+            the improver loss are then skipped).
+        improver_loss_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the improver's supervised loss added to the DPO loss in DPO steps (our design). Without it the
+            improver drifted to long outputs with no EOS in our measurements.
+        chosen_nll_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of an NLL term on the chosen side of each kept pair (as in RPO).
+
+        > Alternation schedule (our design; the paper alternates the two updates in one run)
+
+        improver_warmup_steps (`int`, *optional*, defaults to `0`):
+            Optimizer steps of improver training before the first cycle.
+        improver_steps (`int`, *optional*, defaults to `1`):
+            Improver-phase steps at the start of each cycle.
+        dpo_steps (`int`, *optional*, defaults to `1`):
+            DPO-phase steps at the end of each cycle.
+        num_cycles (`int`, *optional*):
+            Number of cycles; after them every step is a DPO step. `None`: cycles repeat until training ends.
+        sync_ref_model_each_dpo_phase (`bool`, *optional*, defaults to `False`):
+            Copy the current weights into the DPO reference model when a DPO phase starts (not with PEFT, whose
+            reference is the base model with the adapter disabled).
+    """
+
+    # Annotated `str` for the command line; a callable is accepted when set from Python.
+    improver_template: str = field(
+        default=DEFAULT_IMPROVER_TEMPLATE,
+        metadata={
+            "help": "Prompt of the improver role: a string with the fields {prompt} and {response}, rendered through "
+            "the tokenizer's chat template as a user turn (or a callable (prompt, response) -> str | messages, in "
+            "Python). Our design: the paper does not publish its template."
+        },
+    )
+    improver_target: str = field(
+        default="interpolate",
+        metadata={
+            "help": "What the improver is trained to write for a draft: 'reference' (the SFT reference) or "
+            "'interpolate' (the draft with a fraction improver_alpha of its token edits towards the reference).",
+            "choices": list(TARGET_STRATEGIES),
+        },
+    )
+    improver_alpha: float = field(
+        default=0.5,
+        metadata={"help": "Fraction in [0, 1] of the draft-to-reference edit operations applied by 'interpolate'."},
+    )
+    improver_drop_unchanged: bool = field(
+        default=True,
+        metadata={"help": "Drop improver targets equal to the draft (no discernible improvement)."},
+    )
+    improver_filter_outliers: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop improver targets whose improvement size lies outside the batch's Tukey fences "
+            "[Q1 - k*IQR, Q3 + k*IQR] (keeps improvements incremental). Needs at least 4 targets."
+        },
+    )
+    improver_outlier_k: float = field(
+        default=1.5,
+        metadata={"help": "The k of the Tukey fences used by improver_filter_outliers."},
+    )
+    improver_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Maximum tokens of an improved response. Defaults to max_new_tokens."},
+    )
+    improver_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature of the improver (0 = greedy). Defaults to temperature."},
+    )
+    improver_top_p: float | None = field(
+        default=None,
+        metadata={"help": "Top-p of the improver's sampling. Defaults to top_p."},
+    )
+    pair_source: str = field(
+        default="sgpo",
+        metadata={
+            "help": "Chosen side of the DPO pairs: 'sgpo' (the improver's rewrite) or 'spin' (the SFT reference; "
+            "the SPIN baseline, improver phases skipped).",
+            "choices": list(PAIR_SOURCES),
+        },
+    )
+    improver_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the improver's supervised loss added in DPO steps (0 disables it)."},
+    )
+    chosen_nll_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an NLL term on the chosen side of each kept pair (0 disables it)."},
+    )
+    improver_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Optimizer steps of improver training before the first cycle."},
+    )
+    improver_steps: int = field(
+        default=1,
+        metadata={"help": "Improver-phase optimizer steps at the start of each cycle."},
+    )
+    dpo_steps: int = field(
+        default=1,
+        metadata={"help": "DPO-phase optimizer steps at the end of each cycle."},
+    )
+    num_cycles: int | None = field(
+        default=None,
+        metadata={"help": "Number of improver/DPO cycles; afterwards every step is a DPO step. Unset: no limit."},
+    )
+    sync_ref_model_each_dpo_phase: bool = field(
+        default=False,
+        metadata={"help": "Copy the current weights into the DPO reference model when a DPO phase starts."},
+    )
+    # GPU-minded parent defaults made device-aware: unset means "on if a CUDA device is present".
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Use bf16 mixed precision. Unset: on when a bf16-capable CUDA GPU is present and fp16 and "
+            "use_cpu are off, off otherwise (so CPU runs need no flag)."
+        },
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Trade compute for memory. Unset: on when a CUDA GPU is present (and use_cpu is off), off on CPU, "
+            "where it would also disable the KV cache during generation."
+        },
+    )
+
+    def __post_init__(self):
+        on_gpu = torch.cuda.is_available() and not self.use_cpu
+        if self.bf16 is None:
+            self.bf16 = bool(on_gpu and not self.fp16 and torch.cuda.is_bf16_supported())
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = on_gpu
+        super().__post_init__()
+        self._validate_sgpo_fields()
+
+    def _validate_sgpo_fields(self) -> None:
+        """Reject bad settings here, before any model is loaded."""
+        if self.reward_model_path is not None or self.reward_weights is not None or self.missing_eos_penalty:
+            raise ValueError(
+                "SGPO uses no reward: unset `reward_model_path`, `reward_weights` and `missing_eos_penalty`. The "
+                "chosen side of each pair comes from the improver role (or the reference with pair_source='spin')."
+            )
+        if self.improver_target not in TARGET_STRATEGIES:
+            raise ValueError(
+                f"Unknown improver_target {self.improver_target!r}: choose one of {sorted(TARGET_STRATEGIES)}."
+            )
+        if self.pair_source not in PAIR_SOURCES:
+            raise ValueError(f"Unknown pair_source {self.pair_source!r}: choose one of {sorted(PAIR_SOURCES)}.")
+        if not 0.0 <= self.improver_alpha <= 1.0:
+            raise ValueError(
+                f"improver_alpha must be in [0, 1] (the fraction of edits applied), got {self.improver_alpha}."
+            )
+        if self.improver_outlier_k < 0:
+            raise ValueError(
+                f"improver_outlier_k must be >= 0, got {self.improver_outlier_k}; to switch the filter off set "
+                "improver_filter_outliers=False."
+            )
+        betas = self.beta if isinstance(self.beta, list) else [self.beta]
+        if any(b <= 0 for b in betas):
+            raise ValueError(f"beta must be > 0 (it scales the DPO log-ratio), got {self.beta}.")
+        for name in ("improver_warmup_steps", "improver_steps", "dpo_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.num_cycles is not None and self.num_cycles < 0:
+            raise ValueError(f"num_cycles must be >= 0 or unset (no limit), got {self.num_cycles}.")
+        if self.improver_warmup_steps + self.improver_steps + self.dpo_steps == 0:
+            raise ValueError(
+                "The schedule has zero steps in every phase: set improver_steps and/or dpo_steps to at least 1 "
+                "(e.g. improver_steps=1 dpo_steps=1 alternates every step)."
+            )
+        for name in ("improver_loss_weight", "chosen_nll_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 disables the term), got {getattr(self, name)}.")
+        if self.improver_max_new_tokens is not None and self.improver_max_new_tokens < 1:
+            raise ValueError(f"improver_max_new_tokens must be >= 1, got {self.improver_max_new_tokens}.")
+        if self.improver_temperature is not None and self.improver_temperature < 0:
+            raise ValueError(f"improver_temperature must be >= 0 (0 = greedy), got {self.improver_temperature}.")
+        if isinstance(self.improver_template, str):
+            validate_template(self.improver_template)
+        elif not callable(self.improver_template):
+            raise TypeError(
+                "improver_template must be a string with {prompt} and {response} or a callable "
+                f"(prompt, response) -> str | messages, got {type(self.improver_template).__name__}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        # A callable template cannot be serialised to JSON (logs, model cards): record its name instead.
+        config = super().to_dict()
+        if isinstance(self.improver_template, Callable):
+            template = self.improver_template
+            config["improver_template"] = f"<callable {getattr(template, '__qualname__', repr(template))}>"
+        return config

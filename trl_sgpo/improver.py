@@ -1,0 +1,169 @@
+"""The improver role without a model: prompt rendering, target strategies and the outlier filter.
+
+Everything here is plain Python on strings and token-id lists, so it is tested on hand-made cases.
+The paper (arXiv:2507.20181) trains the improver to make "incremental yet discernible" improvements
+towards the SFT reference; it does not publish how. This module is our construction:
+
+- an *edit script* is the list of single-token operations (substitute, delete, insert) that turns
+  the draft into the reference, read left to right from `difflib`'s opcodes;
+- the ``interpolate`` target applies the first ``alpha`` fraction of that script (incremental);
+- the ``reference`` target applies all of it (the reference itself);
+- the filter drops targets that change nothing (not discernible) and, by Tukey's fences over the
+  batch, targets whose change is unusually large or small (not incremental).
+"""
+
+import difflib
+import math
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+
+TARGET_STRATEGIES = ("reference", "interpolate")
+TEMPLATE_FIELDS = ("prompt", "response")
+_FIELD_PATTERN = re.compile(r"\{(prompt|response)\}")
+
+Prompt = str | list[dict[str, Any]]
+ImproverTemplate = str | Callable[[Prompt, str], str | list[dict[str, Any]]]
+
+
+def validate_template(template: str) -> None:
+    """Raise a `ValueError` unless ``template`` holds both ``{prompt}`` and ``{response}``."""
+    missing = [name for name in TEMPLATE_FIELDS if "{" + name + "}" not in template]
+    if missing:
+        fields = " and ".join("{" + name + "}" for name in missing)
+        raise ValueError(
+            f"The improver template has no {fields} field: the improver must see both the prompt and the draft. "
+            "Add them, e.g. '{prompt}\\nDraft: {response}\\nImproved:'."
+        )
+
+
+def fill_template(template: str, prompt: str, response: str) -> str:
+    """Fill ``{prompt}`` and ``{response}`` in one pass, so braces inside the texts are left alone."""
+    values = {"prompt": prompt, "response": response}
+    return _FIELD_PATTERN.sub(lambda match: values[match.group(1)], template)
+
+
+def render_improver_prompt(
+    template: ImproverTemplate, prompt: Prompt, response: str, tokenizer: PreTrainedTokenizerBase
+) -> str:
+    """Render the improver's prompt text for a (prompt, draft response) pair.
+
+    A conversational prompt keeps its earlier turns; its last user message becomes the filled template. A text
+    prompt becomes one user turn. The result goes through the tokenizer's chat template (with the generation prompt)
+    when the tokenizer has one, so the improved response is generated as the assistant's turn; without a chat
+    template the filled text is the prompt.
+    """
+    if callable(template):
+        rendered = template(prompt, response)
+        if isinstance(rendered, list):
+            return tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True)
+        return _as_user_turn(rendered, [], tokenizer)
+    if isinstance(prompt, str):
+        return _as_user_turn(fill_template(template, prompt, response), [], tokenizer)
+    *history, last = prompt
+    return _as_user_turn(fill_template(template, last["content"], response), history, tokenizer)
+
+
+def _as_user_turn(content: str, history: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        return content
+    messages = [*history, {"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass(frozen=True)
+class EditOperation:
+    """One single-token edit: ``kind`` is 'substitute', 'delete' or 'insert'."""
+
+    kind: str
+    source_index: int  # position in the draft (for insert: the position it goes before)
+    token: int | None  # the reference token written (None for delete)
+
+
+def edit_script(draft: Sequence[int], reference: Sequence[int]) -> list[EditOperation]:
+    """The single-token operations that turn ``draft`` into ``reference``, left to right.
+
+    Built from `difflib.SequenceMatcher` opcodes (not always a minimal Levenshtein script, but close and fast):
+    a 'replace' block becomes substitutions of the overlapping length, then the extra deletions or insertions.
+    """
+    operations: list[EditOperation] = []
+    matcher = difflib.SequenceMatcher(a=list(draft), b=list(reference), autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        overlap = min(i2 - i1, j2 - j1) if tag == "replace" else 0
+        for offset in range(overlap):
+            operations.append(EditOperation("substitute", i1 + offset, reference[j1 + offset]))
+        for index in range(i1 + overlap, i2):
+            operations.append(EditOperation("delete", index, None))
+        for index in range(j1 + overlap, j2):
+            operations.append(EditOperation("insert", i2, reference[index]))
+    return operations
+
+
+def apply_edits(draft: Sequence[int], operations: Sequence[EditOperation]) -> list[int]:
+    """Apply a subset of an `edit_script` (any subset: the operations are independent)."""
+    substitutions = {op.source_index: op.token for op in operations if op.kind == "substitute"}
+    deletions = {op.source_index for op in operations if op.kind == "delete"}
+    insertions: dict[int, list[int]] = {}
+    for op in operations:
+        if op.kind == "insert":
+            insertions.setdefault(op.source_index, []).append(op.token)
+    result: list[int] = []
+    for index in range(len(draft) + 1):
+        result.extend(insertions.get(index, []))
+        if index == len(draft):
+            break
+        if index in deletions:
+            continue
+        result.append(substitutions.get(index, draft[index]))
+    return result
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of single-token operations in the edit script from ``a`` to ``b``."""
+    return len(edit_script(a, b))
+
+
+def improver_target(
+    strategy: str, draft: Sequence[int], reference: Sequence[int], alpha: float = 0.5
+) -> tuple[list[int], int]:
+    """The target the improver learns to write for ``draft``, and the improvement size (edits applied).
+
+    ``interpolate`` applies ``ceil(alpha * n)`` of the ``n`` edits, so any ``alpha > 0`` moves a wrong draft by at
+    least one token; ``alpha = 1`` gives the reference and ``alpha = 0`` the draft.
+    """
+    if strategy not in TARGET_STRATEGIES:
+        raise ValueError(f"Unknown improver target strategy {strategy!r}: choose one of {list(TARGET_STRATEGIES)}.")
+    operations = edit_script(draft, reference)
+    if strategy == "reference":
+        return list(reference), len(operations)
+    applied = operations[: math.ceil(alpha * len(operations))]
+    return apply_edits(draft, applied), len(applied)
+
+
+def tukey_keep(sizes: Sequence[float], k: float = 1.5) -> list[bool]:
+    """Keep the values inside Tukey's fences ``[Q1 - k*IQR, Q3 + k*IQR]`` (all of them below 4 values)."""
+    if len(sizes) < 4:
+        return [True] * len(sizes)
+    q1, _, q3 = statistics.quantiles(sizes, n=4, method="inclusive")
+    low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+    return [low <= size <= high for size in sizes]
+
+
+def select_targets(
+    sizes: Sequence[int], drop_unchanged: bool = True, filter_outliers: bool = True, k: float = 1.5
+) -> list[bool]:
+    """Which improver targets to train on: discernible (size > 0) and, among those, inside the Tukey fences."""
+    keep = [size > 0 or not drop_unchanged for size in sizes]
+    if filter_outliers:
+        candidates = [index for index, kept in enumerate(keep) if kept]
+        inside = tukey_keep([sizes[index] for index in candidates], k)
+        for index, is_inside in zip(candidates, inside):
+            keep[index] = is_inside
+    return keep

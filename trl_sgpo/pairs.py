@@ -1,0 +1,56 @@
+"""Reward-free preference pairs and the degenerate-pair filter (plain Python, no model).
+
+SGPO's pair is ``(chosen = improver(x, y), rejected = y)``: both sides come from the current model, and no reward
+ranks them. The ``spin`` source uses the SFT reference as the chosen side instead (the SPIN baseline), so both run
+in the same trainer. A pair teaches nothing, or the wrong thing, when its sides are identical (zero gradient), when a
+side is empty, or when a side was cut at the length limit (no EOS, so its log-probability scores an unfinished
+text); such pairs are dropped and counted.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+PAIR_SOURCES = ("sgpo", "spin")
+
+
+@dataclass
+class Completion:
+    """A sampled (or reference) completion: its content tokens (no EOS, no padding) and whether it ended with EOS."""
+
+    token_ids: list[int]
+    ended: bool
+
+
+@dataclass
+class PairFilterResult:
+    """Which pairs survive, and why the others were dropped (a pair counts under its first failing rule)."""
+
+    keep: list[bool]
+    identical: int = 0
+    empty: int = 0
+    truncated: int = 0
+    reasons: list[str | None] = field(default_factory=list)
+
+    @property
+    def num_kept(self) -> int:
+        return sum(self.keep)
+
+
+def filter_pairs(chosen: Sequence[Completion], rejected: Sequence[Completion]) -> PairFilterResult:
+    """Drop pairs whose sides are identical, empty, or cut off (no EOS), in that order of precedence."""
+    result = PairFilterResult(keep=[])
+    for good, bad in zip(chosen, rejected, strict=True):
+        if good.token_ids == bad.token_ids:
+            reason = "identical"
+        elif not good.token_ids or not bad.token_ids:
+            reason = "empty"
+        elif not (good.ended and bad.ended):
+            reason = "truncated"
+        else:
+            reason = None
+        result.keep.append(reason is None)
+        result.reasons.append(reason)
+        if reason is not None:
+            setattr(result, reason, getattr(result, reason) + 1)
+    return result
