@@ -1,0 +1,604 @@
+"""`SGPOTrainer`: TRL's `OnlineDPOTrainer` with SGPO's self-generated pairs and the improver role."""
+
+import os
+import textwrap
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object
+from datasets import Dataset, IterableDataset
+from safetensors.torch import load_model, save_model
+from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from transformers import (
+    AutoTokenizer,
+    DataCollator,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
+from trl.data_utils import maybe_apply_chat_template
+from trl.experimental.online_dpo import OnlineDPOTrainer
+from trl.experimental.utils import truncate_right
+from trl.extras.profiling import profiling_context
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.callbacks import SyncRefModelCallback
+
+from .callbacks import DPO, IMPROVER, PHASE_IDS, SGPOPhaseCallback
+from .config import SGPOConfig
+from .data import reference_text, validate_prompt_completion_dataset
+from .improver import edit_distance, improver_target, render_improver_prompt, select_targets
+from .pairs import Completion, filter_pairs
+
+
+REF_MODEL_FILE = "sgpo_ref_model.safetensors"
+
+
+def _no_reward(*args, **kwargs):
+    """Placeholder handed to the parent, which insists on a reward function; SGPO never calls it."""
+    raise RuntimeError("SGPO has no reward function; this placeholder must never be called.")
+
+
+class SGPOTrainer(OnlineDPOTrainer):
+    r"""
+    Trainer for SGPO: Self-Generated Preference Optimization based on Self-Improver
+    ([arXiv:2507.20181](https://arxiv.org/abs/2507.20181)).
+
+    One model plays two roles. As the *policy* it answers a prompt `x` with `y`; as the *improver*, prompted with
+    `args.improver_template` holding `x` and `y`, it rewrites `y` into `y'`. Each optimizer step is one of two phases,
+    decided by [`SGPOPhaseCallback`] from the schedule in `args`:
+
+    - **improver step**: sample `y` from the policy, build the improver's target from the SFT reference
+      (`args.improver_target`), filter the targets, and take a supervised step on `(improver prompt(x, y), target)`;
+    - **DPO step**: sample `y`, let the improver rewrite it into `y'`, drop degenerate pairs, and take a DPO step
+      on `(chosen=y', rejected=y)` against the reference model (the adapter-disabled model under PEFT), plus the
+      improver loss weighted by `args.improver_loss_weight`.
+
+    No reward model, judge or preference data is used. The dataset is TRL's prompt-completion format (standard or
+    conversational); the completion is the SFT reference. Generation goes through the parent's machinery
+    (`transformers` generate under `unwrap_model_for_generation`, or vLLM with `use_vllm=True`).
+
+    Losses are sums over the micro-batch divided by the number of prompts in the whole accumulated batch, so that
+    gradient accumulation and data parallelism give the same gradient as one big batch; a dropped pair or target
+    contributes zero.
+
+    Args:
+        model (`str | PreTrainedModel`): the model to train, or a path / Hub id loaded with `AutoModelForCausalLM`.
+        ref_model (`PreTrainedModel`, *optional*): the DPO reference model. Default: a frozen copy of `model`
+            (none under PEFT: the adapter is disabled instead).
+        args ([`SGPOConfig`], *optional*): the configuration.
+        data_collator (`DataCollator`, *optional*): defaults to the parent's collator (lists of prompts pass through).
+        train_dataset (`Dataset | IterableDataset`): prompt-completion rows; the completion is the SFT reference.
+        eval_dataset (`Dataset | dict[str, Dataset]`, *optional*): evaluated by the policy's NLL of the references.
+        processing_class (`PreTrainedTokenizerBase`, *optional*): the tokenizer; loaded from `model` if it is a path.
+        peft_config (`peft.PeftConfig`, *optional*): train an adapter instead of the full model.
+        compute_metrics, callbacks, optimizers, preprocess_logits_for_metrics: as in `transformers.Trainer`.
+        reward_funcs: not accepted (SGPO has no reward); present only to fail clearly when passed.
+    """
+
+    _tag_names = ["trl", "sgpo"]
+    _name = "SGPO"
+    _paper = {
+        "title": "SGPO: Self-Generated Preference Optimization based on Self-Improver",
+        "id": "2507.20181",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{lee2025sgpo,
+                title   = {SGPO: Self-Generated Preference Optimization based on Self-Improver},
+                author  = {Lee, Hyeonji and Jo, Daejin and Yun, Seohwan and Kim, Sungwoong},
+                journal = {arXiv preprint arXiv:2507.20181},
+                year    = {2025}
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | str,
+        ref_model: PreTrainedModel | nn.Module | None = None,
+        args: SGPOConfig | None = None,
+        data_collator: DataCollator | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | dict[str, Dataset | IterableDataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: Any | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        reward_funcs: Any = None,
+    ) -> None:
+        if reward_funcs is not None:
+            raise ValueError(
+                "SGPOTrainer takes no `reward_funcs`: SGPO builds its pairs without any reward (chosen = the "
+                "improver's rewrite). Remove the argument, or use TRL's OnlineDPOTrainer for reward-ranked pairs."
+            )
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = SGPOConfig(output_dir=f"{name.split('/')[-1]}-SGPO")
+        elif not isinstance(args, SGPOConfig):
+            raise TypeError(
+                f"`args` must be an SGPOConfig, got {type(args).__name__}. Build one with SGPOConfig(...)."
+            )
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required: prompt-completion rows whose completion is the reference.")
+        if processing_class is None:
+            if not isinstance(model, str):
+                raise ValueError("`processing_class` (the tokenizer) is required when `model` is a model object.")
+            processing_class = AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+        if peft_config is not None and args.sync_ref_model_each_dpo_phase:
+            raise ValueError(
+                "sync_ref_model_each_dpo_phase is not supported with PEFT: the reference model is the base model "
+                "with the adapter disabled. Set sync_ref_model_each_dpo_phase=False or train without PEFT."
+            )
+        # Reject bad data before the model is loaded or anything is generated.
+        validate_prompt_completion_dataset(train_dataset, processing_class, "train_dataset")
+        if eval_dataset is not None:
+            validate_prompt_completion_dataset(eval_dataset, processing_class, "eval_dataset")
+
+        callbacks = list(callbacks or [])
+        if not any(isinstance(callback, SGPOPhaseCallback) for callback in callbacks):
+            callbacks.append(SGPOPhaseCallback.from_args(args))
+
+        # The parent insists on a reward function; hand it a placeholder and forget it afterwards.
+        super().__init__(
+            model=model,
+            ref_model=ref_model,
+            reward_funcs=_no_reward,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        self.reward_funcs = None
+        self.reward_func_names = []
+        self.reward_processing_classes = []
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._ref_synced_at_step: int | None = None
+        self._setup_generation(args)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup_generation(self, args: SGPOConfig) -> None:
+        """Sampling settings of both roles (the parent's are built for two samples per prompt)."""
+        improver_temperature = args.temperature if args.improver_temperature is None else args.improver_temperature
+        self.improver_max_new_tokens = args.improver_max_new_tokens or args.max_new_tokens
+        improver_top_p = args.top_p if args.improver_top_p is None else args.improver_top_p
+        if self.use_vllm:
+            base = {
+                "repetition_penalty": args.repetition_penalty,
+                "top_k": args.top_k,
+                "min_p": args.min_p or 0.0,
+                "n": 1,
+                "detokenize": False,
+                **(args.generation_kwargs or {}),
+            }
+            self._vllm_sampling = {
+                "policy": {
+                    **base,
+                    "temperature": args.temperature,
+                    "top_p": args.top_p,
+                    "max_tokens": args.max_new_tokens,
+                },
+                "improver": {
+                    **base,
+                    "temperature": improver_temperature,
+                    "top_p": improver_top_p,
+                    "max_tokens": self.improver_max_new_tokens,
+                },
+            }
+            return
+        improver_kwargs = {
+            **self.generation_kwargs,
+            "max_new_tokens": self.improver_max_new_tokens,
+            "temperature": improver_temperature,
+            "top_p": improver_top_p,
+        }
+        if improver_temperature == 0:  # greedy: transformers rejects temperature 0 with sampling
+            improver_kwargs.update(do_sample=False)
+            for key in ("temperature", "top_p", "top_k", "min_p"):
+                improver_kwargs.pop(key, None)
+        self._hf_generation = {
+            "policy": (self.generation_config, self.generation_kwargs),
+            "improver": (GenerationConfig(**improver_kwargs), improver_kwargs),
+        }
+
+    @property
+    def phase_callback(self) -> SGPOPhaseCallback:
+        # Looked up each time: `restore_callback_states_from_checkpoint` replaces callback instances on resume.
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, SGPOPhaseCallback):
+                return callback
+        raise RuntimeError("SGPOPhaseCallback was removed from the trainer; SGPO needs it to choose each phase.")
+
+    @property
+    def beta(self) -> float:
+        # Upstream indexes a list-valued beta by the float epoch and crashes at the second step.
+        if isinstance(self._beta, list):
+            epoch = int(self.state.epoch or 0)
+            return self._beta[min(epoch, len(self._beta) - 1)]
+        return self._beta
+
+    # ------------------------------------------------------------- tokens
+
+    def _tokenize_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.processing_class(
+            text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        )
+        device = self.accelerator.device
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+    def _policy_prompt_texts(self, prompts: list) -> list[str]:
+        return [maybe_apply_chat_template({"prompt": prompt}, self.processing_class)["prompt"] for prompt in prompts]
+
+    def _reference_completion(self, completion: str | list[dict]) -> Completion:
+        ids = self.processing_class(text=reference_text(completion), add_special_tokens=False)["input_ids"]
+        return Completion(list(ids), ended=True)
+
+    def _pad_completions(self, completions: list[Completion], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids (content, then EOS if the completion ended) and their mask."""
+        pad, eos = self._tokenizer.pad_token_id, self.eos_token_ids[0]
+        ids = torch.full((len(completions), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(completions), width), dtype=torch.long)
+        for row, completion in enumerate(completions):
+            tokens = completion.token_ids + ([eos] if completion.ended else [])
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = 1
+        device = self.accelerator.device
+        return ids.to(device), mask.to(device)
+
+    @staticmethod
+    def _full_length(completion: Completion) -> int:
+        return len(completion.token_ids) + int(completion.ended)
+
+    def _split_completions(self, completion_ids: torch.Tensor) -> list[Completion]:
+        """Generated rows -> content tokens up to the first EOS, and whether an EOS was sampled at all."""
+        completion_ids, mask = truncate_right(completion_ids, self.eos_token_ids, self._tokenizer.pad_token_id)
+        completions = []
+        for ids, row_mask in zip(completion_ids.tolist(), mask.tolist()):
+            tokens = ids[: sum(row_mask)]
+            ended = bool(tokens) and tokens[-1] in self.eos_token_ids
+            completions.append(Completion(tokens[:-1] if ended else tokens, ended))
+        return completions
+
+    # ---------------------------------------------------------- generation
+
+    def _sample(
+        self, model: nn.Module, texts: list[str], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, role: str
+    ) -> list[Completion]:
+        """One completion per prompt for ``role`` ('policy' or 'improver'), through the parent's machinery."""
+        if self.use_vllm:
+            return self._sample_vllm(texts, role)
+        generation_config, generation_kwargs = self._hf_generation[role]
+        with (
+            profiling_context(self, f"transformers.generate.{role}"),
+            unwrap_model_for_generation(
+                model,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=generation_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            FSDP.summon_full_params(self.model_wrapped, recurse=False) if self.is_fsdp_enabled else nullcontext(),
+        ):
+            output = unwrapped_model.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config
+            )
+        return self._split_completions(output[:, prompt_ids.size(1) :])
+
+    def _sample_vllm(self, texts: list[str], role: str) -> list[Completion]:
+        """vLLM sampling with n=1; weights are pushed with the parent's `_move_model_to_vllm` once per step."""
+        from vllm import SamplingParams
+
+        sampling = self._vllm_sampling[role]
+        if self.state.global_step != self._last_loaded_step:
+            if self.vllm_mode == "colocate" and self.args.vllm_enable_sleep_mode:
+                self.llm.wake_up(tags=["weights"])
+            self._move_model_to_vllm()
+            self._last_loaded_step = self.state.global_step
+        if self.vllm_mode == "colocate":
+            if self.args.vllm_enable_sleep_mode:
+                self.llm.wake_up(tags=["kv_cache"])
+            outputs = self.llm.generate(texts, SamplingParams(**sampling), use_tqdm=False)
+            completion_ids = [list(output.outputs[0].token_ids) for output in outputs]
+            if self.args.vllm_enable_sleep_mode:
+                self.llm.sleep(level=2)
+        else:
+            all_texts = gather_object(texts)
+            if self.accelerator.is_main_process:
+                server_kwargs = {k: v for k, v in sampling.items() if k not in ("detokenize",)}
+                server_kwargs["top_k"] = -1 if server_kwargs.get("top_k") in (None, 0) else server_kwargs["top_k"]
+                completion_ids = self.vllm_client.generate(prompts=all_texts, **server_kwargs)["completion_ids"]
+            else:
+                completion_ids = [None] * len(all_texts)
+            completion_ids = broadcast_object_list(completion_ids, from_process=0)
+            start = self.accelerator.process_index * len(texts)
+            completion_ids = completion_ids[start : start + len(texts)]
+        completions = []
+        for ids in completion_ids:
+            ended = bool(ids) and ids[-1] in self.eos_token_ids
+            ended = ended or len(ids) < sampling["max_tokens"]  # stopped by a stop token that vLLM left out
+            completions.append(Completion(ids[:-1] if ids and ids[-1] in self.eos_token_ids else list(ids), ended))
+        return completions
+
+    # ------------------------------------------------------------- step
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: int | None = None
+    ) -> torch.Tensor:
+        model.train()
+        phase = self.phase_callback.phase
+        sgpo_pairs = self.args.pair_source == "sgpo"
+        train_improver = sgpo_pairs and (phase == IMPROVER or self.args.improver_loss_weight > 0)
+        if phase == DPO and self.args.sync_ref_model_each_dpo_phase and self.phase_callback.phase_started:
+            self._sync_ref_model()
+
+        prompts, references = inputs["prompt"], inputs["completion"]
+        batch_size = len(prompts)
+        # Sum over this micro-batch / prompts in the accumulated batch: exact under accumulation and DDP.
+        scale = 1.0 / (batch_size * self.current_gradient_accumulation_steps)
+        stats = _StepStats()
+
+        policy_texts = self._policy_prompt_texts(prompts)
+        prompt_ids, prompt_mask = self._tokenize_prompts(policy_texts)
+        drafts = self._sample(model, policy_texts, prompt_ids, prompt_mask, "policy")
+        reference_completions = [self._reference_completion(reference) for reference in references]
+        stats.add("sgpo/response_length", [len(d.token_ids) for d in drafts])
+        stats.add("sgpo/eos_rate", [float(d.ended) for d in drafts])
+        stats.add("val/contain_eos_token", [float(d.ended) for d in drafts])
+
+        if train_improver or (phase == DPO and sgpo_pairs):
+            draft_texts = self.processing_class.batch_decode([d.token_ids for d in drafts], skip_special_tokens=True)
+            improver_texts = [
+                render_improver_prompt(self.args.improver_template, prompt, text, self.processing_class)
+                for prompt, text in zip(prompts, draft_texts)
+            ]
+            improver_ids, improver_mask = self._tokenize_prompts(improver_texts)
+
+        segments = []  # (prompt ids, prompt mask, completions) of every row that takes gradients, in one forward
+        if phase == DPO:
+            if sgpo_pairs:
+                chosen = self._sample(model, improver_texts, improver_ids, improver_mask, "improver")
+                stats.add("sgpo/improved_length", [len(c.token_ids) for c in chosen])
+                stats.add("sgpo/improver_eos_rate", [float(c.ended) for c in chosen])
+            else:
+                chosen = reference_completions
+            pairs = filter_pairs(chosen, drafts)
+            stats.add("sgpo/pairs_kept", [float(k) for k in pairs.keep])
+            for reason in ("identical", "empty", "truncated"):
+                stats.add(f"sgpo/pairs_{reason}", [float(r == reason) for r in pairs.reasons])
+            stats.add("sgpo/edit_distance", [edit_distance(c.token_ids, d.token_ids) for c, d in zip(chosen, drafts)])
+            stats.add("sgpo/empty_batches", [float(pairs.num_kept == 0)], reduce="sum")
+            segments.append((prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), chosen + drafts))
+        if train_improver:
+            targets, target_keep = self._improver_targets(drafts, reference_completions, stats)
+            segments.append((improver_ids, improver_mask, targets))
+
+        prompt_ids_all, prompt_mask_all, completion_ids, completion_mask = self._concat_segments(segments)
+        logps = self._forward(model, prompt_ids_all, prompt_mask_all, completion_ids, completion_mask)
+        token_logps = logps * completion_mask
+        sequence_logps = token_logps.sum(1)
+        loss = logps.new_zeros(())
+
+        if phase == DPO:
+            keep = torch.tensor(pairs.keep, dtype=logps.dtype, device=logps.device)
+            dpo_rows = 2 * batch_size
+            loss = loss + self._dpo_loss(
+                sequence_logps[:dpo_rows],
+                token_logps[:dpo_rows],
+                completion_ids[:dpo_rows],
+                completion_mask[:dpo_rows],
+                prompt_ids_all[:dpo_rows],
+                prompt_mask_all[:dpo_rows],
+                keep,
+                scale,
+                stats,
+            )
+        if train_improver:
+            rows = slice(sequence_logps.size(0) - batch_size, None)
+            lengths = completion_mask[rows].sum(1).clamp(min=1)
+            nll = -sequence_logps[rows] / lengths  # token-mean NLL of each target
+            keep_targets = torch.tensor(target_keep, dtype=nll.dtype, device=nll.device)
+            weight = 1.0 if phase == IMPROVER else self.args.improver_loss_weight
+            loss = loss + weight * (nll * keep_targets).sum() * scale
+            stats.add("sgpo/improver_loss", nll.detach()[keep_targets.bool()].tolist())
+
+        self._record(stats, phase)
+        kwargs = {}
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            kwargs["scale_wrt_gas"] = False  # the loss is already divided by the accumulation steps
+        self.accelerator.backward(loss, **kwargs)
+        return loss.detach()
+
+    def _improver_targets(
+        self, drafts: list[Completion], references: list[Completion], stats: "_StepStats"
+    ) -> tuple[list[Completion], list[bool]]:
+        targets, sizes = [], []
+        for draft, reference in zip(drafts, references):
+            tokens, size = improver_target(
+                self.args.improver_target, draft.token_ids, reference.token_ids, self.args.improver_alpha
+            )
+            targets.append(Completion(tokens, ended=True))
+            sizes.append(size)
+        keep = select_targets(
+            sizes,
+            drop_unchanged=self.args.improver_drop_unchanged,
+            filter_outliers=self.args.improver_filter_outliers,
+            k=self.args.improver_outlier_k,
+        )
+        stats.add("sgpo/targets_kept", [float(k) for k in keep])
+        stats.add("sgpo/target_edit_distance", [size for size, kept in zip(sizes, keep) if kept])
+        return targets, keep
+
+    def _dpo_loss(
+        self, sequence_logps, token_logps, completion_ids, completion_mask, prompt_ids, prompt_mask, keep, scale, stats
+    ) -> torch.Tensor:
+        """DPO loss on rows [chosen; rejected]; the upstream loss, with dropped pairs weighted 0."""
+        batch_size = keep.size(0)
+        with torch.no_grad():
+            if self.ref_model is not None:
+                ref_logps = self._forward(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+            else:  # PEFT: the reference is the base model with the adapter disabled
+                with self.model.disable_adapter():
+                    ref_logps = self._forward(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+            ref_sequence_logps = (ref_logps * completion_mask).sum(1)
+        chosen_logps, rejected_logps = sequence_logps.split(batch_size)
+        chosen_ref_logps, rejected_ref_logps = ref_sequence_logps.split(batch_size)
+        logits = (chosen_logps - rejected_logps) - (chosen_ref_logps - rejected_ref_logps)
+        if self.args.loss_type == "sigmoid":
+            losses = -F.logsigmoid(self.beta * logits)
+        elif self.args.loss_type == "ipo":
+            losses = (logits - 1 / (2 * self.beta)) ** 2
+        else:
+            raise NotImplementedError(f"Unknown loss_type {self.args.loss_type!r}: use 'sigmoid' or 'ipo'.")
+        loss = (losses * keep).sum() * scale
+        if self.args.chosen_nll_weight > 0:
+            chosen_lengths = completion_mask[:batch_size].sum(1).clamp(min=1)
+            loss = loss + self.args.chosen_nll_weight * (-chosen_logps / chosen_lengths * keep).sum() * scale
+
+        kept = keep.bool()
+        chosen_rewards = self.beta * (chosen_logps - chosen_ref_logps).detach()
+        rejected_rewards = self.beta * (rejected_logps - rejected_ref_logps).detach()
+        stats.add("sgpo/dpo_loss", losses.detach()[kept].tolist())
+        stats.add("rewards/chosen", chosen_rewards[kept].tolist())
+        stats.add("rewards/rejected", rejected_rewards[kept].tolist())
+        stats.add("rewards/margins", (chosen_rewards - rejected_rewards)[kept].tolist())
+        stats.add("rewards/accuracies", (chosen_rewards > rejected_rewards)[kept].float().tolist())
+        stats.add("logps/chosen", chosen_logps.detach()[kept].tolist())
+        stats.add("logps/rejected", rejected_logps.detach()[kept].tolist())
+        # KL and entropy of the policy's own samples (the rejected side), as the parent estimates them.
+        rejected_ref_tokens = (ref_logps * completion_mask)[batch_size:]
+        kl = (token_logps[batch_size:].detach() - rejected_ref_tokens).sum(1)
+        stats.add("objective/kl", kl.tolist())
+        stats.add("objective/entropy", (-rejected_logps.detach()).tolist())
+        stats.add("beta", [self.beta], reduce="mean_of_processes")
+        return loss
+
+    def _concat_segments(self, segments):
+        """Stack row groups with different prompt and completion widths: prompts left-, completions right-padded."""
+        completion_width = max(self._full_length(c) for _, _, completions in segments for c in completions)
+        prompt_width = max(ids.size(1) for ids, _, _ in segments)
+        pad = self._tokenizer.pad_token_id
+        all_prompt_ids, all_prompt_mask, all_completion_ids, all_completion_mask = [], [], [], []
+        for ids, mask, completions in segments:
+            extra = prompt_width - ids.size(1)
+            all_prompt_ids.append(F.pad(ids, (extra, 0), value=pad))
+            all_prompt_mask.append(F.pad(mask, (extra, 0), value=0))
+            completion_ids, completion_mask = self._pad_completions(completions, max(completion_width, 1))
+            all_completion_ids.append(completion_ids)
+            all_completion_mask.append(completion_mask)
+        return (
+            torch.cat(all_prompt_ids),
+            torch.cat(all_prompt_mask),
+            torch.cat(all_completion_ids),
+            torch.cat(all_completion_mask),
+        )
+
+    # ------------------------------------------------------------- metrics
+
+    def _record(self, stats: "_StepStats", phase: str) -> None:
+        """Reduce this step's statistics over processes (one collective) and buffer their means for logging."""
+        names = list(stats.sums)
+        totals = torch.tensor(
+            [[stats.sums[name], stats.counts[name]] for name in names],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        for name, (total, count) in zip(names, totals.tolist()):
+            mode = stats.modes[name]
+            if mode == "sum":
+                self._metrics[name].append(total)
+            elif count > 0:
+                self._metrics[name].append(total / count)
+        self._metrics["sgpo/phase"].append(float(PHASE_IDS[phase]))
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        # The parent averages every list in `self.stats` and divides by zero on an empty one; a logging window may
+        # hold only one phase, so hand it just the statistics that were recorded in this window.
+        if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
+            self.stats = {name: values for name, values in self._metrics.items() if values}
+            self._metrics = defaultdict(list)
+        return super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    # ------------------------------------------------------------ evaluation
+
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys=None
+    ) -> tuple[torch.Tensor, None, None]:
+        """Evaluation loss: the policy's token-mean NLL of the SFT references.
+
+        Upstream has no `prediction_step` for prompt-only data and crashes in `Trainer.compute_loss`. The reference
+        NLL needs no sampling, so it is deterministic and comparable between evaluations.
+        """
+        texts = self._policy_prompt_texts(inputs["prompt"])
+        prompt_ids, prompt_mask = self._tokenize_prompts(texts)
+        references = [self._reference_completion(completion) for completion in inputs["completion"]]
+        completion_ids, completion_mask = self._pad_completions(
+            references, max(self._full_length(r) for r in references)
+        )
+        with torch.no_grad():
+            logps = self._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+            loss = -(logps * completion_mask).sum() / completion_mask.sum()
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------- reference model
+
+    def _sync_ref_model(self) -> None:
+        if self.ref_model is None or self._ref_synced_at_step == self.state.global_step:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        SyncRefModelCallback.sync_target_model(model, self.accelerator.unwrap_model(self.ref_model), alpha=1.0)
+        self._ref_synced_at_step = self.state.global_step
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # A re-synced reference model is state: a run resumed mid-DPO-phase needs the one synced at the phase start.
+        if self.args.sync_ref_model_each_dpo_phase and self.ref_model is not None and self.is_world_process_zero():
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            save_model(self.accelerator.unwrap_model(self.ref_model), os.path.join(folder, REF_MODEL_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        ref_file = os.path.join(resume_from_checkpoint, REF_MODEL_FILE)
+        if self.ref_model is not None and os.path.isfile(ref_file):
+            load_model(self.accelerator.unwrap_model(self.ref_model), ref_file)
+
+    # ------------------------------------------------------------ saving
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model and tokenizer, and (outside checkpoints) the SGPO model card beside them."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and self.is_world_process_zero():
+            self.create_model_card(model_name=os.path.basename(os.path.normpath(output_dir or self.args.output_dir)))
+            card = os.path.join(self.args.output_dir, "README.md")
+            if output_dir and os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
+                os.replace(card, os.path.join(output_dir, "README.md"))
+
+
+class _StepStats:
+    """Per-step sums and counts, reduced over processes in one collective by `SGPOTrainer._record`."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.modes: dict[str, str] = {}
+
+    def add(self, name: str, values: list[float], reduce: str = "mean") -> None:
+        """``mean``: mean over all values of all processes; ``sum``: total over processes;
+        ``mean_of_processes``: the same value on every process (e.g. beta)."""
+        self.sums[name] = float(sum(values))
+        self.counts[name] = float(len(values))
+        self.modes[name] = reduce
