@@ -1,0 +1,58 @@
+"""The alternation schedule and the phase callback's saved state."""
+
+import pytest
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from trl_sgpo import PhaseSchedule, SGPOPhaseCallback
+
+
+I, D = "improver", "dpo"
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        (PhaseSchedule(0, 1, 1), [I, D, I, D, I, D]),
+        (PhaseSchedule(2, 1, 2), [I, I, I, D, D, I]),
+        (PhaseSchedule(1, 2, 1, num_cycles=1), [I, I, I, D, D, D]),
+        (PhaseSchedule(0, 0, 1), [D] * 6),
+        (PhaseSchedule(3, 0, 0), [I, I, I, D, D, D]),
+        (PhaseSchedule(0, 1, 0), [I] * 6),
+    ],
+)
+def test_phases_follow_the_schedule(schedule, expected):
+    assert schedule.phases(6) == expected
+
+
+def test_a_schedule_of_zero_steps_is_rejected():
+    with pytest.raises(ValueError, match="zero steps in every phase"):
+        PhaseSchedule(0, 0, 0)
+
+
+def test_spin_skips_the_improver():
+    callback = SGPOPhaseCallback(improver_warmup_steps=2, skip_improver=True)
+    assert [callback.phase_at(step) for step in range(4)] == [D] * 4
+
+
+def _run_steps(callback, state, steps):
+    args = TrainingArguments(output_dir="unused", report_to="none")
+    for _ in range(steps):
+        callback.on_step_begin(args, state, TrainerControl())
+        callback.on_step_end(args, state, TrainerControl())
+        state.global_step += 1
+
+
+def test_state_round_trip_continues_mid_phase():
+    callback = SGPOPhaseCallback(improver_warmup_steps=1, improver_steps=2, dpo_steps=2)
+    state = TrainerState()
+    _run_steps(callback, state, 4)  # I | I I | D  -> the next step is the second DPO step of the cycle
+    assert callback.phase_history == [I, I, I, D]
+    saved = callback.state()
+    assert saved["attributes"]["phase_runs"] == [[I, 3], [D, 1]]
+
+    resumed = SGPOPhaseCallback(**saved["args"])
+    state.stateful_callbacks = {"SGPOPhaseCallback": saved}
+    resumed.on_train_begin(TrainingArguments(output_dir="unused", report_to="none"), state, TrainerControl())
+    assert resumed.phase == D and not resumed.phase_started
+    _run_steps(resumed, state, 3)
+    assert resumed.phase_history == [I, I, I, D, D, I, I]
