@@ -15,6 +15,7 @@ callback also saves the phases already run (run-length encoded) in the checkpoin
 """
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
@@ -128,3 +129,51 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
             "args": {**asdict(self.schedule), "skip_improver": self.skip_improver},
             "attributes": {"phase_runs": [list(run) for run in self.phase_runs]},
         }
+
+
+class SGPOSampleTableCallback(TrainerCallback):
+    """Every ``every_n_steps`` steps, show a few (prompt, policy response, improved response, kept?) rows.
+
+    The table is printed with `rich` on the main process and, where a tracker supports tables (Weights & Biases),
+    logged as ``sgpo/samples``. In DPO steps "improved" is the improver's rewrite (or the reference with
+    ``pair_source="spin"``) and "kept" says whether the pair survived the filter (or why it was dropped); in improver
+    steps it is the training target and whether the outlier filter kept it.
+
+    Args:
+        trainer (`SGPOTrainer`): the trainer whose samples to show.
+        every_n_steps (`int`): how often to show them.
+        num_rows (`int`): how many rows.
+    """
+
+    def __init__(self, trainer: Any, every_n_steps: int = 10, num_rows: int = 4):
+        self.trainer = trainer
+        self.every_n_steps = every_n_steps
+        trainer.num_sample_rows = num_rows
+        self.tables_shown = 0
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        samples = self.trainer.last_samples
+        if not state.is_world_process_zero or not samples or state.global_step % self.every_n_steps:
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"SGPO samples, step {state.global_step} ({samples[0]['phase']} phase)", show_lines=True)
+        for column in ("prompt", "policy response", "improved response", "kept"):
+            table.add_column(column, overflow="fold")
+        for row in samples:
+            table.add_row(row["prompt"], row["response"], row["improved"], row["kept"])
+        Console().print(table)
+        self.tables_shown += 1
+        self._log_to_trackers(args, samples, state.global_step)
+
+    @staticmethod
+    def _log_to_trackers(args: TrainingArguments, samples: list[dict], step: int) -> None:
+        if "wandb" not in (args.report_to or []):
+            return
+        import wandb
+
+        if wandb.run is not None:
+            columns = ["phase", "prompt", "response", "improved", "kept"]
+            table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in samples])
+            wandb.log({"sgpo/samples": table}, step=step)

@@ -88,6 +88,12 @@ class SGPOConfig(OnlineDPOConfig):
         sync_ref_model_each_dpo_phase (`bool`, *optional*, defaults to `False`):
             Copy the current weights into the DPO reference model when a DPO phase starts (not with PEFT, whose
             reference is the base model with the adapter disabled).
+
+        > Outputs
+
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Allow a new (not resumed) run to write into a non-empty `output_dir`. Without it such a run is refused
+            before training starts, so an earlier run's checkpoints are never mixed with or replaced by new ones.
     """
 
     # Annotated `str` for the command line; a callable is accepted when set from Python.
@@ -173,6 +179,10 @@ class SGPOConfig(OnlineDPOConfig):
     sync_ref_model_each_dpo_phase: bool = field(
         default=False,
         metadata={"help": "Copy the current weights into the DPO reference model when a DPO phase starts."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow a new run to write into a non-empty output_dir (refused otherwise)."},
     )
     # GPU-minded parent defaults made device-aware: unset means "on if a CUDA device is present".
     bf16: bool | None = field(

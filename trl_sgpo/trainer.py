@@ -34,6 +34,7 @@ from .callbacks import DPO, IMPROVER, PHASE_IDS, SGPOPhaseCallback
 from .config import SGPOConfig
 from .data import reference_text, validate_prompt_completion_dataset
 from .improver import edit_distance, improver_target, render_improver_prompt, select_targets
+from .output_dir import check_output_dir
 from .pairs import Completion, filter_pairs
 
 
@@ -166,7 +167,16 @@ class SGPOTrainer(OnlineDPOTrainer):
         self.reward_processing_classes = []
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._ref_synced_at_step: int | None = None
+        # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
+        self.num_sample_rows = 0
+        self.last_samples: list[dict[str, str]] = []
         self._setup_generation(args)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """Train; refuses a non-empty `output_dir` unless resuming or `overwrite_output_dir=True`."""
+        if self.is_world_process_zero():
+            check_output_dir(self.args.output_dir, resume_from_checkpoint, self.args.overwrite_output_dir)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------ set-up
 
@@ -384,6 +394,11 @@ class SGPOTrainer(OnlineDPOTrainer):
         if train_improver:
             targets, target_keep = self._improver_targets(drafts, reference_completions, stats)
             segments.append((improver_ids, improver_mask, targets))
+        if self.num_sample_rows and self.accelerator.is_main_process:
+            if phase == DPO:
+                self._keep_samples(phase, prompts, drafts, chosen, [r or "kept" for r in pairs.reasons])
+            elif train_improver:
+                self._keep_samples(phase, prompts, drafts, targets, ["kept" if k else "filtered" for k in target_keep])
 
         prompt_ids_all, prompt_mask_all, completion_ids, completion_mask = self._concat_segments(segments)
         logps = self._forward(model, prompt_ids_all, prompt_mask_all, completion_ids, completion_mask)
@@ -420,6 +435,22 @@ class SGPOTrainer(OnlineDPOTrainer):
             kwargs["scale_wrt_gas"] = False  # the loss is already divided by the accumulation steps
         self.accelerator.backward(loss, **kwargs)
         return loss.detach()
+
+    def _keep_samples(
+        self, phase: str, prompts: list, drafts: list[Completion], improved: list[Completion], verdicts: list[str]
+    ) -> None:
+        rows = range(min(self.num_sample_rows, len(prompts)))
+        decode = self.processing_class.decode
+        self.last_samples = [
+            {
+                "phase": phase,
+                "prompt": prompts[i] if isinstance(prompts[i], str) else prompts[i][-1]["content"],
+                "response": decode(drafts[i].token_ids, skip_special_tokens=True),
+                "improved": decode(improved[i].token_ids, skip_special_tokens=True),
+                "kept": verdicts[i],
+            }
+            for i in rows
+        ]
 
     def _improver_targets(
         self, drafts: list[Completion], references: list[Completion], stats: "_StepStats"
