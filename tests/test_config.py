@@ -11,10 +11,23 @@ from trl_sgpo.config import DEFAULT_IMPROVER_TEMPLATE
 
 
 SGPO_FIELDS = [
-    "improver_template", "improver_target", "improver_alpha", "improver_drop_unchanged", "improver_filter_outliers",
-    "improver_outlier_k", "improver_max_new_tokens", "improver_temperature", "improver_top_p", "pair_source",
-    "improver_loss_weight", "chosen_nll_weight", "improver_warmup_steps", "improver_steps", "dpo_steps",
-    "num_cycles", "sync_ref_model_each_dpo_phase",
+    "improver_template",
+    "improver_target",
+    "improver_alpha",
+    "improver_drop_unchanged",
+    "improver_filter_outliers",
+    "improver_outlier_k",
+    "improver_max_new_tokens",
+    "improver_temperature",
+    "improver_top_p",
+    "pair_source",
+    "improver_loss_weight",
+    "chosen_nll_weight",
+    "improver_warmup_steps",
+    "improver_steps",
+    "dpo_steps",
+    "num_cycles",
+    "sync_ref_model_each_dpo_phase",
 ]
 
 
@@ -33,11 +46,36 @@ def test_every_new_field_has_help_and_a_docstring_entry():
 def test_fields_parse_from_the_command_line(tmp_path):
     (config,) = TrlParser((SGPOConfig,)).parse_args_into_dataclasses(
         [
-            "--output_dir", str(tmp_path), "--improver_target", "reference", "--improver_alpha", "0.25",
-            "--pair_source", "spin", "--improver_warmup_steps", "3", "--improver_steps", "2", "--dpo_steps", "4",
-            "--num_cycles", "5", "--improver_loss_weight", "0.5", "--chosen_nll_weight", "0.1",
-            "--improver_filter_outliers", "false", "--improver_outlier_k", "3", "--improver_temperature", "0",
-            "--improver_template", "P={prompt} R={response}", "--sync_ref_model_each_dpo_phase", "true",
+            "--output_dir",
+            str(tmp_path),
+            "--improver_target",
+            "reference",
+            "--improver_alpha",
+            "0.25",
+            "--pair_source",
+            "spin",
+            "--improver_warmup_steps",
+            "3",
+            "--improver_steps",
+            "2",
+            "--dpo_steps",
+            "4",
+            "--num_cycles",
+            "5",
+            "--improver_loss_weight",
+            "0.5",
+            "--chosen_nll_weight",
+            "0.1",
+            "--improver_filter_outliers",
+            "false",
+            "--improver_outlier_k",
+            "3",
+            "--improver_temperature",
+            "0",
+            "--improver_template",
+            "P={prompt} R={response}",
+            "--sync_ref_model_each_dpo_phase",
+            "true",
         ]
     )
     assert (config.improver_target, config.improver_alpha, config.pair_source) == ("reference", 0.25, "spin")

@@ -6,18 +6,18 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from trl_sgpo import PhaseSchedule, SGPOPhaseCallback
 
 
-I, D = "improver", "dpo"
+IMP, D = "improver", "dpo"
 
 
 @pytest.mark.parametrize(
     "schedule, expected",
     [
-        (PhaseSchedule(0, 1, 1), [I, D, I, D, I, D]),
-        (PhaseSchedule(2, 1, 2), [I, I, I, D, D, I]),
-        (PhaseSchedule(1, 2, 1, num_cycles=1), [I, I, I, D, D, D]),
+        (PhaseSchedule(0, 1, 1), [IMP, D, IMP, D, IMP, D]),
+        (PhaseSchedule(2, 1, 2), [IMP, IMP, IMP, D, D, IMP]),
+        (PhaseSchedule(1, 2, 1, num_cycles=1), [IMP, IMP, IMP, D, D, D]),
         (PhaseSchedule(0, 0, 1), [D] * 6),
-        (PhaseSchedule(3, 0, 0), [I, I, I, D, D, D]),
-        (PhaseSchedule(0, 1, 0), [I] * 6),
+        (PhaseSchedule(3, 0, 0), [IMP, IMP, IMP, D, D, D]),
+        (PhaseSchedule(0, 1, 0), [IMP] * 6),
     ],
 )
 def test_phases_follow_the_schedule(schedule, expected):
@@ -45,14 +45,14 @@ def _run_steps(callback, state, steps):
 def test_state_round_trip_continues_mid_phase():
     callback = SGPOPhaseCallback(improver_warmup_steps=1, improver_steps=2, dpo_steps=2)
     state = TrainerState()
-    _run_steps(callback, state, 4)  # I | I I | D  -> the next step is the second DPO step of the cycle
-    assert callback.phase_history == [I, I, I, D]
+    _run_steps(callback, state, 4)  # IMP | IMP IMP | D  -> the next step is the second DPO step of the cycle
+    assert callback.phase_history == [IMP, IMP, IMP, D]
     saved = callback.state()
-    assert saved["attributes"]["phase_runs"] == [[I, 3], [D, 1]]
+    assert saved["attributes"]["phase_runs"] == [[IMP, 3], [D, 1]]
 
     resumed = SGPOPhaseCallback(**saved["args"])
     state.stateful_callbacks = {"SGPOPhaseCallback": saved}
     resumed.on_train_begin(TrainingArguments(output_dir="unused", report_to="none"), state, TrainerControl())
     assert resumed.phase == D and not resumed.phase_started
     _run_steps(resumed, state, 3)
-    assert resumed.phase_history == [I, I, I, D, D, I, I]
+    assert resumed.phase_history == [IMP, IMP, IMP, D, D, IMP, IMP]

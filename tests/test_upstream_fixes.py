@@ -25,19 +25,31 @@ class GradientRecorder(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.gradients is None:
-            self.gradients = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+            self.gradients = {
+                name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None
+            }
 
 
 def _upstream_trainer(tmp_path, tokenizer, dataset, **overrides):
     settings = dict(
-        output_dir=str(tmp_path / "upstream"), per_device_train_batch_size=4, max_steps=1, logging_steps=1,
-        learning_rate=1e-3, report_to="none", save_strategy="no", bf16=False, gradient_checkpointing=False,
+        output_dir=str(tmp_path / "upstream"),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        logging_steps=1,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        bf16=False,
+        gradient_checkpointing=False,
         max_new_tokens=6,
     )
     settings.update(overrides)
     trainer = OnlineDPOTrainer(
-        model=tiny_model(tokenizer), reward_funcs=reward_length, args=OnlineDPOConfig(**settings),
-        train_dataset=dataset, processing_class=tokenizer,
+        model=tiny_model(tokenizer),
+        reward_funcs=reward_length,
+        args=OnlineDPOConfig(**settings),
+        train_dataset=dataset,
+        processing_class=tokenizer,
     )
     trainer._generate = rule_generate_for_online_dpo(trainer)
     return trainer
@@ -47,7 +59,9 @@ def _sgpo_trainer(tmp_path, tokenizer, dataset, **overrides):
     settings = dict(improver_steps=0, dpo_steps=1, max_steps=1, max_grad_norm=0.0)
     settings.update(overrides)
     trainer = SGPOTrainer(
-        model=tiny_model(tokenizer), args=make_config(tmp_path, **settings), train_dataset=dataset,
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path, **settings),
+        train_dataset=dataset,
         processing_class=tokenizer,
     )
     trainer._sample = rule_sampler(tokenizer)
@@ -72,11 +86,14 @@ def _first_step_gradients(make_trainer, batch_size, accumulation):
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer, which):
     dataset = conversational_dataset(4)
     if which == "sgpo":
+
         def make(**kw):
             return _sgpo_trainer(tmp_path, tokenizer, dataset, improver_loss_weight=1.0, chosen_nll_weight=0.3, **kw)
     else:
+
         def make(**kw):
             return _upstream_trainer(tmp_path, tokenizer, dataset, max_grad_norm=0.0, **kw)
+
     one_batch = _first_step_gradients(make, batch_size=4, accumulation=1)
     accumulated = _first_step_gradients(make, batch_size=2, accumulation=2)
     assert one_batch.keys() == accumulated.keys() and one_batch

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from trl.experimental.online_dpo import OnlineDPOConfig
+from trl.import_utils import is_vllm_available
 
 from .improver import TARGET_STRATEGIES, validate_template
 from .pairs import PAIR_SOURCES
@@ -247,6 +248,11 @@ class SGPOConfig(OnlineDPOConfig):
         for name in ("improver_loss_weight", "chosen_nll_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables the term), got {getattr(self, name)}.")
+        if self.use_vllm and not is_vllm_available():
+            raise ImportError(
+                "use_vllm=True but vLLM is not installed: `pip install trl-sgpo[vllm]` (needs a CUDA GPU), or set "
+                "use_vllm=False to generate with transformers."
+            )
         if self.improver_max_new_tokens is not None and self.improver_max_new_tokens < 1:
             raise ValueError(f"improver_max_new_tokens must be >= 1, got {self.improver_max_new_tokens}.")
         if self.improver_temperature is not None and self.improver_temperature < 0:

@@ -73,6 +73,33 @@ def validate_prompt_completion_dataset(
         )
 
 
+def check_prompt_lengths(
+    dataset: Dataset | IterableDataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_prompt_tokens: int,
+    name: str = "train_dataset",
+) -> None:
+    """Reject prompts longer than ``max_prompt_tokens`` tokens once rendered (chat template included).
+
+    Log-probabilities are computed on at most `max_length` tokens, cut from the left. The longest sequence SGPO
+    scores is the improver's: the template with the prompt and a draft, then the improved response. A prompt that
+    does not leave room for them would lose its beginning, the task statement, without a word; we refuse it instead.
+    """
+    rows = islice(dataset, ROWS_CHECKED_IN_STREAMS) if isinstance(dataset, IterableDataset) else dataset
+    for index, row in enumerate(rows):
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if length > max_prompt_tokens:
+            raise ValueError(
+                f"{name} row {index}: the prompt has {length} tokens, more than the {max_prompt_tokens} that fit "
+                "(max_length minus the improver template, a draft of max_new_tokens and a rewrite of "
+                "improver_max_new_tokens). Raise max_length, lower max_new_tokens / improver_max_new_tokens, or "
+                "drop long prompts, e.g. `dataset.filter(lambda row: ...)`."
+            )
+
+
 def _check_row(prompt: Any, completion: Any, where: str) -> bool:
     """Check one row; return whether it is conversational."""
     if isinstance(prompt, str) and isinstance(completion, str):

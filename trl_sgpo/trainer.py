@@ -32,7 +32,7 @@ from trl.trainer.callbacks import SyncRefModelCallback
 
 from .callbacks import DPO, IMPROVER, PHASE_IDS, SGPOPhaseCallback
 from .config import SGPOConfig
-from .data import reference_text, validate_prompt_completion_dataset
+from .data import check_prompt_lengths, reference_text, validate_prompt_completion_dataset
 from .improver import edit_distance, improver_target, render_improver_prompt, select_targets
 from .output_dir import check_output_dir
 from .pairs import Completion, filter_pairs
@@ -128,10 +128,24 @@ class SGPOTrainer(OnlineDPOTrainer):
             )
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: prompt-completion rows whose completion is the reference.")
+        if (
+            isinstance(model, str)
+            and model.startswith((".", "/", "~"))
+            and not os.path.isdir(os.path.expanduser(model))
+        ):
+            raise FileNotFoundError(
+                f"Model path {model!r} does not exist. Pass a directory written by `save_pretrained`, a Hub model id "
+                "(like 'Qwen/Qwen2.5-0.5B-Instruct'), or a model object."
+            )
         if processing_class is None:
             if not isinstance(model, str):
                 raise ValueError("`processing_class` (the tokenizer) is required when `model` is a model object.")
             processing_class = AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+        if processing_class.eos_token is None:
+            raise ValueError(
+                "The tokenizer has no EOS token: SGPO needs one to tell finished responses from cut ones. Set "
+                "`tokenizer.eos_token` (for chat models, the end-of-turn token)."
+            )
         if peft_config is not None and args.sync_ref_model_each_dpo_phase:
             raise ValueError(
                 "sync_ref_model_each_dpo_phase is not supported with PEFT: the reference model is the base model "
@@ -139,6 +153,7 @@ class SGPOTrainer(OnlineDPOTrainer):
             )
         # Reject bad data before the model is loaded or anything is generated.
         validate_prompt_completion_dataset(train_dataset, processing_class, "train_dataset")
+        check_prompt_lengths(train_dataset, processing_class, self._max_prompt_tokens(args, processing_class))
         if eval_dataset is not None:
             validate_prompt_completion_dataset(eval_dataset, processing_class, "eval_dataset")
 
@@ -179,6 +194,16 @@ class SGPOTrainer(OnlineDPOTrainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _max_prompt_tokens(args: SGPOConfig, tokenizer: PreTrainedTokenizerBase) -> int:
+        """Longest prompt that leaves room for the improver's template, a draft and a rewrite within max_length."""
+        improver_tokens = args.improver_max_new_tokens or args.max_new_tokens
+        if args.pair_source == "spin":
+            return args.max_length - args.max_new_tokens
+        template = args.improver_template if isinstance(args.improver_template, str) else ""
+        template_tokens = len(tokenizer(template, add_special_tokens=False)["input_ids"]) + 16  # chat markup
+        return args.max_length - template_tokens - args.max_new_tokens - improver_tokens
 
     def _setup_generation(self, args: SGPOConfig) -> None:
         """Sampling settings of both roles (the parent's are built for two samples per prompt)."""
@@ -430,11 +455,29 @@ class SGPOTrainer(OnlineDPOTrainer):
             stats.add("sgpo/improver_loss", nll.detach()[keep_targets.bool()].tolist())
 
         self._record(stats, phase)
+        self._stop_if_not_finite(loss, phase)
         kwargs = {}
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             kwargs["scale_wrt_gas"] = False  # the loss is already divided by the accumulation steps
         self.accelerator.backward(loss, **kwargs)
         return loss.detach()
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, phase: str) -> None:
+        """Stop before a NaN/inf loss reaches the weights: save the last good state, then raise."""
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite, reduction="min")
+        if finite.item() == 1.0:
+            return
+        self.model.zero_grad(set_to_none=True)  # drop this step's partial gradients
+        self._save_checkpoint(self.model_wrapped, trial=None)
+        folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        raise FloatingPointError(
+            f"Non-finite loss ({loss.item()}) in a {phase} step at global step {self.state.global_step}: training "
+            f"stopped before the update. The last good weights, optimizer and schedule are saved in {folder}. Lower "
+            "learning_rate or beta, check the data, or train in float32, then resume with "
+            "`resume_from_checkpoint`."
+        )
 
     def _keep_samples(
         self, phase: str, prompts: list, drafts: list[Completion], improved: list[Completion], verdicts: list[str]

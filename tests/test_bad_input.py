@@ -1,0 +1,180 @@
+"""Bad input gets a clear error naming the problem and the fix, raised before any model work or generation.
+
+One table: each case builds a config and/or a trainer from a bad ingredient and asserts the error type and a
+fragment of the message (the problem) and, where there is one, a fragment of the suggested fix.
+"""
+
+import pytest
+from datasets import Dataset
+
+from trl_sgpo import SGPOConfig, SGPOTrainer
+
+from .conftest import conversational_dataset, make_config, tiny_model
+
+
+def chat(user: str = "reverse abc", answer: str = "cba", user_role: str = "user", answer_role: str = "assistant"):
+    return {"prompt": [{"role": user_role, "content": user}], "completion": [{"role": answer_role, "content": answer}]}
+
+
+def no_reward(**kwargs):
+    return [0.0]
+
+
+CASES = {
+    # data: columns, types, emptiness, roles, lengths
+    "missing completion column": (dict(rows=[{"prompt": "a"}]), ValueError, "no 'completion' column", "Rename"),
+    "missing prompt column": (dict(rows=[{"question": "a", "completion": "b"}]), ValueError, "no 'prompt'", "Rename"),
+    "empty prompt": (dict(rows=[{"prompt": " ", "completion": "b"}]), ValueError, "the prompt is empty", "Remove"),
+    "empty reference": (dict(rows=[{"prompt": "a", "completion": ""}]), ValueError, "is empty", "Remove or fill"),
+    "prompt and completion of different kinds": (
+        dict(rows=[{"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]}]),
+        TypeError,
+        "prompt is str and completion is list",
+        "both strings or both lists",
+    ),
+    "number as prompt": (dict(rows=[{"prompt": 3, "completion": 4}]), TypeError, "prompt is int", "prompt-completion"),
+    "unknown role": (dict(rows=[chat(user_role="robot")]), ValueError, "role 'robot' is not allowed", "use one of"),
+    "user role in the completion": (dict(rows=[chat(answer_role="user")]), ValueError, "role 'user'", "assistant"),
+    "prompt ending with the assistant": (
+        dict(rows=[chat(), chat(user_role="assistant")]),
+        ValueError,
+        "row 1: a conversational prompt must end",
+        "user message",
+    ),
+    "message without content": (
+        dict(rows=[{"prompt": [{"role": "user"}], "completion": [{"role": "assistant", "content": "b"}]}]),
+        ValueError,
+        "must be a dict with 'role' and 'content'",
+        "'content'",
+    ),
+    "mixed formats": (
+        dict(rows=[{"prompt": "a", "completion": "b"}]),  # replaced below by a two-format dataset
+        ValueError,
+        "mixes formats",
+        "Use one format",
+    ),
+    "empty dataset": (dict(rows=[]), ValueError, "train_dataset is empty", "needs prompts"),
+    "prompt too long": (dict(rows=[chat(user="x" * 400)]), ValueError, "the prompt has", "Raise max_length"),
+    # tokenizer
+    "tokenizer without chat template": (dict(no_chat_template=True), ValueError, "no chat template", "chat_template"),
+    "tokenizer without eos": (dict(no_eos=True), ValueError, "no EOS token", "eos_token"),
+    # config
+    "template without {response}": (dict(config={"improver_template": "{prompt}"}), ValueError, "{response}", "Add"),
+    "template without {prompt}": (dict(config={"improver_template": "{response}"}), ValueError, "{prompt}", "Add"),
+    "zero steps in every phase": (
+        dict(config={"improver_steps": 0, "dpo_steps": 0}),
+        ValueError,
+        "zero steps in every phase",
+        "at least 1",
+    ),
+    "alpha above 1": (dict(config={"improver_alpha": 1.2}), ValueError, "improver_alpha must be in [0, 1]", "1.2"),
+    "negative alpha": (dict(config={"improver_alpha": -0.1}), ValueError, "improver_alpha must be in", "-0.1"),
+    "negative beta": (dict(config={"beta": -0.1}), ValueError, "beta must be > 0", "-0.1"),
+    "unknown target strategy": (
+        dict(config={"improver_target": "copy"}),
+        ValueError,
+        "improver_target 'copy'",
+        "one of",
+    ),
+    "unknown pair source": (dict(config={"pair_source": "judge"}), ValueError, "pair_source 'judge'", "one of"),
+    "reward model": (dict(config={"reward_model_path": "rm"}), ValueError, "SGPO uses no reward", "unset"),
+    "use_vllm without vLLM": (dict(config={"use_vllm": True}), ImportError, "vLLM is not installed", "pip install"),
+    # trainer arguments
+    "reward_funcs": (dict(trainer={"reward_funcs": no_reward}), ValueError, "takes no `reward_funcs`", "Remove"),
+    "missing model path": (dict(model="./no/such/model"), FileNotFoundError, "does not exist", "save_pretrained"),
+    "PEFT with reference re-sync": (
+        dict(config={"sync_ref_model_each_dpo_phase": True}, trainer={"peft_config": "lora"}),
+        ValueError,
+        "not supported with PEFT",
+        "sync_ref_model_each_dpo_phase=False",
+    ),
+}
+
+
+def _escape(text: str) -> str:
+    return "".join("\\" + c if c in "[](){}.*+?^$|\\" else c for c in text)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_rejected_with_problem_and_fix(tmp_path, tokenizer, case):
+    spec, error, problem, fix = CASES[case]
+    if spec.get("no_chat_template"):
+        tokenizer.chat_template = None
+    if spec.get("no_eos"):
+        tokenizer.eos_token = None
+    if case == "mixed formats":
+        dataset = _MixedRows([chat(), {"prompt": "a", "completion": "b"}])
+    elif "rows" in spec:
+        rows = spec["rows"]
+        dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({"prompt": [], "completion": []})
+    else:
+        dataset = conversational_dataset(4)
+    trainer_kwargs = dict(spec.get("trainer", {}))
+    if trainer_kwargs.get("peft_config") == "lora":
+        from peft import LoraConfig
+
+        trainer_kwargs["peft_config"] = LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")
+
+    with pytest.raises(error) as caught:
+        config = make_config(tmp_path, max_length=256, max_new_tokens=16, **spec.get("config", {}))
+        model = spec.get("model") or tiny_model(tokenizer)
+        SGPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, **trainer_kwargs)
+    message = str(caught.value)
+    assert problem in message, message
+    assert fix in message, message
+
+
+class _MixedRows(list):
+    """A list of rows with the column API of a Dataset: Arrow cannot hold strings and lists in one column."""
+
+    column_names = ["prompt", "completion"]
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return [row[key] for row in self]
+        return super().__getitem__(key)
+
+
+def test_the_table_has_at_least_twenty_cases():
+    assert len(CASES) >= 20
+
+
+def test_a_tokenizer_without_pad_token_falls_back_to_eos(tmp_path, tokenizer):
+    tokenizer.pad_token = None
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path),
+        train_dataset=conversational_dataset(4),
+        processing_class=tokenizer,
+    )
+    assert tokenizer.pad_token == tokenizer.eos_token
+    trainer.train()  # padding with EOS does not confuse the EOS bookkeeping
+    assert trainer.state.global_step == 4
+
+
+def test_existing_output_dir_is_never_overwritten_silently(tmp_path, tokenizer):
+    output_dir = tmp_path / "out"
+    (output_dir / "checkpoint-7").mkdir(parents=True)
+    (output_dir / "model.safetensors").write_bytes(b"earlier run")
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path),
+        train_dataset=conversational_dataset(4),
+        processing_class=tokenizer,
+    )
+    with pytest.raises(FileExistsError, match="is not empty .*checkpoint-7.*overwrite_output_dir"):
+        trainer.train()
+    assert (output_dir / "model.safetensors").read_bytes() == b"earlier run"
+    allowed = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path, overwrite_output_dir=True, max_steps=1),
+        train_dataset=conversational_dataset(4),
+        processing_class=tokenizer,
+    )
+    allowed.train()
+
+
+def test_config_errors_come_before_any_model_is_built(tmp_path):
+    # SGPOConfig validates on construction: no tokenizer or model is needed to see the error.
+    with pytest.raises(ValueError, match="improver_alpha"):
+        SGPOConfig(output_dir=str(tmp_path), improver_alpha=2.0)

@@ -1,0 +1,20 @@
+"""The model card written on save."""
+
+from trl_sgpo import SGPOTrainer
+
+from .conftest import conversational_dataset, make_config, tiny_model
+
+
+def test_saved_model_has_an_sgpo_model_card(tmp_path, tokenizer):
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path),
+        train_dataset=conversational_dataset(4),
+        processing_class=tokenizer,
+    )
+    trainer.save_model(str(tmp_path / "final"))
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert "- trl" in card and "- sgpo" in card
+    assert "@article{lee2025sgpo" in card and "2507.20181" in card
+    assert (tmp_path / "final" / "model.safetensors").exists()
+    assert (tmp_path / "final" / "tokenizer_config.json").exists()
