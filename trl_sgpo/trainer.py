@@ -465,9 +465,9 @@ class SGPOTrainer(OnlineDPOTrainer):
     def _stop_if_not_finite(self, loss: torch.Tensor, phase: str) -> None:
         """Stop before a NaN/inf loss reaches the weights: save the last good state, then raise."""
         finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-        if self.accelerator.num_processes > 1:
-            finite = self.accelerator.reduce(finite, reduction="min")
-        if finite.item() == 1.0:
+        if self.accelerator.num_processes > 1:  # every process must stop together
+            finite = self.accelerator.reduce(finite, reduction="sum")
+        if finite.item() == self.accelerator.num_processes:
             return
         self.model.zero_grad(set_to_none=True)  # drop this step's partial gradients
         self._save_checkpoint(self.model_wrapped, trial=None)

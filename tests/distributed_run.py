@@ -1,0 +1,70 @@
+"""Train a few SGPO steps and save the final weights and logged losses; run by tests/test_distributed.py.
+
+Usage: python tests/distributed_run.py OUTPUT_DIR PER_DEVICE_BATCH_SIZE (directly, or under torchrun for several
+processes). Generation is greedy so that runs with different process counts sample the same responses.
+"""
+
+import json
+import os
+import sys
+
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from trl_sgpo import SGPOConfig, SGPOTrainer  # noqa: E402
+from trl_sgpo.toy import build_char_tokenizer, build_tiny_model  # noqa: E402
+
+
+WORDS = ["abc", "hello", "world", "qwerty", "zyx", "mnop", "abcd", "xyz"]
+
+
+def main(output_dir: str, per_device_batch_size: int) -> None:
+    torch.set_num_threads(1)
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    with torch.no_grad():  # larger weights: greedy outputs then depend on the prompt, so pairs differ
+        for parameter in model.parameters():
+            parameter.mul_(8.0)
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": f"reverse {w}"}],
+                "completion": [{"role": "assistant", "content": w[::-1]}],
+            }
+            for w in WORDS
+        ]
+    )
+    config = SGPOConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device_batch_size,
+        max_steps=4,
+        logging_steps=1,
+        learning_rate=1e-3,
+        max_new_tokens=6,
+        improver_template="{prompt}\ndraft: {response}\nfix:",
+        generation_kwargs={"do_sample": False, "forced_eos_token_id": tokenizer.eos_token_id},
+        improver_temperature=0.0,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        ddp_find_unused_parameters=False,
+        use_cpu=True,  # torchrun on a CPU machine: gloo, one process per worker
+    )
+    trainer = SGPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        weights = {
+            name: p.detach().cpu() for name, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()
+        }
+        torch.save(weights, os.path.join(output_dir, "final_weights.pt"))
+        logs = [log for log in trainer.state.log_history if "loss" in log]
+        summary = {"num_processes": trainer.accelerator.num_processes, "logs": logs}
+        with open(os.path.join(output_dir, "summary.json"), "w") as handle:
+            json.dump(summary, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
