@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    trainer.dataset_name = script_args.dataset_name
     if script_args.sample_every_n_steps > 0:
         trainer.add_callback(
             SGPOSampleTableCallback(trainer, script_args.sample_every_n_steps, script_args.sample_rows)
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.push_to_hub()
 
     if not builtin:
         return result.metrics

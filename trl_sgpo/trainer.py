@@ -34,6 +34,7 @@ from .callbacks import DPO, IMPROVER, PHASE_IDS, SGPOPhaseCallback
 from .config import SGPOConfig
 from .data import check_prompt_lengths, reference_text, validate_prompt_completion_dataset
 from .improver import edit_distance, improver_target, render_improver_prompt, select_targets
+from .model_card import config_section
 from .output_dir import check_output_dir
 from .pairs import Completion, filter_pairs
 
@@ -183,6 +184,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._ref_synced_at_step: int | None = None
         # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
+        self.dataset_name: str | None = None  # shown in the model card; set it to the Hub id of the training data
         self.num_sample_rows = 0
         self.last_samples: list[dict[str, str]] = []
         self._setup_generation(args)
@@ -651,6 +653,45 @@ class SGPOTrainer(OnlineDPOTrainer):
             load_model(self.accelerator.unwrap_model(self.ref_model), ref_file)
 
     # ------------------------------------------------------------ saving
+
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
+        """TRL's model card (tags `trl` and `sgpo`, the SGPO citation), plus a table of this run's SGPO settings."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name or self.dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        from . import __version__
+
+        path = os.path.join(self.args.output_dir, "README.md")
+        with open(path, encoding="utf-8") as handle:
+            card = handle.read()
+        section = config_section(self.args, __version__)
+        card = card.replace("## Citations", section + "## Citations", 1) if "## Citations" in card else card + section
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(card)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as error:  # network, token or permission: say which repo and what to do
+            raise RuntimeError(
+                f"Could not create or reach the Hub repo {self.args.hub_model_id or self.args.output_dir!r}: "
+                f"{type(error).__name__}: {error}. Check the network, HF_ENDPOINT and your token (`hf auth login`), "
+                "or train without --push_to_hub and upload the saved output_dir later."
+            ) from error
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
+        """Upload the model, tokenizer and model card; on failure the local save in `output_dir` is kept."""
+        kwargs.setdefault("dataset_name", self.dataset_name)
+        try:
+            return super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+        except Exception as error:
+            raise RuntimeError(
+                f"Pushing to the Hub failed ({type(error).__name__}: {error}). The model, tokenizer and model card "
+                f"are saved in {self.args.output_dir!r}; fix the network or token and call `trainer.push_to_hub()` "
+                f"again, or upload that folder with `hf upload`."
+            ) from error
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model and tokenizer, and (outside checkpoints) the SGPO model card beside them."""
