@@ -153,3 +153,22 @@ def test_evaluation_reports_the_reference_nll(tmp_path, tokenizer, which):
         count += len(target)
     assert math.isfinite(metrics["eval_loss"])
     assert metrics["eval_loss"] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_eval_metric_scores_greedy_generations(tmp_path, tokenizer):
+    seen = {}
+
+    def exact_match(predictions, references):
+        seen["predictions"], seen["references"] = predictions, references
+        return {"exact_match": sum(p == r for p, r in zip(predictions, references)) / len(references), "note": "x"}
+
+    trainer = _sgpo_trainer(tmp_path, tokenizer, conversational_dataset(4), per_device_eval_batch_size=2)
+    trainer.eval_dataset = conversational_dataset(3)
+    trainer.eval_metric = exact_match
+    metrics = trainer.evaluate()
+    assert seen["references"] == ["cba", "olleh", "dlrow"]
+    assert seen["predictions"] == ["cba", "olleh", "dlrow"]  # the rule sampler answers right in the 'eval' role
+    assert metrics["eval_exact_match"] == 1.0 and "eval_note" not in metrics
+    assert "eval_loss" in metrics
+    generation_config, _ = trainer._hf_generation["eval"]
+    assert generation_config.do_sample is False  # evaluation generates greedily

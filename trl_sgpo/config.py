@@ -90,7 +90,12 @@ class SGPOConfig(OnlineDPOConfig):
             Copy the current weights into the DPO reference model when a DPO phase starts (not with PEFT, whose
             reference is the base model with the adapter disabled).
 
-        > Outputs
+        > Evaluation and outputs
+
+        eval_metric (`str`, *optional*):
+            An `evaluate` metric, by local module path (or Hub id when online), computed at each evaluation on greedy
+            generations for the eval prompts against their references (`predictions=`, `references=` strings) and
+            logged as `eval_<name>`. The trainer also takes a loaded `evaluate` module or a callable.
 
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             Allow a new (not resumed) run to write into a non-empty `output_dir`. Without it such a run is refused
@@ -180,6 +185,13 @@ class SGPOConfig(OnlineDPOConfig):
     sync_ref_model_each_dpo_phase: bool = field(
         default=False,
         metadata={"help": "Copy the current weights into the DPO reference model when a DPO phase starts."},
+    )
+    eval_metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "An `evaluate` metric (a local module path, or a Hub id when online) computed on greedy "
+            "generations for the eval prompts against their references, logged as eval_<name>."
+        },
     )
     overwrite_output_dir: bool = field(
         default=False,

@@ -82,6 +82,10 @@ class SGPOTrainer(OnlineDPOTrainer):
         peft_config (`peft.PeftConfig`, *optional*): train an adapter instead of the full model.
         compute_metrics, callbacks, optimizers, preprocess_logits_for_metrics: as in `transformers.Trainer`.
         reward_funcs: not accepted (SGPO has no reward); present only to fail clearly when passed.
+        eval_metric (`evaluate.EvaluationModule | Callable | str`, *optional*): scored at each evaluation on greedy
+            generations for the eval prompts: `metric.compute(predictions=[...], references=[...])` (or the callable
+            with the same keywords) must return a dict of numbers, logged as `eval_<name>`. Defaults to
+            `args.eval_metric`, loaded with `evaluate.load`.
     """
 
     _tag_names = ["trl", "sgpo"]
@@ -114,6 +118,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
         preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         reward_funcs: Any = None,
+        eval_metric: Any = None,
     ) -> None:
         if reward_funcs is not None:
             raise ValueError(
@@ -184,6 +189,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._ref_synced_at_step: int | None = None
         # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
+        self.eval_metric = self._load_eval_metric(eval_metric if eval_metric is not None else args.eval_metric)
         self.dataset_name: str | None = None  # shown in the model card; set it to the Hub id of the training data
         self.num_sample_rows = 0
         self.last_samples: list[dict[str, str]] = []
@@ -222,6 +228,7 @@ class SGPOTrainer(OnlineDPOTrainer):
                 **(args.generation_kwargs or {}),
             }
             self._vllm_sampling = {
+                "eval": {**base, "temperature": 0.0, "max_tokens": args.max_new_tokens},
                 "policy": {
                     **base,
                     "temperature": args.temperature,
@@ -246,10 +253,21 @@ class SGPOTrainer(OnlineDPOTrainer):
             improver_kwargs.update(do_sample=False)
             for key in ("temperature", "top_p", "top_k", "min_p"):
                 improver_kwargs.pop(key, None)
+        greedy_kwargs = {k: v for k, v in self.generation_kwargs.items() if k not in ("temperature", "top_p", "top_k")}
+        greedy_kwargs.update(do_sample=False)
         self._hf_generation = {
+            "eval": (GenerationConfig(**greedy_kwargs), greedy_kwargs),
             "policy": (self.generation_config, self.generation_kwargs),
             "improver": (GenerationConfig(**improver_kwargs), improver_kwargs),
         }
+
+    @staticmethod
+    def _load_eval_metric(metric: Any) -> Any:
+        if isinstance(metric, str):
+            import evaluate
+
+            return evaluate.load(metric)
+        return metric
 
     @property
     def phase_callback(self) -> SGPOPhaseCallback:
@@ -629,6 +647,35 @@ class SGPOTrainer(OnlineDPOTrainer):
             logps = self._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
             loss = -(logps * completion_mask).sum() / completion_mask.sum()
         return loss.detach(), None, None
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ):
+        """The parent's loop (the reference NLL as `eval_loss`), plus `eval_metric` on greedy generations."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.eval_metric is not None:
+            for name, value in self._generation_metrics(dataloader).items():
+                output.metrics[f"{metric_key_prefix}_{name}"] = value
+        return output
+
+    def _generation_metrics(self, dataloader) -> dict[str, float]:
+        predictions, references = [], []
+        model = self.model_wrapped
+        model.eval()
+        for batch in dataloader:
+            texts = self._policy_prompt_texts(batch["prompt"])
+            prompt_ids, prompt_mask = self._tokenize_prompts(texts)
+            completions = self._sample(model, texts, prompt_ids, prompt_mask, "eval")
+            predictions += self.processing_class.batch_decode(
+                [c.token_ids for c in completions], skip_special_tokens=True
+            )
+            references += [reference_text(completion) for completion in batch["completion"]]
+        predictions, references = gather_object(predictions), gather_object(references)
+        if callable(self.eval_metric) and not hasattr(self.eval_metric, "compute"):
+            scores = self.eval_metric(predictions=predictions, references=references)
+        else:
+            scores = self.eval_metric.compute(predictions=predictions, references=references)
+        return {name: float(value) for name, value in scores.items() if isinstance(value, (int, float))}
 
     # ------------------------------------------------------- reference model
 
