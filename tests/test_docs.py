@@ -1,0 +1,157 @@
+"""The documentation's code runs, and the site builds.
+
+Every fenced ```python block in ``docs/**/*.md`` and ``README.md`` is executed, each in a fresh namespace with a
+fresh temporary directory as the working directory, so relative ``output_dir`` values land there. Snippets must be
+self-contained, offline and fast: build the model and tokenizer with ``trl_sgpo.toy``
+(``build_char_tokenizer``, ``build_tiny_model``) and the data with ``datasets.Dataset.from_list``.
+
+Skipping a snippet: a snippet that needs network access (a Hub model or dataset) or a GPU is marked with an HTML
+comment on the line before its opening fence (blank lines in between are allowed); the reason is shown by pytest::
+
+    <!-- skip-test: downloads a model from the Hub -->
+    ```python
+    trainer = SGPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", ...)
+    ```
+
+The comment is invisible on the rendered page. Blocks in other languages (``bash``, ``yaml``, ...) are not run.
+
+The site build runs ``mkdocs build --strict`` into a temporary directory (skipped when the ``docs`` extra, mkdocs,
+mkdocs-material and mkdocstrings, is not installed).
+"""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+# Tiny models run faster on one thread, and two test workers on two cores must not fight over OpenMP threads.
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+OPENING_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
+SKIP_MARKER = re.compile(r"^\s*<!--\s*skip-test(?::\s*(?P<reason>.*?))?\s*-->\s*$")
+
+
+def documentation_files() -> list[Path]:
+    files = sorted(DOCS.rglob("*.md"))
+    if (ROOT / "README.md").is_file():
+        files.append(ROOT / "README.md")
+    return files
+
+
+def extract_snippets(path: Path) -> list[tuple[int, str, str | None]]:
+    """(line number of the opening fence, code, skip reason or None) of every python block of ``path``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    snippets = []
+    index = 0
+    while index < len(lines):
+        opening = OPENING_FENCE.match(lines[index])
+        if not opening:
+            index += 1
+            continue
+        indent, fence = opening.group("indent"), opening.group("fence")
+        language = (opening.group("info").split() or [""])[0].lstrip(".{").lower()
+        closing = re.compile(rf"^{re.escape(indent)}{fence[0]}{{{len(fence)},}}\s*$")
+        body_start = index + 1
+        end = body_start
+        while end < len(lines) and not closing.match(lines[end]):
+            end += 1
+        if language in ("python", "py"):
+            body = [
+                line.removeprefix(indent) if line.startswith(indent) else line.lstrip()
+                for line in lines[body_start:end]
+            ]
+            previous = next((lines[i] for i in range(index - 1, -1, -1) if lines[i].strip()), "")
+            marker = SKIP_MARKER.match(previous)
+            reason = (marker.group("reason") or "marked skip-test") if marker else None
+            snippets.append((index + 1, "\n".join(body) + "\n", reason))
+        index = end + 1
+    return snippets
+
+
+def snippet_params():
+    params = []
+    for path in documentation_files():
+        name = path.relative_to(ROOT).as_posix()
+        for line, code, reason in extract_snippets(path):
+            marks = [pytest.mark.skip(reason=f"skip-test: {reason}")] if reason else []
+            params.append(pytest.param(name, line, code, id=f"{name}:{line}", marks=marks))
+    return params
+
+
+SNIPPETS = snippet_params()
+
+
+def test_the_extractor_finds_the_snippets():
+    assert len(SNIPPETS) >= 10, "the documentation lost its snippets, or the extractor stopped finding them"
+    skipped = [param for param in SNIPPETS if param.marks]
+    assert skipped, "no snippet is marked skip-test: the marker convention changed?"
+
+
+@pytest.mark.parametrize(("page", "line", "code"), SNIPPETS)
+def test_snippet_runs(page, line, code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__main__"}
+    exec(compile(code, f"{page}:{line}", "exec"), namespace)  # noqa: S102
+
+
+def test_every_logged_metric_is_documented():
+    """Each name the trainer logs appears on the metrics page (f-string names: at least one expansion does)."""
+    source = (ROOT / "trl_sgpo" / "trainer.py").read_text(encoding="utf-8")
+    page = (DOCS / "metrics.md").read_text(encoding="utf-8")
+    names = set(re.findall(r'stats\.add\(\s*(f?"[^"]+")', source))
+    names |= set(re.findall(r'_metrics\[\s*(f?"[^"]+")\s*\]', source))
+    assert names, "found no logged metric in trainer.py: the pattern of this test is out of date"
+    missing = []
+    for literal in names:
+        name = literal.lstrip("f").strip('"')
+        pattern = re.escape(name)
+        if literal.startswith("f"):  # f"sgpo/pairs_{reason}": any word in place of the field
+            pattern = re.sub(r"\\\{[^}]*\\\}", r"\\w+", pattern)
+        if not re.search(rf"`{pattern}`", page):
+            missing.append(name)
+    assert not missing, f"logged by the trainer but not documented in docs/metrics.md: {sorted(missing)}"
+
+
+def _docs_tools_missing() -> str | None:
+    for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
+        if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
+@pytest.mark.skipif(
+    _docs_tools_missing() is not None,
+    reason=f"the docs tools are not installed ({_docs_tools_missing()}): pip install -e '.[docs]'",
+)
+def test_mkdocs_build_strict(tmp_path):
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml")]
+        + ["--site-dir", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+
+    # The configuration tables are generated from the code: every SGPO field is on the page, no placeholder left.
+    sys.path.insert(0, str(DOCS / "hooks"))
+    try:
+        from config_table import PLACEHOLDER, sgpo_fields
+    finally:
+        sys.path.remove(str(DOCS / "hooks"))
+    configuration = (site / "configuration" / "index.html").read_text(encoding="utf-8")
+    assert PLACEHOLDER not in configuration
+    missing = [field.name for _, field in sgpo_fields() if f"<code>{field.name}</code>" not in configuration]
+    assert not missing, f"SGPOConfig fields missing from the generated configuration page: {missing}"
