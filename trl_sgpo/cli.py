@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
             "Pass both --model_name_or_path and --dataset_name to train your own model, or neither to run the "
             "built-in world."
         )
+    if str(training_args.resume_from_checkpoint).lower() in ("true", "yes", "1"):  # `true`: the latest checkpoint
+        training_args.resume_from_checkpoint = True
     # Before loading anything: never write over an earlier run.
     check_output_dir(
         training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir
