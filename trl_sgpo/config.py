@@ -213,6 +213,13 @@ class SGPOConfig(OnlineDPOConfig):
         },
     )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # `Trainer` pickles the arguments into training_args.bin (in saves and checkpoints) and `push_to_hub` uploads
+        # that file: never write the Hub token there. The live object keeps it for pushing.
+        state = dict(self.__dict__)
+        state["hub_token"] = None
+        return state
+
     def __post_init__(self):
         on_gpu = torch.cuda.is_available() and not self.use_cpu
         if self.bf16 is None:
