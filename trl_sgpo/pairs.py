@@ -16,10 +16,15 @@ PAIR_SOURCES = ("sgpo", "spin")
 
 @dataclass
 class Completion:
-    """A sampled (or reference) completion: its content tokens (no EOS, no padding) and whether it ended with EOS."""
+    """A sampled (or reference) completion: its content tokens (no EOS, no padding) and whether it ended with EOS.
+
+    ``end_token`` is the EOS id that was sampled (a model may have several, e.g. end-of-turn and end-of-text), so
+    log-probabilities score the token that was really generated; unset means the tokenizer's EOS.
+    """
 
     token_ids: list[int]
     ended: bool
+    end_token: int | None = None
 
 
 @dataclass

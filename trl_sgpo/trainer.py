@@ -188,9 +188,9 @@ class SGPOTrainer(OnlineDPOTrainer):
         self.reward_processing_classes = []
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._ref_synced_at_step: int | None = None
-        # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
         self.eval_metric = self._load_eval_metric(eval_metric if eval_metric is not None else args.eval_metric)
         self.dataset_name: str | None = None  # shown in the model card; set it to the Hub id of the training data
+        # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
         self.num_sample_rows = 0
         self.last_samples: list[dict[str, str]] = []
         self._setup_generation(args)
@@ -206,11 +206,14 @@ class SGPOTrainer(OnlineDPOTrainer):
     @staticmethod
     def _max_prompt_tokens(args: SGPOConfig, tokenizer: PreTrainedTokenizerBase) -> int:
         """Longest prompt that leaves room for the improver's template, a draft and a rewrite within max_length."""
-        improver_tokens = args.improver_max_new_tokens or args.max_new_tokens
         if args.pair_source == "spin":
             return args.max_length - args.max_new_tokens
-        template = args.improver_template if isinstance(args.improver_template, str) else ""
-        template_tokens = len(tokenizer(template, add_special_tokens=False)["input_ids"]) + 16  # chat markup
+        try:  # the template's own tokens, chat markup included (counted twice with the prompt's: a safe margin)
+            template = render_improver_prompt(args.improver_template, "", "", tokenizer)
+            template_tokens = len(tokenizer(template, add_special_tokens=False)["input_ids"])
+        except Exception:  # a callable template may not accept empty texts; then only the lengths are reserved
+            template_tokens = 0
+        improver_tokens = args.improver_max_new_tokens or args.max_new_tokens
         return args.max_length - template_tokens - args.max_new_tokens - improver_tokens
 
     def _setup_generation(self, args: SGPOConfig) -> None:
@@ -307,7 +310,8 @@ class SGPOTrainer(OnlineDPOTrainer):
         ids = torch.full((len(completions), width), pad, dtype=torch.long)
         mask = torch.zeros((len(completions), width), dtype=torch.long)
         for row, completion in enumerate(completions):
-            tokens = completion.token_ids + ([eos] if completion.ended else [])
+            end = [completion.end_token if completion.end_token is not None else eos] if completion.ended else []
+            tokens = completion.token_ids + end
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             mask[row, : len(tokens)] = 1
         device = self.accelerator.device
@@ -324,7 +328,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         for ids, row_mask in zip(completion_ids.tolist(), mask.tolist()):
             tokens = ids[: sum(row_mask)]
             ended = bool(tokens) and tokens[-1] in self.eos_token_ids
-            completions.append(Completion(tokens[:-1] if ended else tokens, ended))
+            completions.append(Completion(tokens[:-1] if ended else tokens, ended, tokens[-1] if ended else None))
         return completions
 
     # ---------------------------------------------------------- generation
@@ -382,9 +386,10 @@ class SGPOTrainer(OnlineDPOTrainer):
             completion_ids = completion_ids[start : start + len(texts)]
         completions = []
         for ids in completion_ids:
-            ended = bool(ids) and ids[-1] in self.eos_token_ids
-            ended = ended or len(ids) < sampling["max_tokens"]  # stopped by a stop token that vLLM left out
-            completions.append(Completion(ids[:-1] if ids and ids[-1] in self.eos_token_ids else list(ids), ended))
+            ends_with_eos = bool(ids) and ids[-1] in self.eos_token_ids
+            ended = ends_with_eos or len(ids) < sampling["max_tokens"]  # or stopped by a stop token vLLM left out
+            content = list(ids[:-1]) if ends_with_eos else list(ids)
+            completions.append(Completion(content, ended, ids[-1] if ends_with_eos else None))
         return completions
 
     # ------------------------------------------------------------- step
