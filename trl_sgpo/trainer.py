@@ -304,8 +304,9 @@ class SGPOTrainer(OnlineDPOTrainer):
         ids = self.processing_class(text=reference_text(completion), add_special_tokens=False)["input_ids"]
         return Completion(list(ids), ended=True)
 
-    def _pad_completions(self, completions: list[Completion], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pad_completions(self, completions: list[Completion]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids (content, then EOS if the completion ended) and their mask."""
+        width = max(1, *(len(c.token_ids) + int(c.ended) for c in completions))
         pad, eos = self._tokenizer.pad_token_id, self.eos_token_ids[0]
         ids = torch.full((len(completions), width), pad, dtype=torch.long)
         mask = torch.zeros((len(completions), width), dtype=torch.long)
@@ -316,10 +317,6 @@ class SGPOTrainer(OnlineDPOTrainer):
             mask[row, : len(tokens)] = 1
         device = self.accelerator.device
         return ids.to(device), mask.to(device)
-
-    @staticmethod
-    def _full_length(completion: Completion) -> int:
-        return len(completion.token_ids) + int(completion.ended)
 
     def _split_completions(self, completion_ids: torch.Tensor) -> list[Completion]:
         """Generated rows -> content tokens up to the first EOS, and whether an EOS was sampled at all."""
@@ -426,7 +423,7 @@ class SGPOTrainer(OnlineDPOTrainer):
             ]
             improver_ids, improver_mask = self._tokenize_prompts(improver_texts)
 
-        segments = []  # (prompt ids, prompt mask, completions) of every row that takes gradients, in one forward
+        loss = torch.zeros((), device=self.accelerator.device)
         if phase == DPO:
             if sgpo_pairs:
                 chosen = self._sample(model, improver_texts, improver_ids, improver_mask, "improver")
@@ -440,44 +437,18 @@ class SGPOTrainer(OnlineDPOTrainer):
                 stats.add(f"sgpo/pairs_{reason}", [float(r == reason) for r in pairs.reasons])
             stats.add("sgpo/edit_distance", [edit_distance(c.token_ids, d.token_ids) for c, d in zip(chosen, drafts)])
             stats.add("sgpo/empty_batches", [float(pairs.num_kept == 0)], reduce="sum")
-            segments.append((prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), chosen + drafts))
+            loss = loss + self._dpo_loss(model, prompt_ids, prompt_mask, chosen, drafts, pairs.keep, scale, stats)
         if train_improver:
             targets, target_keep = self._improver_targets(drafts, reference_completions, stats)
-            segments.append((improver_ids, improver_mask, targets))
+            weight = 1.0 if phase == IMPROVER else self.args.improver_loss_weight
+            loss = loss + weight * self._improver_loss(
+                model, improver_ids, improver_mask, targets, target_keep, scale, stats
+            )
         if self.num_sample_rows and self.accelerator.is_main_process:
             if phase == DPO:
                 self._keep_samples(phase, prompts, drafts, chosen, [r or "kept" for r in pairs.reasons])
             elif train_improver:
                 self._keep_samples(phase, prompts, drafts, targets, ["kept" if k else "filtered" for k in target_keep])
-
-        prompt_ids_all, prompt_mask_all, completion_ids, completion_mask = self._concat_segments(segments)
-        logps = self._forward(model, prompt_ids_all, prompt_mask_all, completion_ids, completion_mask)
-        token_logps = logps * completion_mask
-        sequence_logps = token_logps.sum(1)
-        loss = logps.new_zeros(())
-
-        if phase == DPO:
-            keep = torch.tensor(pairs.keep, dtype=logps.dtype, device=logps.device)
-            dpo_rows = 2 * batch_size
-            loss = loss + self._dpo_loss(
-                sequence_logps[:dpo_rows],
-                token_logps[:dpo_rows],
-                completion_ids[:dpo_rows],
-                completion_mask[:dpo_rows],
-                prompt_ids_all[:dpo_rows],
-                prompt_mask_all[:dpo_rows],
-                keep,
-                scale,
-                stats,
-            )
-        if train_improver:
-            rows = slice(sequence_logps.size(0) - batch_size, None)
-            lengths = completion_mask[rows].sum(1).clamp(min=1)
-            nll = -sequence_logps[rows] / lengths  # token-mean NLL of each target
-            keep_targets = torch.tensor(target_keep, dtype=nll.dtype, device=nll.device)
-            weight = 1.0 if phase == IMPROVER else self.args.improver_loss_weight
-            loss = loss + weight * (nll * keep_targets).sum() * scale
-            stats.add("sgpo/improver_loss", nll.detach()[keep_targets.bool()].tolist())
 
         self._record(stats, phase)
         self._stop_if_not_finite(loss, phase)
@@ -541,10 +512,28 @@ class SGPOTrainer(OnlineDPOTrainer):
         return targets, keep
 
     def _dpo_loss(
-        self, sequence_logps, token_logps, completion_ids, completion_mask, prompt_ids, prompt_mask, keep, scale, stats
+        self,
+        model,
+        prompt_ids,
+        prompt_mask,
+        chosen: list[Completion],
+        rejected: list[Completion],
+        keep: list[bool],
+        scale: float,
+        stats: "_StepStats",
     ) -> torch.Tensor:
-        """DPO loss on rows [chosen; rejected]; the upstream loss, with dropped pairs weighted 0."""
-        batch_size = keep.size(0)
+        """The upstream DPO loss on [chosen; rejected] rows under the policy prompt, dropped pairs weighted 0.
+
+        Its own forward pass (not batched with the improver's rows, whose prompts are much longer: padding both to
+        one width wasted most of the compute). The gradient graphs of both passes meet in the step's one backward.
+        """
+        batch_size = len(chosen)
+        completions = chosen + rejected
+        completion_ids, completion_mask = self._pad_completions(completions)
+        prompt_ids, prompt_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
+        token_logps = self._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask) * completion_mask
+        sequence_logps = token_logps.sum(1)
+        keep = torch.tensor(keep, dtype=sequence_logps.dtype, device=sequence_logps.device)
         with torch.no_grad():
             if self.ref_model is not None:
                 ref_logps = self._forward(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask)
@@ -584,25 +573,23 @@ class SGPOTrainer(OnlineDPOTrainer):
         stats.add("beta", [self.beta], reduce="mean_of_processes")
         return loss
 
-    def _concat_segments(self, segments):
-        """Stack row groups with different prompt and completion widths: prompts left-, completions right-padded."""
-        completion_width = max(self._full_length(c) for _, _, completions in segments for c in completions)
-        prompt_width = max(ids.size(1) for ids, _, _ in segments)
-        pad = self._tokenizer.pad_token_id
-        all_prompt_ids, all_prompt_mask, all_completion_ids, all_completion_mask = [], [], [], []
-        for ids, mask, completions in segments:
-            extra = prompt_width - ids.size(1)
-            all_prompt_ids.append(F.pad(ids, (extra, 0), value=pad))
-            all_prompt_mask.append(F.pad(mask, (extra, 0), value=0))
-            completion_ids, completion_mask = self._pad_completions(completions, max(completion_width, 1))
-            all_completion_ids.append(completion_ids)
-            all_completion_mask.append(completion_mask)
-        return (
-            torch.cat(all_prompt_ids),
-            torch.cat(all_prompt_mask),
-            torch.cat(all_completion_ids),
-            torch.cat(all_completion_mask),
-        )
+    def _improver_loss(
+        self,
+        model,
+        improver_ids,
+        improver_mask,
+        targets: list[Completion],
+        keep: list[bool],
+        scale: float,
+        stats: "_StepStats",
+    ) -> torch.Tensor:
+        """Supervised loss of the improver role: token-mean NLL of each kept target under its improver prompt."""
+        target_ids, target_mask = self._pad_completions(targets)
+        logps = self._forward(model, improver_ids, improver_mask, target_ids, target_mask)
+        nll = -(logps * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
+        keep = torch.tensor(keep, dtype=nll.dtype, device=nll.device)
+        stats.add("sgpo/improver_loss", nll.detach()[keep.bool()].tolist())
+        return (nll * keep).sum() * scale
 
     # ------------------------------------------------------------- metrics
 
@@ -645,9 +632,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         texts = self._policy_prompt_texts(inputs["prompt"])
         prompt_ids, prompt_mask = self._tokenize_prompts(texts)
         references = [self._reference_completion(completion) for completion in inputs["completion"]]
-        completion_ids, completion_mask = self._pad_completions(
-            references, max(self._full_length(r) for r in references)
-        )
+        completion_ids, completion_mask = self._pad_completions(references)
         with torch.no_grad():
             logps = self._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
             loss = -(logps * completion_mask).sum() / completion_mask.sum()
