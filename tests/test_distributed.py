@@ -44,7 +44,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert [log["sgpo/phase"] for log in double["logs"]] == [0.0, 1.0, 0.0, 1.0]
     for one, two in zip(single["logs"], double["logs"]):
         for key in ("loss", "grad_norm", "sgpo/improver_loss", "sgpo/response_length"):
-            assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), (one["step"], key)
+            assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), (one["step"], key)
     dpo_logs = [(one, two) for one, two in zip(single["logs"], double["logs"]) if one["sgpo/phase"] == 1.0]
     assert any("rewards/margins" in one for one, _ in dpo_logs)
     for one, two in dpo_logs:

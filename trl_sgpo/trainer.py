@@ -29,6 +29,7 @@ from trl.experimental.utils import truncate_right
 from trl.extras.profiling import profiling_context
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import selective_log_softmax
 
 from .callbacks import DPO, IMPROVER, PHASE_IDS, SGPOPhaseCallback
 from .config import SGPOConfig
@@ -327,6 +328,23 @@ class SGPOTrainer(OnlineDPOTrainer):
             ended = bool(tokens) and tokens[-1] in self.eos_token_ids
             completions.append(Completion(tokens[:-1] if ended else tokens, ended, tokens[-1] if ended else None))
         return completions
+
+    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, vision_inputs=None):
+        """Per-token log-probabilities of the completion tokens, like the parent's, but cheaper.
+
+        The parent computes logits and a full log-softmax for every prompt position too. The improver's prompts are
+        long (template, prompt and draft), so with a real vocabulary that is most of the memory of a step: ask the
+        model for the completion positions only (`logits_to_keep`) and gather without a full log-softmax.
+        Like the parent, sequences longer than `max_length` lose prompt tokens from the left.
+        """
+        excess = max(prompt_ids.size(1) + completion_ids.size(1) - self.max_length, 0)
+        prompt_ids, prompt_mask = prompt_ids[:, excess:], prompt_mask[:, excess:]
+        if prompt_ids.size(1) == 0:
+            raise ValueError(f"max_length ({self.max_length}) leaves no room for the prompt: raise max_length.")
+        input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
+        attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
+        output = model(input_ids, attention_mask=attention_mask, logits_to_keep=completion_ids.size(1) + 1)
+        return selective_log_softmax(output.logits[:, :-1], completion_ids)
 
     # ---------------------------------------------------------- generation
 
