@@ -1,0 +1,805 @@
+"""Speed and memory of one SGPO step against one step of TRL's `OnlineDPOTrainer`, on the same model and batch.
+
+What is measured, and why
+-------------------------
+SGPO replaces OnlineDPO's "sample two completions, score them with a reward" by "sample one completion, let the same
+model rewrite it". The question is what that costs per optimizer step. Three arms run on the same randomly initialised
+Llama (built from a config, with the character-level tokenizer of `trl_sgpo.toy`), the same prompts, the same batch
+size and the same number of generated tokens:
+
+- ``online_dpo``: upstream `OnlineDPOTrainer` with a cheap reward function (the string length: scoring is free, so
+  the comparison is about generation and the forward/backward passes, not about a reward model);
+- ``sgpo_dpo``: an `SGPOTrainer` DPO-phase step (schedule ``improver_steps=0, dpo_steps=1``, default
+  ``improver_loss_weight=1.0``): one policy sample, one improver rewrite, DPO loss plus the improver loss;
+- ``sgpo_improver``: an `SGPOTrainer` improver-phase step (``improver_warmup_steps`` large): one policy sample and a
+  supervised step of the improver role.
+
+Every generated completion is exactly ``--max-new-tokens`` tokens long in every arm: EOS is suppressed before the
+last position (``min_new_tokens``) and forced at it (``forced_eos_token_id``), so all arms generate the same number of
+tokens and every completion ends (no pair is dropped as truncated). SGPO's improver uses the same ``max_new_tokens``.
+
+One measurement is one optimizer step: ``trainer.training_step`` on a batch, then gradient clipping, ``optimizer.step``
+and ``zero_grad`` (as `transformers.Trainer` does), timed with `time.perf_counter` (with `torch.cuda.synchronize` on
+CUDA). The step is split by wrapping methods on the trainer instance:
+
+- generation: time in ``_sample`` (SGPO, both roles) or ``_generate`` (upstream; it also renders and tokenises the
+  prompts);
+- forward/backward: time in every ``_forward`` call (policy and reference) plus ``accelerator.backward``;
+- optimizer: clipping, ``optimizer.step`` and ``zero_grad``;
+- rest: ``training_step`` minus generation and forward/backward: tokenisation, template rendering, edit scripts,
+  the pair filter, statistics, the reward function.
+
+The wrappers also count the work done (generate calls, rows and prompt widths, tokens through ``_forward`` with and
+without gradients, and how many of them are padding), which is the first place to look when a ratio is off.
+
+Arms are interleaved (``for repeat: for arm: one step``, the arm order rotating each repeat) after warm-up steps, so
+that a slow moment of a shared machine hits every arm alike; medians, inter-quartile ranges and the ratios to
+``online_dpo`` are reported (the ratio of medians, and the median and IQR of the per-repeat paired ratios).
+
+Peak memory is measured per arm in a fresh subprocess, with full fine-tuning and with LoRA (r=8 on the attention
+projections): on CPU the peak RSS (VmHWM on Linux, ``ru_maxrss`` elsewhere) minus the RSS after the model is built;
+on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated after the model is built. The difference (what
+the trainer adds: reference copy, gradients, optimizer state, activations) is what the ratios compare; absolute peaks
+are reported too.
+
+Goals checked (reported as met or missed, never adjusted): DPO-phase step <= 1.0x OnlineDPO's, improver-phase step
+<= 0.7x, LoRA peak <= 1.05x OnlineDPO's, and no more than 10% of an SGPO step in "rest".
+
+Run on one CPU thread (tiny matmuls on several contended OpenMP threads are erratic)::
+
+    python benchmarks/speed.py                      # CPU, the small model, writes benchmarks/results/speed.{md,json}
+    python benchmarks/speed.py --quick --output-dir /tmp/speed    # < 2 min, for CI
+    python benchmarks/speed.py --device cuda --model-size large --batch-size 16 --max-new-tokens 128
+"""
+
+from __future__ import annotations
+
+import os
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_DISABLED", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import datetime  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import resource  # noqa: E402
+import shlex  # noqa: E402
+import string  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # benchmark this checkout's trl_sgpo, installed or not
+    sys.path.insert(0, str(REPO_ROOT))
+
+ARMS = ("online_dpo", "sgpo_dpo", "sgpo_improver")
+BASELINE = "online_dpo"
+COMPONENTS = ("step", "training_step", "generation", "forward_backward", "optimizer", "rest")
+MEMORY_MODES = ("full", "lora")
+# hidden size, layers, attention heads (intermediate size = 2 x hidden, as in `trl_sgpo.toy.build_tiny_model`)
+MODEL_SIZES = {
+    "tiny": (64, 2, 2),
+    "small": (256, 4, 4),
+    "medium": (768, 12, 12),
+    "large": (2048, 16, 16),
+}
+SHORT_TEMPLATE = "{prompt}\ndraft: {response}\nfix:"
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
+GOALS = (
+    # (name, what, target)
+    ("dpo_step_ratio", "SGPO DPO-phase step / OnlineDPO step", 1.0),
+    ("improver_step_ratio", "SGPO improver-phase step / OnlineDPO step", 0.7),
+    ("lora_peak_ratio_dpo", "LoRA peak memory (above the model), SGPO DPO phase / OnlineDPO", 1.05),
+    ("lora_peak_ratio_improver", "LoRA peak memory (above the model), SGPO improver phase / OnlineDPO", 1.05),
+    ("rest_fraction_dpo", "share of an SGPO DPO-phase step outside generation, fwd/bwd and optimizer", 0.10),
+    ("rest_fraction_improver", "share of an SGPO improver-phase step outside generation, fwd/bwd and optimizer", 0.10),
+)
+
+
+# ----------------------------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class Settings:
+    device: str = "cpu"
+    model_size: str = "small"
+    batch_size: int = 8
+    prompt_length: int = 64
+    max_new_tokens: int = 32
+    repeats: int = 12
+    warmup: int = 2
+    memory_steps: int = 2
+    threads: int = 1
+    seed: int = 0
+    improver_template: str = "default"
+    gradient_checkpointing: bool = False
+    skip_memory: bool = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.device == "cuda" else torch.float32
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--model-size", choices=list(MODEL_SIZES), default=None, help="default: small (tiny with --quick)"
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="prompts per step (default 8, 4 with --quick)")
+    parser.add_argument("--prompt-length", type=int, default=None, help="tokens of every rendered prompt (default 64)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens of every completion (default 32)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per arm (default 12, 3 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per arm first (default 2)")
+    parser.add_argument("--memory-steps", type=int, default=2, help="steps run in each memory subprocess")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see the module docstring)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--improver-template",
+        choices=("default", "short"),
+        default="default",
+        help="SGPO's improver prompt: the library default, or the short '{prompt}\\ndraft: {response}\\nfix:'",
+    )
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on in every arm (off by default)")
+    parser.add_argument("--skip-memory", action="store_true", help="timing only")
+    parser.add_argument("--quick", action="store_true", help="tiny model, few repeats: < 2 min on one CPU thread")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    # Internal: one memory measurement in this (fresh) process, printed as JSON.
+    parser.add_argument("--memory-probe", nargs=2, metavar=("ARM", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    quick = args.quick
+    settings = Settings(
+        device=args.device,
+        model_size=args.model_size or ("tiny" if quick else "small"),
+        batch_size=args.batch_size or (4 if quick else 8),
+        prompt_length=args.prompt_length or (32 if quick else 64),
+        max_new_tokens=args.max_new_tokens or (16 if quick else 32),
+        repeats=args.repeats or (3 if quick else 12),
+        warmup=args.warmup if args.warmup is not None else (1 if quick else 2),
+        memory_steps=1 if quick else args.memory_steps,
+        threads=args.threads,
+        seed=args.seed,
+        improver_template=args.improver_template,
+        gradient_checkpointing=args.gradient_checkpointing,
+        skip_memory=args.skip_memory,
+    )
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is visible")
+    if settings.max_new_tokens < 2:
+        parser.error("--max-new-tokens must be >= 2 (one content token, then the forced EOS)")
+    return settings, args
+
+
+# --------------------------------------------------------------------------------------- data, model, trainers
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_tokenizer():
+    from trl_sgpo.toy import build_char_tokenizer
+
+    return build_char_tokenizer()
+
+
+def improver_template(settings: Settings) -> str:
+    from trl_sgpo.config import DEFAULT_IMPROVER_TEMPLATE
+
+    return DEFAULT_IMPROVER_TEMPLATE if settings.improver_template == "default" else SHORT_TEMPLATE
+
+
+def prompt_markup_tokens(tokenizer) -> int:
+    """Tokens the chat template adds around a one-turn prompt (with the generation prompt)."""
+    messages = [{"role": "user", "content": ""}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+def build_dataset(settings: Settings, tokenizer, num_rows: int):
+    """Conversational prompt-completion rows whose rendered prompts are all exactly `prompt_length` tokens."""
+    from datasets import Dataset
+
+    content_length = settings.prompt_length - prompt_markup_tokens(tokenizer)
+    if content_length < 1:
+        raise ValueError(f"--prompt-length {settings.prompt_length} leaves no room for the chat markup")
+    rng = random.Random(settings.seed)
+    alphabet = string.ascii_lowercase + " "
+
+    def text(length: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(length))
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": text(content_length)}],
+            # The reference has the length of a generated completion (content + EOS = max_new_tokens).
+            "completion": [{"role": "assistant", "content": text(settings.max_new_tokens - 1)}],
+        }
+        for _ in range(num_rows)
+    ]
+    return Dataset.from_list(rows)
+
+
+def max_length(settings: Settings, tokenizer) -> int:
+    """A `max_length` that truncates nothing in any arm: room for the improver's prompt, a draft and a rewrite."""
+    template_tokens = len(tokenizer(improver_template(settings), add_special_tokens=False)["input_ids"])
+    # SGPO reserves template + 16 (chat markup) + draft + rewrite beyond the prompt; keep a margin on top.
+    needed = settings.prompt_length + template_tokens + 16 + 2 * settings.max_new_tokens + 8
+    return 64 * math.ceil(needed / 64)
+
+
+def build_model(settings: Settings, tokenizer, meta: bool = False):
+    """The benchmark's model on its device and dtype (``meta``: shapes only, to count parameters)."""
+    from trl_sgpo.toy import build_tiny_model
+
+    hidden, layers, heads = MODEL_SIZES[settings.model_size]
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = build_tiny_model(
+            tokenizer,
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=heads,
+            max_positions=max_length(settings, tokenizer),
+            seed=settings.seed,
+        )
+    return model if meta else model.to(device=settings.device, dtype=settings.dtype)
+
+
+def cheap_reward(completions: list, **kwargs: Any) -> list[float]:
+    """OnlineDPO's reward: shorter is better. Costs microseconds, so scoring does not weigh on the comparison."""
+    return [-float(len(str(completion))) for completion in completions]
+
+
+def common_config(settings: Settings, tokenizer, output_dir: str) -> dict[str, Any]:
+    """The settings every arm shares."""
+    eos = tokenizer.eos_token_id
+    n = settings.max_new_tokens
+    return dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=settings.batch_size,
+        max_new_tokens=n,
+        max_length=max_length(settings, tokenizer),
+        # Exactly n tokens per completion in every arm: no EOS before the last position, EOS forced at it.
+        generation_kwargs={"min_new_tokens": n - 1, "max_new_tokens": n, "forced_eos_token_id": eos},
+        learning_rate=1e-5,
+        max_grad_norm=1.0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**9,
+        seed=settings.seed,
+        dataloader_num_workers=0,
+        use_cpu=settings.device == "cpu",
+        bf16=settings.device == "cuda",
+        gradient_checkpointing=settings.gradient_checkpointing,
+    )
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    return LoraConfig(r=8, lora_alpha=16, target_modules=targets, task_type="CAUSAL_LM")
+
+
+def import_trainers() -> None:
+    """Import everything the trainers need (TRL, SGPO, PEFT)."""
+    import peft  # noqa: F401
+    from trl.experimental.online_dpo import OnlineDPOTrainer  # noqa: F401
+
+    import trl_sgpo  # noqa: F401
+
+
+def build_trainer(arm: str, settings: Settings, tokenizer, model, dataset, output_dir: str, peft: bool):
+    """One trainer of ``arm`` on ``model``, prepared like `Trainer.train` does, ready for `training_step` calls."""
+    peft_config = lora_config() if peft else None
+    common = common_config(settings, tokenizer, output_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if arm == "online_dpo":
+            from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+            trainer = OnlineDPOTrainer(
+                model=model,
+                reward_funcs=cheap_reward,
+                args=OnlineDPOConfig(**common),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=peft_config,
+            )
+        else:
+            from trl_sgpo import SGPOConfig, SGPOTrainer
+
+            schedule = (
+                {"improver_steps": 0, "dpo_steps": 1}
+                if arm == "sgpo_dpo"
+                else {"improver_warmup_steps": 10**9, "improver_steps": 1, "dpo_steps": 1}
+            )
+            trainer = SGPOTrainer(
+                model=model,
+                args=SGPOConfig(**common, **schedule, improver_template=improver_template(settings)),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=peft_config,
+            )
+            expected = "dpo" if arm == "sgpo_dpo" else "improver"
+            if trainer.phase_callback.phase != expected:
+                raise RuntimeError(f"{arm}: the schedule gives a {trainer.phase_callback.phase} step")
+    # What `Trainer._prepare_for_training` does on one device: optimizer, then accelerate's wrapping (autocast).
+    trainer.create_optimizer()
+    trainer.model_wrapped, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def batches(dataset, batch_size: int) -> list[dict[str, list]]:
+    """Collated batches as the trainers' collator hands them over: columns of lists."""
+    rows = dataset.to_list()
+    return [
+        {key: [row[key] for row in rows[i : i + batch_size]] for key in rows[0]}
+        for i in range(0, len(rows) - batch_size + 1, batch_size)
+    ]
+
+
+# ------------------------------------------------------------------------------------------------- one step
+
+
+@dataclass
+class StepProbe:
+    """Accumulates, during one step, the time in generation and forward/backward, and the work done."""
+
+    device: str
+    times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    work: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def reset(self) -> None:
+        self.times = defaultdict(float)
+        self.work = defaultdict(float)
+
+    def timed(self, bucket: str, function: Callable, count: Callable | None = None) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            synchronize(self.device)
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            synchronize(self.device)
+            self.times[bucket] += time.perf_counter() - start
+            if count is not None:
+                count(self.work, args, result)
+            return result
+
+        return wrapper
+
+
+def _count_sample(work: dict[str, float], args: tuple, completions: list) -> None:
+    """SGPO `_sample(model, texts, prompt_ids, prompt_mask, role)` -> list of `Completion`."""
+    prompt_ids = args[2]
+    work["generate_calls"] += 1
+    work["generated_rows"] += prompt_ids.size(0)
+    work["generation_prompt_tokens"] += prompt_ids.numel()
+    work["generated_tokens"] += sum(len(c.token_ids) + int(c.ended) for c in completions)
+
+
+def _count_generate(work: dict[str, float], args: tuple, result: tuple) -> None:
+    """Upstream `_generate(model, prompts)` -> (prompt ids, prompt mask, completion ids, completion mask, vision)."""
+    prompt_ids, _, _, completion_mask, _ = result
+    work["generate_calls"] += 1
+    work["generated_rows"] += prompt_ids.size(0)
+    work["generation_prompt_tokens"] += prompt_ids.numel()
+    work["generated_tokens"] += int(completion_mask.sum())
+
+
+def _count_forward(work: dict[str, float], args: tuple, result: torch.Tensor) -> None:
+    """`_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)`: tokens in, padding among them."""
+    _, prompt_ids, prompt_mask, completion_ids, completion_mask = args[:5]
+    tokens = prompt_ids.numel() + completion_ids.numel()
+    real = int(prompt_mask.sum()) + int(completion_mask.sum())
+    kind = "grad" if result.requires_grad else "no_grad"
+    work[f"forward_calls_{kind}"] += 1
+    work[f"forward_tokens_{kind}"] += tokens
+    work[f"forward_padding_tokens_{kind}"] += tokens - real
+
+
+def instrument(trainer, probe: StepProbe) -> None:
+    """Wrap the generation, forward and backward methods of this trainer instance with the probe's timers."""
+    if hasattr(trainer, "_sample"):  # SGPO: both roles go through `_sample`
+        trainer._sample = probe.timed("generation", trainer._sample, _count_sample)
+    else:
+        trainer._generate = probe.timed("generation", trainer._generate, _count_generate)
+    trainer._forward = probe.timed("forward_backward", trainer._forward, _count_forward)
+    trainer.accelerator.backward = probe.timed("forward_backward", trainer.accelerator.backward)
+
+
+def run_step(trainer, batch: dict[str, list], probe: StepProbe) -> dict[str, float]:
+    """One optimizer step, as `Trainer` runs it; returns its time split (seconds) and the work counted."""
+    model = trainer.model_wrapped
+    device = probe.device
+    gc.collect()
+    probe.reset()
+    synchronize(device)
+    start = time.perf_counter()
+    trainer.training_step(model, batch)
+    synchronize(device)
+    after_step = time.perf_counter()
+    if trainer.args.max_grad_norm > 0:
+        trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+    trainer.optimizer.step()
+    model.zero_grad()
+    synchronize(device)
+    end = time.perf_counter()
+    training_step = after_step - start
+    generation = probe.times["generation"]
+    forward_backward = probe.times["forward_backward"]
+    return {
+        "step": end - start,
+        "training_step": training_step,
+        "generation": generation,
+        "forward_backward": forward_backward,
+        "optimizer": end - after_step,
+        "rest": training_step - generation - forward_backward,
+        **{f"work/{key}": value for key, value in probe.work.items()},
+    }
+
+
+# --------------------------------------------------------------------------------------------------- timing
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile, q in [0, 1]."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {
+        "median": percentile(values, 0.5),
+        "q1": percentile(values, 0.25),
+        "q3": percentile(values, 0.75),
+        "iqr": percentile(values, 0.75) - percentile(values, 0.25),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def measure_timing(settings: Settings, tokenizer, dataset, workdir: str) -> dict[str, Any]:
+    """Build the three arms on identical copies of one model, then time interleaved steps."""
+    trainers, probes = {}, {}
+    for arm in ARMS:
+        model = build_model(settings, tokenizer)
+        trainers[arm] = build_trainer(arm, settings, tokenizer, model, dataset, os.path.join(workdir, arm), peft=False)
+        probes[arm] = StepProbe(settings.device)
+        instrument(trainers[arm], probes[arm])
+    all_batches = batches(dataset, settings.batch_size)
+    samples: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
+    total = settings.warmup + settings.repeats
+    for repeat in range(total):
+        order = ARMS[repeat % len(ARMS) :] + ARMS[: repeat % len(ARMS)]  # rotate: no arm always runs first
+        batch = all_batches[repeat % len(all_batches)]
+        for arm in order:
+            torch.manual_seed(settings.seed + repeat)
+            result = run_step(trainers[arm], batch, probes[arm])
+            if repeat >= settings.warmup:
+                samples[arm].append(result)
+        timed = "warm-up" if repeat < settings.warmup else f"repeat {repeat - settings.warmup + 1}/{settings.repeats}"
+        line = "  ".join(f"{arm} {samples[arm][-1]['step']:.3f}s" for arm in ARMS if repeat >= settings.warmup)
+        print(f"[timing] {timed} {line}", file=sys.stderr, flush=True)
+    del trainers
+    gc.collect()
+    return summarize_timing(samples)
+
+
+def summarize_timing(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    baseline_steps = [s["step"] for s in samples[BASELINE]]
+    baseline_median = percentile(baseline_steps, 0.5)
+    timing = {}
+    for arm, arm_samples in samples.items():
+        summary = {name: summarize([s[name] for s in arm_samples]) for name in COMPONENTS}
+        work_keys = sorted({key for s in arm_samples for key in s if key.startswith("work/")})
+        work = {key[len("work/") :]: percentile([s.get(key, 0.0) for s in arm_samples], 0.5) for key in work_keys}
+        step_median = summary["step"]["median"]
+        paired = [s["step"] / b for s, b in zip(arm_samples, baseline_steps)]
+        timing[arm] = {
+            "samples": [{name: s[name] for name in COMPONENTS} for s in arm_samples],
+            "summary": summary,
+            "fractions": {name: summary[name]["median"] / step_median for name in COMPONENTS[2:]},
+            "ratio_vs_online_dpo": step_median / baseline_median,
+            "paired_ratio_vs_online_dpo": summarize(paired),
+            "work": work,
+        }
+    return timing
+
+
+# --------------------------------------------------------------------------------------------------- memory
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (Linux: /proc; elsewhere the peak so far, the best that is available)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process.
+
+    On Linux this is VmHWM, the high-water mark of this process image: `ru_maxrss` is not used there because
+    after fork + exec it starts from the parent's RSS at the fork (the benchmark's parent holds three trainers).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def memory_probe(settings: Settings, arm: str, mode: str) -> dict[str, float]:
+    """Peak memory of ``arm`` with ``mode`` ('full' or 'lora') fine-tuning, in this process (which must be fresh)."""
+    import_trainers()  # imported before the baseline: module code is not what is measured
+    tokenizer = build_tokenizer()
+    dataset = build_dataset(settings, tokenizer, num_rows=settings.batch_size * 2)
+    model = build_model(settings, tokenizer)
+    gc.collect()
+    if settings.device == "cuda":
+        torch.cuda.synchronize()
+        baseline = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        baseline = current_rss_bytes()
+    with tempfile.TemporaryDirectory() as workdir:
+        trainer = build_trainer(arm, settings, tokenizer, model, dataset, workdir, peft=mode == "lora")
+        all_batches = batches(dataset, settings.batch_size)
+        probe = StepProbe(settings.device)
+        for step in range(1 + settings.memory_steps):  # the first step allocates the optimizer state
+            run_step(trainer, all_batches[step % len(all_batches)], probe)
+        if settings.device == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = peak_rss_bytes()
+    return {"baseline_bytes": baseline, "peak_bytes": peak, "delta_bytes": peak - baseline}
+
+
+def measure_memory(settings: Settings, argv: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """One fresh subprocess per (mode, arm): a peak is a high-water mark of a whole process."""
+    memory: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in MEMORY_MODES}
+    for mode in MEMORY_MODES:
+        for arm in ARMS:
+            command = [sys.executable, os.path.abspath(__file__), *argv, "--memory-probe", arm, mode]
+            completed = subprocess.run(command, capture_output=True, text=True, check=False)
+            if completed.returncode != 0:
+                sys.stderr.write(completed.stderr)
+                raise RuntimeError(f"memory probe {arm}/{mode} failed with exit code {completed.returncode}")
+            memory[mode][arm] = json.loads(completed.stdout.strip().splitlines()[-1])
+            print(f"[memory] {mode} {arm}: +{memory[mode][arm]['delta_bytes'] / 2**20:.1f} MiB", file=sys.stderr)
+        base = memory[mode][BASELINE]
+        for arm in ARMS:
+            entry = memory[mode][arm]
+            entry["ratio_vs_online_dpo"] = entry["delta_bytes"] / base["delta_bytes"]
+            entry["peak_ratio_vs_online_dpo"] = entry["peak_bytes"] / base["peak_bytes"]
+    return memory
+
+
+# -------------------------------------------------------------------------------------------------- reporting
+
+
+def check_goals(timing: dict[str, Any], memory: dict[str, Any] | None) -> list[dict[str, Any]]:
+    values = {
+        "dpo_step_ratio": timing["sgpo_dpo"]["ratio_vs_online_dpo"],
+        "improver_step_ratio": timing["sgpo_improver"]["ratio_vs_online_dpo"],
+        "rest_fraction_dpo": timing["sgpo_dpo"]["fractions"]["rest"],
+        "rest_fraction_improver": timing["sgpo_improver"]["fractions"]["rest"],
+    }
+    if memory is not None:
+        values["lora_peak_ratio_dpo"] = memory["lora"]["sgpo_dpo"]["ratio_vs_online_dpo"]
+        values["lora_peak_ratio_improver"] = memory["lora"]["sgpo_improver"]["ratio_vs_online_dpo"]
+    return [
+        {"name": name, "what": what, "target": target, "value": values[name], "met": values[name] <= target}
+        for name, what, target in GOALS
+        if name in values
+    ]
+
+
+def environment(settings: Settings, tokenizer) -> dict[str, Any]:
+    import accelerate
+    import peft
+    import transformers
+    import trl
+
+    if settings.device == "cuda":
+        device_name = torch.cuda.get_device_name()
+    else:
+        device_name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as cpuinfo:
+                device_name = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    hidden, layers, heads = MODEL_SIZES[settings.model_size]
+    model = build_model(settings, tokenizer, meta=True)
+    template_tokens = len(tokenizer(improver_template(settings), add_special_tokens=False)["input_ids"])
+    return {
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": settings.device,
+        "device_name": device_name,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "model": {
+            "size": settings.model_size,
+            "hidden_size": hidden,
+            "num_layers": layers,
+            "num_heads": heads,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "dtype": str(settings.dtype).removeprefix("torch."),
+        },
+        "improver_template_tokens": template_tokens,
+        "max_length": max_length(settings, tokenizer),
+        "settings": asdict(settings),
+    }
+
+
+def fmt_seconds(summary: dict[str, float]) -> str:
+    return f"{summary['median'] * 1000:.1f} ± {summary['iqr'] * 500:.1f}"
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    env, timing, memory, goals = results["environment"], results["timing"], results["memory"], results["goals"]
+    s = env["settings"]
+    model = env["model"]
+    lines = [
+        "# Speed: SGPO steps vs TRL's OnlineDPOTrainer step",
+        "",
+        f"- command: `{env['command']}`",
+        f"- date: {env['date']}",
+        f"- device: {env['device']} ({env['device_name']}), torch threads: {env['torch_threads']}",
+        f"- versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
+        f"trl {env['trl']}, peft {env['peft']}, accelerate {env['accelerate']}",
+        f"- model: random Llama '{model['size']}' (hidden {model['hidden_size']}, {model['num_layers']} layers, "
+        f"{model['num_heads']} heads, {model['parameters'] / 1e6:.2f}M parameters, {model['dtype']}), "
+        "character-level tokenizer",
+        f"- batch: {s['batch_size']} prompts of {s['prompt_length']} tokens; every completion exactly "
+        f"{s['max_new_tokens']} tokens (OnlineDPO: 2 per prompt; SGPO: 1 draft + 1 rewrite in the DPO phase); "
+        f"improver template '{s['improver_template']}' ({env['improver_template_tokens']} tokens); "
+        f"max_length {env['max_length']}; gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}",
+        f"- repeats: {s['repeats']} interleaved steps per arm after {s['warmup']} warm-up steps; one step = "
+        "`training_step` + clipping + `optimizer.step` + `zero_grad`",
+        "",
+        "## Time per optimizer step (ms, median ± half IQR)",
+        "",
+        "| arm | step | ratio vs online_dpo (paired IQR) | generation | forward/backward | optimizer | rest "
+        "| rest % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        t = timing[arm]
+        summary, paired = t["summary"], t["paired_ratio_vs_online_dpo"]
+        lines.append(
+            f"| {arm} | {fmt_seconds(summary['step'])} | {t['ratio_vs_online_dpo']:.2f}x "
+            f"({paired['q1']:.2f}–{paired['q3']:.2f}) | {fmt_seconds(summary['generation'])} | "
+            f"{fmt_seconds(summary['forward_backward'])} | {fmt_seconds(summary['optimizer'])} | "
+            f"{fmt_seconds(summary['rest'])} | {100 * t['fractions']['rest']:.1f}% |"
+        )
+    lines += [
+        "",
+        "## Work per step (median)",
+        "",
+        "| arm | generate calls | rows generated | prompt tokens into generate | tokens generated | "
+        "forward tokens with grad (padding) | forward tokens without grad (padding) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        w = defaultdict(float, timing[arm]["work"])
+        lines.append(
+            f"| {arm} | {w['generate_calls']:.0f} | {w['generated_rows']:.0f} | {w['generation_prompt_tokens']:.0f} | "
+            f"{w['generated_tokens']:.0f} | {w['forward_tokens_grad']:.0f} ({w['forward_padding_tokens_grad']:.0f}) | "
+            f"{w['forward_tokens_no_grad']:.0f} ({w['forward_padding_tokens_no_grad']:.0f}) |"
+        )
+    if memory is not None:
+        unit = "allocated CUDA memory" if env["device"] == "cuda" else "RSS"
+        lines += [
+            "",
+            f"## Peak memory ({unit}, MiB above the model alone; absolute peak in brackets)",
+            "",
+            "| arm | full fine-tuning | ratio | LoRA r=8 | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for arm in ARMS:
+            full, lora = memory["full"][arm], memory["lora"][arm]
+            lines.append(
+                f"| {arm} | {full['delta_bytes'] / 2**20:.1f} [{full['peak_bytes'] / 2**20:.0f}] | "
+                f"{full['ratio_vs_online_dpo']:.2f}x | {lora['delta_bytes'] / 2**20:.1f} "
+                f"[{lora['peak_bytes'] / 2**20:.0f}] | {lora['ratio_vs_online_dpo']:.2f}x |"
+            )
+    lines += ["", "## Goals", "", "| goal | target | value | |", "|---|---|---|---|"]
+    for goal in goals:
+        value = f"{100 * goal['value']:.1f}%" if "fraction" in goal["name"] else f"{goal['value']:.2f}x"
+        target = f"{100 * goal['target']:.0f}%" if "fraction" in goal["name"] else f"<= {goal['target']:.2f}x"
+        lines.append(f"| {goal['what']} | {target} | {value} | {'met' if goal['met'] else 'MISSED'} |")
+    return "\n".join(lines) + "\n"
+
+
+def forwarded_argv(args: argparse.Namespace) -> list[str]:
+    """The settings a memory subprocess needs, as command-line flags."""
+    argv = ["--device", args.device]
+    for flag in ("model_size", "batch_size", "prompt_length", "max_new_tokens", "warmup"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+    argv += ["--memory-steps", str(args.memory_steps), "--seed", str(args.seed), "--threads", str(args.threads)]
+    argv += ["--improver-template", args.improver_template]
+    if args.gradient_checkpointing:
+        argv.append("--gradient-checkpointing")
+    if args.quick:
+        argv.append("--quick")
+    return argv
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    settings, args = parse_args(argv)
+    torch.set_num_threads(settings.threads)
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if args.memory_probe:
+        arm, mode = args.memory_probe
+        print(json.dumps(memory_probe(settings, arm, mode)))
+        return None
+
+    tokenizer = build_tokenizer()
+    dataset = build_dataset(settings, tokenizer, num_rows=settings.batch_size * 4)
+    with tempfile.TemporaryDirectory() as workdir:
+        timing = measure_timing(settings, tokenizer, dataset, workdir)
+    memory = None if settings.skip_memory else measure_memory(settings, forwarded_argv(args))
+    results = {
+        "environment": environment(settings, tokenizer),
+        "timing": timing,
+        "memory": memory,
+        "goals": check_goals(timing, memory),
+    }
+    report = markdown_report(results)
+    print(report)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.output_dir / "speed.md").write_text(report)
+    return results
+
+
+if __name__ == "__main__":
+    main()
