@@ -1,7 +1,27 @@
-"""The built-in world: a character-level tokenizer, a tiny model and verifiable string tasks."""
+"""The built-in world: a character-level tokenizer, a tiny model, verifiable string tasks and their checker."""
 
-from .model import build_tiny_model
+from .model import TOY_CHECKPOINT_DIR, build_tiny_model, load_toy_model, toy_checkpoint_metadata
 from .tokenizer import build_char_tokenizer
+from .world import (
+    TOY_IMPROVER_TEMPLATE,
+    TOY_METRIC_PATH,
+    evaluate_model,
+    generate_completions,
+    make_dataset,
+    score,
+)
 
 
-__all__ = ["build_char_tokenizer", "build_tiny_model"]
+__all__ = [
+    "TOY_CHECKPOINT_DIR",
+    "TOY_IMPROVER_TEMPLATE",
+    "TOY_METRIC_PATH",
+    "build_char_tokenizer",
+    "build_tiny_model",
+    "evaluate_model",
+    "generate_completions",
+    "load_toy_model",
+    "make_dataset",
+    "score",
+    "toy_checkpoint_metadata",
+]

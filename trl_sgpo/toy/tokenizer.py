@@ -26,7 +26,7 @@ CHAT_TEMPLATE = (
 
 
 def build_char_tokenizer(with_chat_template: bool = True) -> PreTrainedTokenizerFast:
-    """Build the character-level tokenizer (105 tokens: 8 special tokens and 97 characters)."""
+    """Build the character-level tokenizer (104 tokens: 8 special tokens and 96 characters)."""
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")

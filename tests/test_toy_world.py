@@ -1,0 +1,249 @@
+"""The built-in verifiable world: tasks, splits, checker, metric module and the shipped checkpoint (all offline)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from trl.data_utils import is_conversational
+
+from trl_sgpo.toy.build_checkpoint import HELD_OUT, BuildConfig, build_checkpoint
+from trl_sgpo.toy.checker import check_answer, detect_style, parse_parts
+from trl_sgpo.toy.model import TOY_CHECKPOINT_DIR, load_toy_model, toy_checkpoint_metadata
+from trl_sgpo.toy.tasks import PLAIN_OPS, REGIMES, SPLITS, Operation, format_answer, generate_examples, split_of
+from trl_sgpo.toy.tokenizer import build_char_tokenizer
+from trl_sgpo.toy.world import (
+    TOY_IMPROVER_TEMPLATE,
+    TOY_METRIC_PATH,
+    evaluate_model,
+    generate_completions,
+    make_dataset,
+    score,
+)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    return load_toy_model()
+
+
+# Tasks and splits
+
+
+@pytest.mark.parametrize(
+    "operation, answer",
+    [
+        (Operation("reverse", ("abc",)), "cba"),
+        (Operation("sort", ("dcab",)), "abcd"),
+        (Operation("upper", ("xyz",)), "XYZ"),
+        (Operation("add", ("47", "58")), "105"),
+        (Operation("count", ("a", "banana")), "3"),
+        (Operation("count", ("z", "banana")), "0"),
+        (Operation("repeat", ("3", "ab")), "ababab"),
+        (Operation("shift", ("xyz",)), "yza"),
+        (Operation("devowel", ("banana",)), "bnn"),
+    ],
+)
+def test_operation_answers(operation, answer):
+    assert operation.answer == answer
+
+
+def test_splits_share_no_argument_string():
+    keys = {}
+    for split in SPLITS:
+        keys[split] = set()
+        for regime in REGIMES:
+            for example in generate_examples(regime, split, 400, seed=3):
+                for operation in example.operations:
+                    assert split_of(operation.split_key) == split
+                    keys[split].add(operation.split_key)
+                    if operation.name != "add":
+                        keys[split].add(operation.args[-1])  # the word itself
+    assert not keys["train"] & keys["validation"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+
+
+def test_add_split_key_is_unordered():
+    assert Operation("add", ("3", "45")).split_key == Operation("add", ("45", "3")).split_key
+
+
+def test_generation_is_deterministic_from_seed():
+    first = make_dataset("shifted", "train", 50, seed=7).to_list()
+    assert first == make_dataset("shifted", "train", 50, seed=7).to_list()
+    assert first != make_dataset("shifted", "train", 50, seed=8).to_list()
+
+
+def test_regimes_have_the_promised_shape():
+    plain = generate_examples("plain", "test", 800)
+    assert {e.task for e in plain} == set(PLAIN_OPS)
+    assert all(len(e.answer_parts) == 1 and len(e.answer("policy")) <= 24 for e in plain)
+    assert all(e.answer("policy") == e.answer("reference") for e in plain)
+    assert len({e.prompt for e in plain}) == 800
+    shifted = generate_examples("shifted", "test", 800)
+    assert all(len(e.answer_parts) == 3 for e in shifted)
+    assert all(e.answer("policy") != e.answer("reference") for e in shifted)
+
+
+def test_dataset_is_trl_conversational_prompt_completion():
+    dataset = make_dataset("shifted", "validation", 8)
+    row = dataset[0]
+    assert is_conversational(row)
+    assert row["prompt"][0]["role"] == "user" and row["completion"][0]["role"] == "assistant"
+    parts = json.loads(row["answer_parts"])
+    assert row["completion"][0]["content"] == " | ".join(parts)  # the reference form by default
+    policy_row = make_dataset("shifted", "validation", 8, reference_style="policy")[0]
+    assert policy_row["prompt"] == row["prompt"]
+    assert policy_row["completion"][0]["content"].startswith(f"a) {parts[0]}; b) ")
+    assert set(dataset.column_names) == {"prompt", "completion", "task", "regime", "answer_parts", "operations"}
+
+
+def test_improver_template_is_short_and_has_fields():
+    assert TOY_IMPROVER_TEMPLATE.format(prompt="P", response="R").count("P") == 1
+    assert "{response}" in TOY_IMPROVER_TEMPLATE and len(TOY_IMPROVER_TEMPLATE) < 40
+
+
+# Checker
+
+
+GOLD = ["cba", "ABC", "12"]
+
+
+@pytest.mark.parametrize(
+    "text, exact, partial, style",
+    [
+        ("a) cba; b) ABC; c) 12", True, 1.0, "policy"),
+        ("cba | ABC | 12", True, 1.0, "reference"),
+        ("  cba | ABC | 12\n", True, 1.0, "reference"),
+        ("a) cba | ABC; c) 12", True, 1.0, "other"),  # half way from one form to the other: same content
+        ("a) cba; b) ABD; c) 12", False, 2 / 3, "policy"),
+        ("cbA | ABC | 13", False, 1 / 3, "reference"),
+        ("cba | ABC", False, 2 / 3, "reference"),
+        ("cba | ABC | 12 | 7", False, 3 / 4, "reference"),  # extra parts count as wrong
+        ("ABC | cba | 12", False, 1 / 3, "reference"),  # parts are compared by position
+        ("", False, 0.0, "other"),
+    ],
+)
+def test_check_answer_by_content(text, exact, partial, style):
+    check = check_answer(text, GOLD)
+    assert check.exact_match is exact
+    assert check.partial_credit == pytest.approx(partial)
+    assert detect_style(text) == style
+
+
+def test_check_single_part_answers():
+    assert check_answer("cba", ["cba"]).exact_match
+    assert check_answer("cba</s>", ["cba"]).partial_credit == 0.0
+    assert check_answer("cbaa", ["cba"]).partial_credit == 0.0
+
+
+def test_both_forms_parse_back_to_the_parts():
+    for example in generate_examples("shifted", "train", 100) + generate_examples("plain", "train", 40):
+        for style in ("policy", "reference"):
+            assert parse_parts(format_answer(example.answer_parts, style)) == example.answer_parts
+
+
+def test_score_reports_per_task_operation_and_style():
+    rows = make_dataset("shifted", "validation", 20).to_list() + make_dataset("plain", "validation", 16).to_list()
+    references = [row["completion"][0]["content"] for row in rows]
+    result = score(rows, references)
+    assert result["exact_match"] == 1.0 and result["partial_credit"] == 1.0
+    assert result["style"] == {"policy": 0.0, "reference": 1.0, "other": 0.0}
+    assert set(result["per_task"]) == {"multi", *PLAIN_OPS}
+    # Break the first part of every shifted answer: 2/3 partial credit there, and its operation scores lower.
+    broken = ["x" + ref if row["regime"] == "shifted" else ref for row, ref in zip(rows, references)]
+    result = score(rows, broken)
+    assert result["per_task"]["multi"]["exact_match"] == 0.0
+    assert result["per_task"]["multi"]["partial_credit"] == pytest.approx(2 / 3)
+    assert result["per_task"]["reverse"]["exact_match"] == 1.0
+    with pytest.raises(ValueError):
+        score(rows, references[:-1])
+
+
+# Metric module
+
+
+def test_metric_module_loads_offline_by_path_and_agrees_with_score():
+    rows = make_dataset("shifted", "test", 30).to_list()
+    predictions = [
+        row["completion"][0]["content"] if i % 3 else "a) x; b) y; c) " + json.loads(row["answer_parts"])[2]
+        for i, row in enumerate(rows)
+    ]
+    references = [row["completion"][0]["content"] for row in rows]
+    script = (
+        "import evaluate, json, sys; args = json.load(sys.stdin); "
+        "metric = evaluate.load(args['path']); "
+        "print(json.dumps(metric.compute(predictions=args['predictions'], references=args['references'])))"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    payload = json.dumps({"path": TOY_METRIC_PATH, "predictions": predictions, "references": references})
+    output = subprocess.run(
+        [sys.executable, "-c", script], input=payload, capture_output=True, text=True, env=env, check=True
+    )
+    metric_result = json.loads(output.stdout.strip().splitlines()[-1])
+    expected = score(rows, predictions)
+    assert metric_result["exact_match"] == pytest.approx(expected["exact_match"])
+    assert metric_result["partial_credit"] == pytest.approx(expected["partial_credit"])
+    assert 0.0 < expected["exact_match"] < 1.0
+
+
+# The shipped checkpoint
+
+
+def test_shipped_tokenizer_matches_the_built_one(toy_model):
+    _, tokenizer = toy_model
+    messages = [{"role": "user", "content": "reverse abc"}, {"role": "assistant", "content": "cba"}]
+    built = build_char_tokenizer()
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == built.apply_chat_template(
+        messages, tokenize=False
+    )
+    text = built.apply_chat_template(messages, tokenize=False)
+    assert tokenizer(text).input_ids == built(text).input_ids
+    assert tokenizer.eos_token == "</s>" and tokenizer.pad_token == "<pad>"
+
+
+def test_shipped_checkpoint_scores_as_recorded(toy_model):
+    model, tokenizer = toy_model
+    metadata = toy_checkpoint_metadata()
+    assert metadata["held_out"] == HELD_OUT
+    for regime in REGIMES:
+        dataset = make_dataset(regime, HELD_OUT["split"], HELD_OUT["num_examples"], seed=HELD_OUT["seed"])
+        result = evaluate_model(model, tokenizer, dataset)
+        recorded = metadata["scores"][regime]
+        assert result["exact_match"] == pytest.approx(recorded["exact_match"], abs=0.02)
+        assert result["partial_credit"] == pytest.approx(recorded["partial_credit"], abs=0.02)
+    # The starting policy is deliberately imperfect, and writes its own form, not the references' form.
+    assert 0.3 <= metadata["scores"]["plain"]["exact_match"] <= 0.65
+    assert metadata["scores"]["shifted"]["exact_match"] < metadata["scores"]["plain"]["exact_match"]
+    assert metadata["scores"]["shifted"]["style"]["policy"] > 0.9
+
+
+def test_batched_generation_matches_one_by_one(toy_model):
+    model, tokenizer = toy_model
+    prompts = [row["prompt"] for row in make_dataset("plain", "validation", 6)]
+    prompts += [row["prompt"] for row in make_dataset("shifted", "validation", 6)]
+    batched = generate_completions(model, tokenizer, prompts, batch_size=12)
+    assert batched == generate_completions(model, tokenizer, prompts, batch_size=1)
+
+
+def test_checkpoint_dir_is_shipped_as_package_data():
+    assert {"model.safetensors", "config.json", "tokenizer.json", "world.json"} <= {
+        path.name for path in TOY_CHECKPOINT_DIR.iterdir()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # a few minutes on 2 idle cores; more on a busy machine
+def test_rebuilding_from_the_seed_reproduces_the_shipped_scores(tmp_path):
+    metadata = build_checkpoint(tmp_path, BuildConfig(seed=toy_checkpoint_metadata()["build_config"]["seed"]))
+    shipped = toy_checkpoint_metadata()
+    assert metadata["build_config"] == shipped["build_config"]
+    for regime in REGIMES:
+        for key in ("exact_match", "partial_credit"):
+            assert metadata["scores"][regime][key] == pytest.approx(shipped["scores"][regime][key], abs=0.02)
