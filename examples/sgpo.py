@@ -8,9 +8,9 @@ On your own model and prompt-completion data (the completion is the SFT referenc
 
     accelerate launch examples/sgpo.py \
         --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
-        --dataset_name trl-lib/ultrafeedback-prompt-completion \
+        --dataset_name your-org/your-prompt-completion-data \
         --learning_rate 5e-7 --per_device_train_batch_size 8 --gradient_accumulation_steps 4 \
-        --max_new_tokens 256 --improver_warmup_steps 20 \
+        --max_new_tokens 256 --max_length 1024 \
         --output_dir Qwen2.5-0.5B-SGPO [--use_peft] [--push_to_hub]
 
 Every `SGPOConfig` and `ModelConfig` option is a flag (`--help` lists them), and `--config recipe.yaml` reads them
