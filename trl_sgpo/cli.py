@@ -20,7 +20,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 from trl.trainer.callbacks import RichProgressCallback
 
 from .callbacks import SGPOSampleTableCallback
-from .config import SGPOConfig
+from .config import SGPOConfig, sgpo_field_names
 from .output_dir import check_output_dir
 from .trainer import SGPOTrainer
 
@@ -71,7 +71,17 @@ class SGPOScriptArguments(ScriptArguments):
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((SGPOScriptArguments, SGPOConfig, ModelConfig))
+    parser = TrlParser((SGPOScriptArguments, SGPOConfig, ModelConfig))
+    # `--help` lists several hundred options; show SGPO's own together, under their own heading.
+    group = parser.add_argument_group("SGPO options", "What SGPO adds to TRL's OnlineDPOConfig (docs: Configuration).")
+    names = set(sgpo_field_names())
+    for container in parser._action_groups:
+        if container is group:
+            continue
+        for action in [a for a in container._group_actions if a.dest in names]:
+            container._group_actions.remove(action)
+            group._group_actions.append(action)
+    return parser
 
 
 def _uses_builtin_world(argv: list[str]) -> bool:

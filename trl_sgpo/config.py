@@ -1,5 +1,6 @@
 """`SGPOConfig`: TRL's `OnlineDPOConfig` plus the improver, pair and schedule settings of SGPO."""
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,3 +292,9 @@ class SGPOConfig(OnlineDPOConfig):
             template = self.improver_template
             config["improver_template"] = f"<callable {getattr(template, '__qualname__', repr(template))}>"
         return config
+
+
+def sgpo_field_names() -> list[str]:
+    """The names of the fields `SGPOConfig` adds to TRL's `OnlineDPOConfig`, in declaration order."""
+    parent = {f.name for f in dataclasses.fields(OnlineDPOConfig)}
+    return [f.name for f in dataclasses.fields(SGPOConfig) if f.name not in parent]

@@ -1,8 +1,6 @@
 """The SGPO section of the model card: the settings that define an SGPO run, and the package version."""
 
-import dataclasses
-
-from trl.experimental.online_dpo import OnlineDPOConfig
+from .config import sgpo_field_names
 
 
 # Parent settings that shape an SGPO run as much as SGPO's own fields do.
@@ -22,16 +20,10 @@ KEY_TRAINING_FIELDS = (
 )
 
 
-def sgpo_fields(config_class: type) -> list[str]:
-    """Names of the fields a config class adds to TRL's `OnlineDPOConfig`."""
-    parent = {field.name for field in dataclasses.fields(OnlineDPOConfig)}
-    return [field.name for field in dataclasses.fields(config_class) if field.name not in parent]
-
-
 def config_section(args, version: str) -> str:
     """Markdown: SGPO's own settings and the key training settings of this run, as a table."""
     config = args.to_dict()
-    rows = [(name, config.get(name)) for name in sgpo_fields(type(args)) + list(KEY_TRAINING_FIELDS)]
+    rows = [(name, config.get(name)) for name in sgpo_field_names() + list(KEY_TRAINING_FIELDS)]
     lines = [
         "## SGPO configuration",
         "",
