@@ -1,6 +1,7 @@
 """Resuming from a checkpoint taken in the middle of a phase continues the same run."""
 
 import torch
+from transformers import TrainerCallback
 
 from trl_sgpo import SGPOTrainer
 
@@ -42,3 +43,40 @@ def test_resume_mid_phase_matches_the_uninterrupted_run(tmp_path, tokenizer):
     full_weights = dict(full.model.named_parameters())
     for name, parameter in resumed.model.named_parameters():
         torch.testing.assert_close(parameter, full_weights[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_reference_model_is_resynced_at_each_dpo_phase_and_saved_in_checkpoints(tmp_path, tokenizer):
+    from safetensors.torch import load_file
+
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(
+            tmp_path,
+            improver_steps=1,
+            dpo_steps=1,
+            max_steps=2,
+            sync_ref_model_each_dpo_phase=True,
+            save_strategy="steps",
+            save_steps=2,
+        ),
+        train_dataset=conversational_dataset(8),
+        processing_class=tokenizer,
+    )
+    initial = {name: p.detach().clone() for name, p in trainer.ref_model.named_parameters()}
+    after_improver_step = {}
+
+    def remember(args, state, control, model=None, **kwargs):
+        if state.global_step == 1:
+            after_improver_step.update({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    callback = type("Remember", (TrainerCallback,), {"on_step_end": lambda self, *a, **k: remember(*a, **k)})()
+    trainer.add_callback(callback)
+    trainer.train()
+    # the DPO phase started at step 2: the reference holds the weights after step 1, not the initial ones
+    for name, parameter in trainer.ref_model.named_parameters():
+        torch.testing.assert_close(parameter, after_improver_step[name], rtol=0, atol=0)
+    assert any(not torch.equal(initial[n], after_improver_step[n]) for n in initial)
+    saved = load_file(str(tmp_path / "out" / "checkpoint-2" / "sgpo_ref_model.safetensors"))
+    for name, parameter in trainer.ref_model.named_parameters():
+        if name in saved:
+            torch.testing.assert_close(saved[name], parameter.detach(), rtol=0, atol=0)
