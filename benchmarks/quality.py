@@ -382,11 +382,10 @@ def markdown_table(report: dict) -> str:
             "",
             "SGPO's DPO pairs judged by the checker, per learning rate of the search (first seed): the fraction of "
             "pairs whose rewrite scored better / worse / the same as the draft, or was identical to it; the "
-            "fraction kept by the pair filter; the mean token edit distance between draft and rewrite; the mean "
-            "improver loss (token NLL of the targets).",
+            "fraction kept by the pair filter; the mean token edit distance between draft and rewrite.",
             "",
-            "| regime | arm | lr | better | worse | same score | identical | kept | edit distance | improver loss |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| regime | arm | lr | better | worse | same score | identical | kept | edit distance |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for run in diagnosed:
             d = run["diagnostics"]
@@ -397,7 +396,7 @@ def markdown_table(report: dict) -> str:
             lines.append(
                 f"| {run['regime']} | {run['arm']} | {run['learning_rate']:g} | {cell('rewrite_better')} | "
                 f"{cell('rewrite_worse')} | {cell('rewrite_same_score')} | {cell('rewrite_identical')} | "
-                f"{cell('sgpo/pairs_kept')} | {cell('sgpo/edit_distance', 1)} | {cell('sgpo/improver_loss')} |"
+                f"{cell('sgpo/pairs_kept')} | {cell('sgpo/edit_distance', 1)} |"
             )
     return "\n".join(lines) + "\n"
 
