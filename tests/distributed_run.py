@@ -64,6 +64,11 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
         summary = {"num_processes": trainer.accelerator.num_processes, "logs": logs}
         with open(os.path.join(output_dir, "summary.json"), "w") as handle:
             json.dump(summary, handle)
+    # Leave together and tear the process group down explicitly: a gloo group left to interpreter exit can abort a
+    # rank ("terminate called without an active exception") before rank 0 has written its files.
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
