@@ -76,6 +76,7 @@ def make_config(tmp_path, **overrides) -> SGPOConfig:
         generation_kwargs={"forced_eos_token_id": SPECIAL_TOKENS.index("</s>")},
         seed=0,
         dataloader_num_workers=0,
+        disable_tqdm=True,  # no progress bars left open by tests that stop training on purpose
     )
     settings.update(overrides)
     return SGPOConfig(**settings)

@@ -16,6 +16,7 @@ from datasets import Dataset, load_dataset
 from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_callback import ProgressCallback
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 from trl.trainer.callbacks import RichProgressCallback
 
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.add_callback(
             SGPOSampleTableCallback(trainer, script_args.sample_every_n_steps, script_args.sample_rows)
         )
-    if builtin:
+    if builtin:  # one progress display: rich's instead of the default tqdm bar
+        trainer.remove_callback(ProgressCallback)
         trainer.add_callback(RichProgressCallback())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
