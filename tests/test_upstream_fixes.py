@@ -42,6 +42,7 @@ def _upstream_trainer(tmp_path, tokenizer, dataset, **overrides):
         bf16=False,
         gradient_checkpointing=False,
         max_new_tokens=6,
+        disable_tqdm=True,
     )
     settings.update(overrides)
     trainer = OnlineDPOTrainer(
