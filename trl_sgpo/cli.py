@@ -121,7 +121,7 @@ def load_model(model_args: ModelConfig, training_args: SGPOConfig):
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,
         dtype=model_args.dtype,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=training_args.trust_remote_code,  # an SGPOConfig field in TRL 1.16, not a ModelConfig one
         # quantized weights must be placed on this process's device at load time
         device_map={"": PartialState().local_process_index} if quantization_config is not None else None,
         quantization_config=quantization_config,
@@ -130,7 +130,7 @@ def load_model(model_args: ModelConfig, training_args: SGPOConfig):
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=training_args.trust_remote_code,
     )
     return model, tokenizer
 
