@@ -4,15 +4,14 @@ With no model and no dataset it runs offline on the built-in verifiable world: i
 checkpoint, shows sample (prompt, response, improved response) rows while training, and prints held-out quality
 before and after. With ``--model_name_or_path`` and ``--dataset_name`` (a Hub id or a local data file) it is the
 real-world entry point; every `SGPOConfig` and `ModelConfig` option is a flag, and ``--config recipe.yaml`` works.
+Options that cannot work are refused (`preflight`) before the data, then the model, are loaded.
 """
 
-import os
 import sys
 from dataclasses import dataclass, field
 
 import torch
 from accelerate import PartialState
-from datasets import Dataset, load_dataset
 from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -22,11 +21,11 @@ from trl.trainer.callbacks import RichProgressCallback
 
 from .callbacks import SGPOSampleTableCallback
 from .config import SGPOConfig, sgpo_field_names
+from .data_files import load_train_and_eval
 from .output_dir import check_output_dir
+from .preflight import check_eval_data, check_options
 from .trainer import SGPOTrainer
 
-
-DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 # Settings for the built-in world, applied only where the command line does not set them. They are the settings of
 # `python benchmarks/quality.py` (60 updates of 32 prompts, greedy rewrites), with the learning rate that its
@@ -58,7 +57,16 @@ class SGPOScriptArguments(ScriptArguments):
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Hub dataset id or local data file (.json/.jsonl/.csv/.parquet). Unset: the built-in world."
+            "help": "Training data: a local .json/.jsonl/.csv/.parquet file, a folder written by save_to_disk or "
+            "holding data files, or a Hub dataset id; prompt-completion rows or a 'messages' column (docs: Data "
+            "formats). Unset: the built-in world."
+        },
+    )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Eval data, in the same forms as --dataset_name (its --dataset_test_split, or its only split). "
+            "Unset: the --dataset_test_split of --dataset_name, if it has one. Needs --eval_strategy steps or epoch."
         },
     )
     builtin_regime: str = field(
@@ -99,22 +107,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SGPOScriptArguments, SGPO
     return script_args, training_args, model_args
 
 
-def load_data(script_args: SGPOScriptArguments) -> tuple[Dataset, Dataset | None]:
-    """Load the train (and, if present, test) split from the Hub or a local file."""
-    name = script_args.dataset_name
-    extension = os.path.splitext(name)[1].lower()
-    if os.path.isfile(name):
-        if extension not in DATA_FILE_BUILDERS:
-            raise ValueError(f"Unsupported data file {name!r}: use one of {sorted(DATA_FILE_BUILDERS)}.")
-        data = load_dataset(DATA_FILE_BUILDERS[extension], data_files=name)
-    else:
-        data = load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
-    train = data[script_args.dataset_train_split]
-    test = data[script_args.dataset_test_split] if script_args.dataset_test_split in data else None
-    return train, test
-
-
-def load_model(model_args: ModelConfig, training_args: SGPOConfig):
+def load_model(model_args: ModelConfig, training_args: SGPOConfig) -> tuple[AutoModelForCausalLM, AutoTokenizer]:
     """Load the model and tokenizer as TRL's example scripts do (dtype, attention, quantization)."""
     quantization_config = get_quantization_config(model_args)
     model_kwargs = dict(
@@ -150,11 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     script_args, training_args, model_args = parse_args(argv)
     console = Console()
     builtin = script_args.dataset_name is None and model_args.model_name_or_path is None
-    if (script_args.dataset_name is None) != (model_args.model_name_or_path is None):
-        raise ValueError(
-            "Pass both --model_name_or_path and --dataset_name to train your own model, or neither to run the "
-            "built-in world."
-        )
+    check_options(script_args, training_args, model_args)
     if str(training_args.resume_from_checkpoint).lower() in ("true", "yes", "1"):  # `true`: the latest checkpoint
         training_args.resume_from_checkpoint = True
     # Before loading anything: never write over an earlier run.
@@ -180,10 +169,19 @@ def main(argv: list[str] | None = None) -> dict:
         )
         eval_for_trainer = None
     else:
-        model, tokenizer = load_model(model_args, training_args)
-        train_dataset, eval_for_trainer = load_data(script_args)
+        # The data first: a bad name or split fails in seconds, not after the model has loaded.
+        train_dataset, eval_for_trainer = load_train_and_eval(
+            script_args.dataset_name,
+            script_args.eval_dataset_name,
+            script_args.dataset_train_split,
+            script_args.dataset_test_split,
+            script_args.dataset_config,
+            script_args.dataset_streaming,
+        )
         if training_args.eval_strategy == "no":
             eval_for_trainer = None
+        check_eval_data(eval_for_trainer, script_args, training_args)
+        model, tokenizer = load_model(model_args, training_args)
 
     trainer = SGPOTrainer(
         model=model,
@@ -214,5 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
     return {"before": before, "after": after}
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `trl-sgpo` console command: `main` without its return value (a returned dict would be the exit status)."""
     main()
+
+
+if __name__ == "__main__":
+    run()

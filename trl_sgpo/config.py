@@ -1,6 +1,7 @@
 """`SGPOConfig`: TRL's `OnlineDPOConfig` plus the improver, pair and schedule settings of SGPO."""
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,7 +227,13 @@ class SGPOConfig(OnlineDPOConfig):
         if self.bf16 is None:
             self.bf16 = bool(on_gpu and not self.fp16 and torch.cuda.is_bf16_supported())
         if self.gradient_checkpointing is None:
-            self.gradient_checkpointing = on_gpu
+            # Newer transformers renamed it `activation_checkpointing` and warn (FutureWarning) whenever the old name
+            # is set: resolve the device default into the new name where it exists.
+            if "activation_checkpointing" in {f.name for f in dataclasses.fields(self)}:
+                if self.activation_checkpointing is None:
+                    self.activation_checkpointing = on_gpu
+            else:
+                self.gradient_checkpointing = on_gpu
         super().__post_init__()
         self._validate_sgpo_fields()
 
@@ -277,12 +284,40 @@ class SGPOConfig(OnlineDPOConfig):
             raise ValueError(f"improver_max_new_tokens must be >= 1, got {self.improver_max_new_tokens}.")
         if self.improver_temperature is not None and self.improver_temperature < 0:
             raise ValueError(f"improver_temperature must be >= 0 (0 = greedy), got {self.improver_temperature}.")
+        self._check_length_budget()
+        if self.pair_source == "sgpo" and self.improver_filter_outliers and self.per_device_train_batch_size < 4:
+            warnings.warn(
+                f"per_device_train_batch_size={self.per_device_train_batch_size}: the improver's outlier filter "
+                "(improver_filter_outliers) needs at least 4 targets per micro-batch, so it never acts. Use a "
+                "micro-batch of 4 or more (and fewer gradient_accumulation_steps for the same total batch), or set "
+                "improver_filter_outliers=False to silence this.",
+                UserWarning,
+                stacklevel=4,  # the line that built the config
+            )
         if isinstance(self.improver_template, str):
             validate_template(self.improver_template)
         elif not callable(self.improver_template):
             raise TypeError(
                 "improver_template must be a string with {prompt} and {response} or a callable "
                 f"(prompt, response) -> str | messages, got {type(self.improver_template).__name__}."
+            )
+
+    def _check_length_budget(self) -> None:
+        """The generated tokens alone must leave room for a prompt in `max_length` (no tokenizer needed).
+
+        The improver's sequence is the longest SGPO scores: template and prompt, a draft of `max_new_tokens`, then
+        a rewrite of `improver_max_new_tokens`. The template's own tokens are counted when the trainer is built.
+        """
+        if self.max_length is None:
+            return
+        improver = 0 if self.pair_source == "spin" else (self.improver_max_new_tokens or self.max_new_tokens)
+        left = self.max_length - self.max_new_tokens - improver
+        if left < 1:
+            raise ValueError(
+                f"max_length {self.max_length} - max_new_tokens {self.max_new_tokens} - improver_max_new_tokens "
+                f"{improver} = {left} tokens for the prompt and the improver template: nothing fits. Raise max_length "
+                f"above {self.max_new_tokens + improver} plus your longest prompt and the template, or lower "
+                "max_new_tokens / improver_max_new_tokens."
             )
 
     def to_dict(self) -> dict[str, Any]:

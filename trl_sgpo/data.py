@@ -1,16 +1,21 @@
-"""Checks of the training data, run when the trainer is built, before any generation or training.
+"""The training data's formats and checks, run when the trainer is built, before any generation or training.
 
 SGPO reads TRL's prompt-completion format, standard (strings) or conversational (message lists); the completion is
-the SFT reference that the improver learns to move drafts towards. Anything else gets a `ValueError` or `TypeError`
-that names the row, the problem and the fix.
+the SFT reference that the improver learns to move drafts towards. TRL's conversational language-modeling format
+(one ``messages`` column, as in most SFT data on the Hub) is converted to it: the last assistant turn is the
+reference and the turns before it are the prompt. Anything else gets a `ValueError` or `TypeError` that names the
+row, the problem and the fix.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
+
+from .improver import render_improver_prompt
 
 
 REQUIRED_COLUMNS = ("prompt", "completion")
@@ -18,8 +23,71 @@ PROMPT_ROLES = ("system", "user", "assistant", "tool")
 ROWS_CHECKED_IN_STREAMS = 100  # an IterableDataset is only sampled: reading it whole could take hours
 FORMAT_HINT = (
     "SGPO expects TRL's prompt-completion format: a 'prompt' and a 'completion' column, both strings or both lists "
-    "of {'role', 'content'} messages; the completion is the SFT reference answer."
+    "of {'role', 'content'} messages (the completion is the SFT reference answer), or a 'messages' column of "
+    "conversations that end with an assistant turn (the reference)."
 )
+
+
+@dataclass(frozen=True)
+class PromptBudget:
+    """How many tokens a rendered prompt may have: `max_length` minus what the improver's sequence adds to it.
+
+    The longest sequence SGPO scores is the improver's: its template around the prompt and a draft of
+    `max_new_tokens`, then a rewrite of up to `improver_tokens` (0 with pair_source='spin', which has no improver).
+    """
+
+    max_length: int
+    template_tokens: int
+    max_new_tokens: int
+    improver_tokens: int
+
+    @property
+    def available(self) -> int:
+        return self.max_length - self.template_tokens - self.max_new_tokens - self.improver_tokens
+
+    def arithmetic(self) -> str:
+        """The sum spelled out, e.g. 'max_length 512 - template 220 - max_new_tokens 64 - improver 64 = 164'."""
+        return (
+            f"max_length {self.max_length} - improver template {self.template_tokens} - max_new_tokens "
+            f"{self.max_new_tokens} - improver_max_new_tokens {self.improver_tokens} = {self.available}"
+        )
+
+
+def messages_to_prompt_completion(dataset: Any, name: str = "train_dataset") -> Any:
+    """Convert a ``messages`` data set (TRL's conversational language-modeling format) to prompt-completion rows.
+
+    The last message must be the assistant's: it becomes the completion (the SFT reference) and the messages before
+    it the prompt. Any other column named ``prompt`` (ultrachat_200k has one, a plain string) is replaced; other
+    columns are kept. Data sets that already have a ``completion`` column, or no ``messages`` column, are returned
+    unchanged, as are dicts of data sets converted one by one.
+    """
+    if isinstance(dataset, dict):
+        return {key: messages_to_prompt_completion(value, f"{name}[{key!r}]") for key, value in dataset.items()}
+    columns = getattr(dataset, "column_names", None) or []
+    if "messages" not in columns or "completion" in columns:
+        return dataset
+
+    def split(row: dict, index: int) -> dict:
+        messages = row["messages"]
+        where = f"{name} row {index}"
+        if not isinstance(messages, list) or not messages:
+            raise ValueError(f"{where}: 'messages' is empty or not a list of messages. Remove such rows.")
+        roles = [message.get("role") if isinstance(message, dict) else None for message in messages]
+        if "assistant" not in roles:
+            raise ValueError(
+                f"{where} has no assistant turn (roles {roles}): SGPO needs one as the reference answer. Remove such "
+                "rows, e.g. `dataset.filter(lambda row: row['messages'][-1]['role'] == 'assistant')`."
+            )
+        if roles[-1] != "assistant":
+            raise ValueError(
+                f"{where} ends on a {roles[-1]!r} turn: the last turn must be the assistant's (it becomes the "
+                "reference; the turns before it, the prompt). Drop the trailing turns, e.g. `dataset.map(...)`, or "
+                "remove such rows."
+            )
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+    removed = [column for column in ("messages", "prompt") if column in columns]
+    return dataset.map(split, with_indices=True, remove_columns=removed)
 
 
 def reference_text(completion: str | list[dict[str, Any]]) -> str:
@@ -43,8 +111,8 @@ def validate_prompt_completion_dataset(
     missing = [column for column in REQUIRED_COLUMNS if column not in columns]
     if missing:
         raise ValueError(
-            f"{name} has no {' or '.join(repr(c) for c in missing)} column (it has {columns}). {FORMAT_HINT} Rename "
-            "your columns, e.g. `dataset.rename_column('question', 'prompt')`."
+            f"{name} has no {' or '.join(repr(c) for c in missing)} column (it has {columns}). {FORMAT_HINT} "
+            f"{_rename_hint(columns, missing)}"
         )
     rows: Iterable[dict] = (
         islice(dataset, ROWS_CHECKED_IN_STREAMS)
@@ -76,28 +144,65 @@ def validate_prompt_completion_dataset(
 def check_prompt_lengths(
     dataset: Dataset | IterableDataset,
     tokenizer: PreTrainedTokenizerBase,
-    max_prompt_tokens: int,
+    budget: PromptBudget,
     name: str = "train_dataset",
 ) -> None:
-    """Reject prompts longer than ``max_prompt_tokens`` tokens once rendered (chat template included).
+    """Reject prompts longer than ``budget.available`` tokens once rendered (chat template included).
 
     Log-probabilities are computed on at most `max_length` tokens, cut from the left. The longest sequence SGPO
     scores is the improver's: the template with the prompt and a draft, then the improved response. A prompt that
     does not leave room for them would lose its beginning, the task statement, without a word; we refuse it instead.
     """
+    if budget.available < 1:
+        raise ValueError(
+            f"max_length leaves no room for any prompt: {budget.arithmetic()}. Raise max_length, or lower "
+            "max_new_tokens / improver_max_new_tokens, or shorten improver_template."
+        )
     rows = islice(dataset, ROWS_CHECKED_IN_STREAMS) if isinstance(dataset, IterableDataset) else dataset
     for index, row in enumerate(rows):
         prompt = row["prompt"]
         if isinstance(prompt, list):
             prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        if length > max_prompt_tokens:
+        if length > budget.available:
             raise ValueError(
-                f"{name} row {index}: the prompt has {length} tokens, more than the {max_prompt_tokens} that fit "
-                "(max_length minus the improver template, a draft of max_new_tokens and a rewrite of "
-                "improver_max_new_tokens). Raise max_length, lower max_new_tokens / improver_max_new_tokens, or "
+                f"{name} row {index}: the prompt has {length} tokens, more than the {budget.available} that fit "
+                f"({budget.arithmetic()}). Raise max_length, lower max_new_tokens / improver_max_new_tokens, or "
                 "drop long prompts, e.g. `dataset.filter(lambda row: ...)`."
             )
+
+
+def check_improver_template(
+    template: Any, dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """Render the improver's prompt for the first row and a placeholder draft; fail now rather than at step 1.
+
+    A string template is checked when the config is built; a callable one only shows what it returns when called
+    (e.g. messages, which need a tokenizer with a chat template).
+    """
+    row = next(iter(dataset))
+    try:
+        render_improver_prompt(template, row["prompt"], "a draft response", tokenizer)
+    except Exception as error:
+        fix = (
+            " The template returned messages but the tokenizer has no chat template: set `tokenizer.chat_template`, "
+            "or return a string."
+            if callable(template) and getattr(tokenizer, "chat_template", None) is None
+            else ""
+        )
+        raise ValueError(
+            f"improver_template cannot be rendered for train_dataset row 0 ({type(error).__name__}: {error}).{fix} "
+            "It is called as template(prompt, response) and must return a string or a list of messages."
+        ) from error
+
+
+def _rename_hint(columns: list[str], missing: list[str]) -> str:
+    """A rename that could fix the columns, built from the data set's own column names."""
+    others = [column for column in columns if column not in REQUIRED_COLUMNS]
+    if others and len(missing) <= len(others):
+        mapping = ", ".join(f"{old!r}: {new!r}" for old, new in zip(others, missing))
+        return f"Rename your columns if they hold these, e.g. `dataset.rename_columns({{{mapping}}})`."
+    return "Rename or add the columns, e.g. `dataset.rename_columns({...})`."
 
 
 def _check_row(prompt: Any, completion: Any, where: str) -> bool:

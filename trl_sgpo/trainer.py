@@ -33,9 +33,16 @@ from trl.trainer.utils import selective_log_softmax
 
 from .callbacks import DPO, IMPROVER, PHASE_IDS, SGPOPhaseCallback
 from .config import SGPOConfig
-from .data import check_prompt_lengths, reference_text, validate_prompt_completion_dataset
+from .data import (
+    PromptBudget,
+    check_improver_template,
+    check_prompt_lengths,
+    messages_to_prompt_completion,
+    reference_text,
+    validate_prompt_completion_dataset,
+)
 from .improver import edit_distance, improver_target, render_improver_prompt, select_targets
-from .model_card import config_section
+from .model_card import config_section, describe_sources, is_hub_dataset
 from .output_dir import check_output_dir
 from .pairs import Completion, filter_pairs
 
@@ -127,8 +134,10 @@ class SGPOTrainer(OnlineDPOTrainer):
                 "improver's rewrite). Remove the argument, or use TRL's OnlineDPOTrainer for reward-ranked pairs."
             )
         if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = SGPOConfig(output_dir=f"{name.split('/')[-1]}-SGPO")
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "")
+            # a model built in Python has no name or path: name the folder after its class
+            name = os.path.basename(os.path.normpath(name)) if name else type(model).__name__
+            args = SGPOConfig(output_dir=f"{name}-SGPO")
         elif not isinstance(args, SGPOConfig):
             raise TypeError(
                 f"`args` must be an SGPOConfig, got {type(args).__name__}. Build one with SGPOConfig(...)."
@@ -159,9 +168,13 @@ class SGPOTrainer(OnlineDPOTrainer):
                 "with the adapter disabled. Set sync_ref_model_each_dpo_phase=False or train without PEFT."
             )
         # Reject bad data before the model is loaded or anything is generated.
+        train_dataset = messages_to_prompt_completion(train_dataset, "train_dataset")
         validate_prompt_completion_dataset(train_dataset, processing_class, "train_dataset")
         check_prompt_lengths(train_dataset, processing_class, self._max_prompt_tokens(args, processing_class))
+        if args.pair_source == "sgpo":
+            check_improver_template(args.improver_template, train_dataset, processing_class)
         if eval_dataset is not None:
+            eval_dataset = messages_to_prompt_completion(eval_dataset, "eval_dataset")
             validate_prompt_completion_dataset(eval_dataset, processing_class, "eval_dataset")
 
         callbacks = list(callbacks or [])
@@ -205,17 +218,17 @@ class SGPOTrainer(OnlineDPOTrainer):
     # ------------------------------------------------------------------ set-up
 
     @staticmethod
-    def _max_prompt_tokens(args: SGPOConfig, tokenizer: PreTrainedTokenizerBase) -> int:
+    def _max_prompt_tokens(args: SGPOConfig, tokenizer: PreTrainedTokenizerBase) -> PromptBudget:
         """Longest prompt that leaves room for the improver's template, a draft and a rewrite within max_length."""
         if args.pair_source == "spin":
-            return args.max_length - args.max_new_tokens
+            return PromptBudget(args.max_length, 0, args.max_new_tokens, 0)
         try:  # the template's own tokens, chat markup included (counted twice with the prompt's: a safe margin)
             template = render_improver_prompt(args.improver_template, "", "", tokenizer)
             template_tokens = len(tokenizer(template, add_special_tokens=False)["input_ids"])
         except Exception:  # a callable template may not accept empty texts; then only the lengths are reserved
             template_tokens = 0
         improver_tokens = args.improver_max_new_tokens or args.max_new_tokens
-        return args.max_length - template_tokens - args.max_new_tokens - improver_tokens
+        return PromptBudget(args.max_length, template_tokens, args.max_new_tokens, improver_tokens)
 
     def _setup_generation(self, args: SGPOConfig) -> None:
         """Sampling settings of both roles (the parent's are built for two samples per prompt)."""
@@ -713,7 +726,9 @@ class SGPOTrainer(OnlineDPOTrainer):
         self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
     ) -> None:
         """TRL's model card (tags `trl` and `sgpo`, the SGPO citation), plus a table of this run's SGPO settings."""
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name or self.dataset_name, tags=tags)
+        dataset_name = dataset_name or self.dataset_name
+        hub_dataset = dataset_name if is_hub_dataset(dataset_name) else None  # a local file has no Hub page to link
+        super().create_model_card(model_name=model_name, dataset_name=hub_dataset, tags=tags)
         if not self.is_world_process_zero():
             return
         from . import __version__
@@ -721,6 +736,8 @@ class SGPOTrainer(OnlineDPOTrainer):
         path = os.path.join(self.args.output_dir, "README.md")
         with open(path, encoding="utf-8") as handle:
             card = handle.read()
+        model_path = getattr(self.accelerator.unwrap_model(self.model).config, "_name_or_path", "")
+        card = describe_sources(card, model_path, dataset_name, self.args.output_dir)
         section = config_section(self.args, __version__)
         card = card.replace("## Citations", section + "## Citations", 1) if "## Citations" in card else card + section
         with open(path, "w", encoding="utf-8") as handle:
