@@ -1,13 +1,18 @@
 """Bad input gets a clear error naming the problem and the fix, raised before any model work or generation.
 
-One table: each case builds a config and/or a trainer from a bad ingredient and asserts the error type and a
-fragment of the message (the problem) and, where there is one, a fragment of the suggested fix.
+Two tables. `CASES`: each case builds a config and/or a trainer from a bad ingredient and asserts the error type and
+a fragment of the message (the problem) and, where there is one, a fragment of the suggested fix. `CLI_CASES`: each
+runs the command line (`trl_sgpo.cli.main`) with options that cannot work, and asserts the same before any model is
+loaded (loading one fails the test).
 """
+
+import importlib.util
+import json
 
 import pytest
 from datasets import Dataset
 
-from trl_sgpo import SGPOConfig, SGPOTrainer
+from trl_sgpo import SGPOConfig, SGPOTrainer, cli
 
 from .conftest import conversational_dataset, make_config, tiny_model
 
@@ -18,6 +23,15 @@ def chat(user: str = "reverse abc", answer: str = "cba", user_role: str = "user"
 
 def no_reward(**kwargs):
     return [0.0]
+
+
+def messages_template(prompt, response):
+    """A callable improver template that returns messages (needs a tokenizer with a chat template)."""
+    return [{"role": "user", "content": f"{prompt}\ndraft: {response}\nfix:"}]
+
+
+def turn(role: str, content: str = "x") -> dict:
+    return {"role": role, "content": content}
 
 
 CASES = {
@@ -55,6 +69,37 @@ CASES = {
     ),
     "empty dataset": (dict(rows=[]), ValueError, "train_dataset is empty", "needs prompts"),
     "prompt too long": (dict(rows=[chat(user="x" * 400)]), ValueError, "the prompt has", "Raise max_length"),
+    "messages without an assistant turn": (
+        dict(rows=[{"messages": [turn("user")]}]),
+        ValueError,
+        "train_dataset row 0 has no assistant turn",
+        "Remove such rows",
+    ),
+    "messages ending on a user turn": (
+        dict(
+            rows=[{"messages": [turn("user"), turn("assistant")]}, {"messages": [turn("user"), turn("assistant")] * 2}]
+            + [{"messages": [turn("user"), turn("assistant"), turn("user")]}]
+        ),
+        ValueError,
+        "train_dataset row 2 ends on a 'user' turn",
+        "Drop the trailing turns",
+    ),
+    "template leaves no room for a prompt": (
+        dict(config={"max_length": 40}),
+        ValueError,
+        "max_length 40 - improver template",
+        "Raise max_length",
+    ),
+    "callable template returning messages, no chat template": (
+        dict(
+            rows=[{"prompt": "reverse abc =", "completion": " cba"}],
+            no_chat_template=True,
+            config={"improver_template": messages_template},
+        ),
+        ValueError,
+        "improver_template cannot be rendered for train_dataset row 0",
+        "set `tokenizer.chat_template`",
+    ),
     # tokenizer
     "tokenizer without chat template": (dict(no_chat_template=True), ValueError, "no chat template", "chat_template"),
     "tokenizer without eos": (dict(no_eos=True), ValueError, "no EOS token", "eos_token"),
@@ -79,6 +124,12 @@ CASES = {
     "unknown pair source": (dict(config={"pair_source": "judge"}), ValueError, "pair_source 'judge'", "one of"),
     "reward model": (dict(config={"reward_model_path": "rm"}), ValueError, "SGPO uses no reward", "unset"),
     "use_vllm without vLLM": (dict(config={"use_vllm": True}), ImportError, "vLLM is not installed", "pip install"),
+    "max_new_tokens over max_length": (
+        dict(config={"max_new_tokens": 600, "max_length": 512}),
+        ValueError,
+        "max_length 512 - max_new_tokens 600 - improver_max_new_tokens 600 = -688",
+        "Raise max_length",
+    ),
     # trainer arguments
     "reward_funcs": (dict(trainer={"reward_funcs": no_reward}), ValueError, "takes no `reward_funcs`", "Remove"),
     "missing model path": (dict(model="./no/such/model"), FileNotFoundError, "does not exist", "save_pretrained"),
@@ -116,7 +167,7 @@ def test_bad_input_is_rejected_with_problem_and_fix(tmp_path, tokenizer, case):
         trainer_kwargs["peft_config"] = LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")
 
     with pytest.raises(error) as caught:
-        config = make_config(tmp_path, max_length=256, max_new_tokens=16, **spec.get("config", {}))
+        config = make_config(tmp_path, **{"max_length": 256, "max_new_tokens": 16, **spec.get("config", {})})
         model = spec.get("model") or tiny_model(tokenizer)
         SGPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, **trainer_kwargs)
     message = str(caught.value)
@@ -178,3 +229,100 @@ def test_config_errors_come_before_any_model_is_built(tmp_path):
     # SGPOConfig validates on construction: no tokenizer or model is needed to see the error.
     with pytest.raises(ValueError, match="improver_alpha"):
         SGPOConfig(output_dir=str(tmp_path), improver_alpha=2.0)
+
+
+# ------------------------------------------------------------------ the command line, before any model is loaded
+
+MODEL = "--model_name_or_path"
+DATA = "--dataset_name"
+CLI_CASES = {
+    "--load_in_4bit without bitsandbytes": (
+        [MODEL, "{model}", DATA, "{data}", "--load_in_4bit", "--use_peft"],
+        ImportError,
+        "--load_in_4bit needs bitsandbytes",
+        "pip install bitsandbytes",
+    ),
+    "--load_in_8bit without --use_peft": (
+        [MODEL, "{model}", DATA, "{data}", "--load_in_8bit", "--fake_bitsandbytes"],
+        ValueError,
+        "cannot be trained directly",
+        "add --use_peft",
+    ),
+    "--use_vllm without vLLM": (
+        [MODEL, "{model}", DATA, "{data}", "--use_vllm"],
+        ImportError,
+        "vLLM is not installed",
+        "use_vllm=False",
+    ),
+    "--use_peft with reference re-sync": (
+        [MODEL, "{model}", DATA, "{data}", "--use_peft", "--sync_ref_model_each_dpo_phase"],
+        ValueError,
+        "not supported with --use_peft",
+        "Drop one of the two options",
+    ),
+    "Hub data set id, offline and not cached": (
+        [MODEL, "{model}", DATA, "no-such-org/no-such-data"],
+        ValueError,
+        "is not a local file or folder, and the Hub is switched off",
+        "save_to_disk",
+    ),
+    "missing data file": ([MODEL, "{model}", DATA, "missing.jsonl"], FileNotFoundError, "does not exist", "path"),
+    "unsupported data file": ([MODEL, "{model}", DATA, "{txt}"], ValueError, "unsupported file type '.txt'", ".csv"),
+    "missing training split": (
+        [MODEL, "{model}", DATA, "{data}", "--dataset_train_split", "sft"],
+        ValueError,
+        "has no split 'sft' (it has ['train'])",
+        "--dataset_train_split",
+    ),
+    "missing model folder": ([MODEL, "./no-such-model", DATA, "{data}"], FileNotFoundError, "is not a folder", "Hub"),
+    "model folder without config.json": (
+        [MODEL, "{empty}", DATA, "{data}"],
+        FileNotFoundError,
+        "without config.json",
+        "save_pretrained",
+    ),
+    "model without data": ([MODEL, "{model}"], ValueError, "Pass both", "or neither"),
+    "--eval_strategy steps without eval data": (
+        [MODEL, "{model}", DATA, "{data}", "--eval_strategy", "steps"],
+        ValueError,
+        "needs eval data",
+        "--eval_dataset_name",
+    ),
+    "--eval_dataset_name without an eval strategy": (
+        [MODEL, "{model}", DATA, "{data}", "--eval_dataset_name", "{data}"],
+        ValueError,
+        "would never be used",
+        "--eval_strategy steps",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_command_line_options_that_cannot_work_fail_before_any_model_is_loaded(tmp_path, monkeypatch, case):
+    argv, error, problem, fix = CLI_CASES[case]
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # a folder that passes the early checks
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not data")
+    rows = [{"prompt": "reverse abc =", "completion": " cba"}] * 4
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    paths = {"model": tmp_path / "model", "data": tmp_path / "data.jsonl", "txt": tmp_path / "notes.txt"}
+    paths["empty"] = tmp_path / "empty"
+    argv = [arg.format(**paths) for arg in argv if arg != "--fake_bitsandbytes"]
+    if "--fake_bitsandbytes" in CLI_CASES[case][0]:
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else find_spec(name, *a)
+        )
+
+    def no_model_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad option was refused")
+
+    monkeypatch.setattr(cli, "load_model", no_model_loading)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error) as caught:
+        cli.main([*argv, "--output_dir", str(tmp_path / "out")])
+    message = str(caught.value)
+    assert problem in message, message
+    assert fix in message, message
+    assert not (tmp_path / "out").exists()
