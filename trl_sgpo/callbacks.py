@@ -1,9 +1,10 @@
 """The alternation of SGPO's two phases, as a `TrainerCallback` the trainer asks before each step.
 
 One `train()` call alternates *improver* steps (supervised updates of the improver role) and *DPO* steps (preference
-updates of the policy on self-generated pairs). The schedule is a warm-up of improver steps, then cycles of
-``improver_steps`` improver steps followed by ``dpo_steps`` DPO steps, optionally limited to ``num_cycles`` cycles
-(DPO steps only afterwards). ``improver_steps=1, dpo_steps=1`` alternates every optimizer step.
+updates of the policy on self-generated pairs). The schedule is the paper's Step 1, a warm-up of improver steps
+(``improver_warmup_steps``; below 1, a fraction of the run's steps), then cycles of ``improver_steps`` improver steps
+followed by ``dpo_steps`` DPO steps, optionally limited to ``num_cycles`` cycles (DPO steps only afterwards).
+``improver_steps=1, dpo_steps=1`` alternates every optimizer step.
 
 Why interleave rather than run the phases in long blocks: on a 0.9M-parameter model, 50 improver-only steps after SFT
 took the policy's exact match from 45% to 15% (role interference), and DPO steps with no improver loss let the
@@ -14,12 +15,15 @@ The phase of a step is a pure function of the global step, so a resumed run cont
 callback also saves the phases already run (run-length encoded) in the checkpoint's trainer state.
 """
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
+
+from .pairs import uses_improver
 
 
 logger = logging.get_logger(__name__)
@@ -57,24 +61,35 @@ class PhaseSchedule:
         return [self.phase_at(step) for step in range(num_steps)]
 
 
+def resolve_warmup_steps(improver_warmup_steps: float, max_steps: int) -> int:
+    """Steps of the warm-up improver phase: ``improver_warmup_steps`` itself, or below 1 that fraction of ``max_steps``
+    (rounded up, so any positive fraction gives at least one step)."""
+    if 0 < improver_warmup_steps < 1:
+        return math.ceil(improver_warmup_steps * max_steps)
+    return int(improver_warmup_steps)
+
+
 class SGPOPhaseCallback(TrainerCallback, ExportableState):
     """Decides the phase of every optimizer step; `SGPOTrainer` reads `phase` and `phase_started` in each step.
 
     Args:
-        improver_warmup_steps, improver_steps, dpo_steps, num_cycles: the `PhaseSchedule`.
-        skip_improver (`bool`): run DPO steps only (the `spin` pair source has no improver role to train).
+        improver_warmup_steps, improver_steps, dpo_steps, num_cycles: the `PhaseSchedule`; a warm-up below 1 is a
+            fraction of the run's steps, resolved when training begins.
+        skip_improver (`bool`): run DPO steps only (the `spin` and `edit` pair sources have no improver role).
     """
 
     def __init__(
         self,
-        improver_warmup_steps: int = 0,
+        improver_warmup_steps: float = 0,
         improver_steps: int = 1,
         dpo_steps: int = 1,
         num_cycles: int | None = None,
         skip_improver: bool = False,
     ):
         self.skip_improver = skip_improver
-        self.schedule = PhaseSchedule(improver_warmup_steps, improver_steps, dpo_steps, num_cycles)
+        self.improver_warmup_steps = improver_warmup_steps
+        # A fractional warm-up is resolved against the run's length in `on_train_begin`; until then, one step.
+        self.schedule = PhaseSchedule(math.ceil(improver_warmup_steps), improver_steps, dpo_steps, num_cycles)
         self.phase_runs: list[list] = []  # [[phase, number of steps], ...] of the completed steps
         self.phase = self.phase_at(0)
         self.phase_started = True
@@ -86,7 +101,7 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
             improver_steps=args.improver_steps,
             dpo_steps=args.dpo_steps,
             num_cycles=args.num_cycles,
-            skip_improver=args.pair_source == "spin",
+            skip_improver=not uses_improver(args.pair_source),
         )
 
     def phase_at(self, step: int) -> str:
@@ -98,6 +113,10 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
         return [phase for phase, count in self.phase_runs for _ in range(count)]
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        warmup_steps = resolve_warmup_steps(self.improver_warmup_steps, state.max_steps)
+        self.schedule = PhaseSchedule(
+            warmup_steps, self.schedule.improver_steps, self.schedule.dpo_steps, self.schedule.num_cycles
+        )
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if state.global_step > 0 and isinstance(saved, dict):  # resuming: take back the phases already run
             if saved.get("args") != self.state()["args"]:

@@ -24,39 +24,55 @@ from transformers import PreTrainedTokenizerBase
 
 
 TARGET_STRATEGIES = ("reference", "interpolate")
-TEMPLATE_FIELDS = ("prompt", "response")
-_FIELD_PATTERN = re.compile(r"\{(prompt|response)\}")
+# Every template shows the prompt and the draft; a reference-aware template also shows the SFT reference.
+REQUIRED_TEMPLATE_FIELDS = ("prompt", "response")
+_FIELD_PATTERN = re.compile(r"\{(prompt|response|reference)\}")
 
 Prompt = str | list[dict[str, Any]]
-ImproverTemplate = str | Callable[[Prompt, str], str | list[dict[str, Any]]]
+ImproverTemplate = str | Callable[..., str | list[dict[str, Any]]]
 
 
 def validate_template(template: str) -> None:
-    """Raise a `ValueError` unless ``template`` holds both ``{prompt}`` and ``{response}``."""
-    missing = [name for name in TEMPLATE_FIELDS if "{" + name + "}" not in template]
+    """Raise a `ValueError` naming the missing field unless ``template`` holds ``{prompt}`` and ``{response}``."""
+    missing = [name for name in REQUIRED_TEMPLATE_FIELDS if "{" + name + "}" not in template]
     if missing:
         fields = " and ".join("{" + name + "}" for name in missing)
         raise ValueError(
             f"The improver template has no {fields} field: the improver must see both the prompt and the draft. "
-            "Add them, e.g. '{prompt}\\nDraft: {response}\\nImproved:'."
+            "Add them, e.g. '{prompt}\\nDraft: {response}\\nImproved:' (a reference-aware template may also "
+            "show {reference})."
         )
 
 
-def fill_template(template: str, prompt: str, response: str) -> str:
-    """Fill ``{prompt}`` and ``{response}`` in one pass, so braces inside the texts are left alone."""
-    values = {"prompt": prompt, "response": response}
+def uses_reference(template: ImproverTemplate) -> bool:
+    """Whether the improver sees the SFT reference in its prompt (a string template with ``{reference}``)."""
+    return isinstance(template, str) and "{reference}" in template
+
+
+def fill_template(template: str, prompt: str, response: str, reference: str | None = None) -> str:
+    """Fill ``{prompt}``, ``{response}`` and ``{reference}`` in one pass, so braces inside the texts are left alone."""
+    values = {"prompt": prompt, "response": response, "reference": reference}
+    if reference is None and "{reference}" in template:
+        raise ValueError(
+            "The improver template shows {reference}, but no reference was given for this prompt. A "
+            "reference-aware improver can only rewrite drafts of prompts that have an SFT reference."
+        )
     return _FIELD_PATTERN.sub(lambda match: values[match.group(1)], template)
 
 
 def render_improver_prompt(
-    template: ImproverTemplate, prompt: Prompt, response: str, tokenizer: PreTrainedTokenizerBase
+    template: ImproverTemplate,
+    prompt: Prompt,
+    response: str,
+    tokenizer: PreTrainedTokenizerBase,
+    reference: str | None = None,
 ) -> str:
-    """Render the improver's prompt text for a (prompt, draft response) pair.
+    """Render the improver's prompt text for a (prompt, draft response) pair, and the reference if it shows one.
 
     A conversational prompt keeps its earlier turns; its last user message becomes the filled template. A text
     prompt becomes one user turn. The result goes through the tokenizer's chat template (with the generation prompt)
     when the tokenizer has one, so the improved response is generated as the assistant's turn; without a chat
-    template the filled text is the prompt.
+    template the filled text is the prompt. A callable template is called as ``template(prompt, response)``.
     """
     if callable(template):
         rendered = template(prompt, response)
@@ -64,9 +80,9 @@ def render_improver_prompt(
             return tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True)
         return _as_user_turn(rendered, [], tokenizer)
     if isinstance(prompt, str):
-        return _as_user_turn(fill_template(template, prompt, response), [], tokenizer)
+        return _as_user_turn(fill_template(template, prompt, response, reference), [], tokenizer)
     *history, last = prompt
-    return _as_user_turn(fill_template(template, last["content"], response), history, tokenizer)
+    return _as_user_turn(fill_template(template, last["content"], response, reference), history, tokenizer)
 
 
 def _as_user_turn(content: str, history: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> str:

@@ -1,8 +1,11 @@
 """Reward-free preference pairs and the degenerate-pair filter (plain Python, no model).
 
 SGPO's pair is ``(chosen = improver(x, y), rejected = y)``: both sides come from the current model, and no reward
-ranks them. The ``spin`` source uses the SFT reference as the chosen side instead (the SPIN baseline), so both run
-in the same trainer. A pair teaches nothing, or the wrong thing, when its sides are identical (zero gradient), when a
+ranks them. Two other sources of the chosen side run in the same trainer, as baselines: ``spin`` (the SFT reference,
+the SPIN baseline) and ``edit`` (the draft with a fraction ``improver_alpha`` of its token edits towards the
+reference applied by arithmetic, no model involved: what the learned improver adds over a mechanical step).
+
+A pair teaches nothing, or the wrong thing, when its sides are identical (zero gradient), when a
 side is empty, or when a side was cut at the length limit (no EOS, so its log-probability scores an unfinished
 text); such pairs are dropped and counted.
 """
@@ -11,7 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
-PAIR_SOURCES = ("sgpo", "spin")
+PAIR_SOURCES = ("sgpo", "spin", "edit")
+# Why a pair is dropped, in order of precedence (logged as sgpo/pairs_<reason>).
+DROP_REASONS = ("identical", "empty", "truncated")
+
+
+def uses_improver(pair_source: str) -> bool:
+    """Whether a pair source takes its chosen side from the improver role (so the run trains that role)."""
+    return pair_source == "sgpo"
 
 
 @dataclass
