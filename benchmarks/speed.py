@@ -335,7 +335,7 @@ def build_trainer(arm: str, settings: Settings, tokenizer, model, dataset, outpu
             from trl_sgpo import SGPOConfig, SGPOTrainer
 
             schedule = (
-                {"improver_steps": 0, "dpo_steps": 1}
+                {"improver_warmup_steps": 0, "improver_steps": 0, "dpo_steps": 1}  # whatever the default warm-up
                 if arm == "sgpo_dpo"
                 else {"improver_warmup_steps": 10**9, "improver_steps": 1, "dpo_steps": 1}
             )
