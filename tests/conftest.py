@@ -67,6 +67,7 @@ def make_config(tmp_path, **overrides) -> SGPOConfig:
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
         max_steps=4,
+        improver_warmup_steps=0,  # tests set their schedule; the default Step 1 has its own tests
         logging_steps=1,
         max_new_tokens=6,
         learning_rate=1e-3,

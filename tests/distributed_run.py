@@ -41,6 +41,7 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
         output_dir=output_dir,
         per_device_train_batch_size=per_device_batch_size,
         max_steps=4,
+        improver_warmup_steps=0,  # alternate from the first step, so both phases run under DDP in 4 steps
         logging_steps=1,
         learning_rate=1e-3,
         max_new_tokens=6,

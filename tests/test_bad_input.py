@@ -107,7 +107,7 @@ CASES = {
     "template without {response}": (dict(config={"improver_template": "{prompt}"}), ValueError, "{response}", "Add"),
     "template without {prompt}": (dict(config={"improver_template": "{response}"}), ValueError, "{prompt}", "Add"),
     "zero steps in every phase": (
-        dict(config={"improver_steps": 0, "dpo_steps": 0}),
+        dict(config={"improver_warmup_steps": 0, "improver_steps": 0, "dpo_steps": 0}),
         ValueError,
         "zero steps in every phase",
         "at least 1",

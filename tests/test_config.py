@@ -99,7 +99,7 @@ def test_cpu_defaults_need_no_flags(tmp_path):
         ({"improver_target": "copy"}, ValueError, "Unknown improver_target 'copy'"),
         ({"pair_source": "judge"}, ValueError, "Unknown pair_source 'judge'"),
         ({"beta": -0.1}, ValueError, "beta must be > 0"),
-        ({"improver_steps": 0, "dpo_steps": 0}, ValueError, "zero steps in every phase"),
+        ({"improver_warmup_steps": 0, "improver_steps": 0, "dpo_steps": 0}, ValueError, "zero steps in every phase"),
         ({"improver_template": "no fields"}, ValueError, "has no {prompt} and {response}"),
         ({"improver_template": 3}, TypeError, "must be a string"),
         ({"reward_model_path": "rm"}, ValueError, "SGPO uses no reward"),

@@ -31,6 +31,8 @@ SGPO_STATS = [
     "sgpo/eos_rate",
     "sgpo/improver_eos_rate",
     "sgpo/targets_kept",
+    "sgpo/policy_sft_loss",
+    "sgpo/rewrite_closer",
 ]
 
 

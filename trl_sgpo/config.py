@@ -11,7 +11,7 @@ from trl.experimental.online_dpo import OnlineDPOConfig
 from trl.import_utils import is_vllm_available
 
 from .improver import TARGET_STRATEGIES, validate_template
-from .pairs import PAIR_SOURCES
+from .pairs import PAIR_SOURCES, uses_improver
 
 
 DEFAULT_IMPROVER_TEMPLATE = (
@@ -42,7 +42,10 @@ class SGPOConfig(OnlineDPOConfig):
 
         improver_template (`str` or `Callable`, *optional*):
             Prompt of the improver role. A string with the fields `{prompt}` (the user's request: the text prompt, or
-            the content of the last user message of a conversational prompt) and `{response}` (the policy's draft).
+            the content of the last user message of a conversational prompt) and `{response}` (the policy's draft),
+            and optionally `{reference}` (the SFT reference of the prompt: a *reference-aware* improver, one reading
+            of the paper's "by referencing SFT outputs"; the default template shows no reference, the likelier
+            reading, since SynPO's improver, which SGPO builds on, sees only the prompt and the draft).
             Rendered through the tokenizer's chat template as a user turn when the tokenizer has one (earlier turns
             of a conversational prompt are kept before it), else used as plain text. In Python it may also be a
             callable `(prompt, response) -> str | list[dict]`; a returned message list is rendered as is.
@@ -70,18 +73,32 @@ class SGPOConfig(OnlineDPOConfig):
 
         pair_source (`str`, *optional*, defaults to `"sgpo"`):
             Where the chosen side of a DPO pair comes from. `"sgpo"`: the improver's rewrite of the policy sample
-            (the paper). `"spin"`: the SFT reference (the SPIN baseline, run in the same trainer; improver phases and
-            the improver loss are then skipped).
+            (the paper). `"spin"`: the SFT reference (the SPIN baseline, run in the same trainer). `"edit"`: the draft
+            with the first `improver_alpha` fraction of its token edits towards the reference applied, by arithmetic
+            (an ablation of ours: what the learned improver adds over a mechanical step). With `"spin"` and `"edit"`
+            no improver role is trained: improver phases and the improver loss are skipped.
         improver_loss_weight (`float`, *optional*, defaults to `1.0`):
-            Weight of the improver's supervised loss added to the DPO loss in DPO steps (our design). Without it the
-            improver drifted to long outputs with no EOS in our measurements.
+            Weight of the improver's supervised loss (with its `policy_sft_weight` term) added to the DPO loss in DPO
+            steps (our design). Without it the improver drifted to long outputs with no EOS in our measurements.
+        improver_learning_rate (`float`, *optional*):
+            Learning rate of improver steps (Step 1 and the improver refreshes), under the same schedule as
+            `learning_rate`, which then applies to DPO steps only (our design). The improver's update is supervised
+            learning of a new skill, which takes a learning rate at which DPO collapses; in our measurements on the
+            built-in world the improver stayed untrained at DPO's learning rate. `None`: `learning_rate`.
+        policy_sft_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the policy's own SFT loss (token-mean NLL of the reference under the plain prompt) mixed into
+            every improver update (our design). One model holds both roles: in our measurements improver-only
+            updates erased the policy role of a small model (exact match 38% -> 11% in 100 updates), and this term
+            kept it.
         chosen_nll_weight (`float`, *optional*, defaults to `0.0`):
             Weight of an NLL term on the chosen side of each kept pair (as in RPO).
 
         > Alternation schedule (our design; the paper alternates the two updates in one run)
 
-        improver_warmup_steps (`int`, *optional*, defaults to `0`):
-            Optimizer steps of improver training before the first cycle.
+        improver_warmup_steps (`float`, *optional*, defaults to `0.3`):
+            The paper's Step 1: optimizer steps of improver training before the first DPO step (Figure 1 trains the
+            improver on the initial policy's samples, then optimizes preferences). A value below 1 is a fraction of
+            the run's total steps (like `warmup_steps` in transformers); 0 starts with the cycles at once.
         improver_steps (`int`, *optional*, defaults to `1`):
             Improver-phase steps at the start of each cycle.
         dpo_steps (`int`, *optional*, defaults to `1`):
@@ -155,8 +172,9 @@ class SGPOConfig(OnlineDPOConfig):
     pair_source: str = field(
         default="sgpo",
         metadata={
-            "help": "Chosen side of the DPO pairs: 'sgpo' (the improver's rewrite) or 'spin' (the SFT reference; "
-            "the SPIN baseline, improver phases skipped).",
+            "help": "Chosen side of the DPO pairs: 'sgpo' (the improver's rewrite), 'spin' (the SFT reference; the "
+            "SPIN baseline) or 'edit' (the draft with a fraction improver_alpha of its edits towards the reference; "
+            "a model-free ablation). 'spin' and 'edit' train no improver role.",
             "choices": list(PAIR_SOURCES),
         },
     )
@@ -164,13 +182,30 @@ class SGPOConfig(OnlineDPOConfig):
         default=1.0,
         metadata={"help": "Weight of the improver's supervised loss added in DPO steps (0 disables it)."},
     )
+    improver_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of improver steps, under learning_rate's schedule (which then applies to DPO "
+            "steps only). Unset: learning_rate. Our design."
+        },
+    )
+    policy_sft_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the policy's SFT loss on the references mixed into every improver update (0 disables "
+            "it). Keeps the policy role intact while the shared model learns the improver role. Our design."
+        },
+    )
     chosen_nll_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of an NLL term on the chosen side of each kept pair (0 disables it)."},
     )
-    improver_warmup_steps: int = field(
-        default=0,
-        metadata={"help": "Optimizer steps of improver training before the first cycle."},
+    improver_warmup_steps: float = field(
+        default=0.3,
+        metadata={
+            "help": "The paper's Step 1: improver-training steps before the first DPO step. Below 1: a fraction of "
+            "the run's total steps. 0: start with the improver/DPO cycles at once."
+        },
     )
     improver_steps: int = field(
         default=1,
@@ -265,6 +300,11 @@ class SGPOConfig(OnlineDPOConfig):
         for name in ("improver_warmup_steps", "improver_steps", "dpo_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.improver_warmup_steps >= 1 and self.improver_warmup_steps != int(self.improver_warmup_steps):
+            raise ValueError(
+                f"improver_warmup_steps must be a whole number of steps, or a fraction of the run below 1, got "
+                f"{self.improver_warmup_steps}."
+            )
         if self.num_cycles is not None and self.num_cycles < 0:
             raise ValueError(f"num_cycles must be >= 0 or unset (no limit), got {self.num_cycles}.")
         if self.improver_warmup_steps + self.improver_steps + self.dpo_steps == 0:
@@ -272,13 +312,17 @@ class SGPOConfig(OnlineDPOConfig):
                 "The schedule has zero steps in every phase: set improver_steps and/or dpo_steps to at least 1 "
                 "(e.g. improver_steps=1 dpo_steps=1 alternates every step)."
             )
-        for name in ("improver_loss_weight", "chosen_nll_weight"):
+        for name in ("improver_loss_weight", "chosen_nll_weight", "policy_sft_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables the term), got {getattr(self, name)}.")
         if self.use_vllm and not is_vllm_available():
             raise ImportError(
                 "use_vllm=True but vLLM is not installed: `pip install trl-sgpo[vllm]` (needs a CUDA GPU), or set "
                 "use_vllm=False to generate with transformers."
+            )
+        if self.improver_learning_rate is not None and self.improver_learning_rate <= 0:
+            raise ValueError(
+                f"improver_learning_rate must be > 0 (unset: learning_rate), got {self.improver_learning_rate}."
             )
         if self.improver_max_new_tokens is not None and self.improver_max_new_tokens < 1:
             raise ValueError(f"improver_max_new_tokens must be >= 1, got {self.improver_max_new_tokens}.")
@@ -310,7 +354,7 @@ class SGPOConfig(OnlineDPOConfig):
         """
         if self.max_length is None:
             return
-        improver = 0 if self.pair_source == "spin" else (self.improver_max_new_tokens or self.max_new_tokens)
+        improver = 0 if not uses_improver(self.pair_source) else (self.improver_max_new_tokens or self.max_new_tokens)
         left = self.max_length - self.max_new_tokens - improver
         if left < 1:
             raise ValueError(

@@ -182,7 +182,7 @@ def check_improver_template(
     """
     row = next(iter(dataset))
     try:
-        render_improver_prompt(template, row["prompt"], "a draft response", tokenizer)
+        render_improver_prompt(template, row["prompt"], "a draft response", tokenizer, reference="a reference")
     except Exception as error:
         fix = (
             " The template returned messages but the tokenizer has no chat template: set `tokenizer.chat_template`, "

@@ -23,6 +23,7 @@ from transformers import (
     TrainerCallback,
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
+from transformers.utils import logging
 from trl.data_utils import maybe_apply_chat_template
 from trl.experimental.online_dpo import OnlineDPOTrainer
 from trl.experimental.utils import truncate_right
@@ -41,13 +42,18 @@ from .data import (
     reference_text,
     validate_prompt_completion_dataset,
 )
-from .improver import edit_distance, improver_target, render_improver_prompt, select_targets
+from .improver import edit_distance, improver_target, render_improver_prompt, select_targets, uses_reference
 from .model_card import config_section, describe_sources, is_hub_dataset
 from .output_dir import check_output_dir
-from .pairs import Completion, filter_pairs
+from .pairs import DROP_REASONS, Completion, PairFilterResult, filter_pairs, uses_improver
 
 
 REF_MODEL_FILE = "sgpo_ref_model.safetensors"
+# The health warning: judged over the first DPO steps, raised once when fewer rewrites than this beat their draft.
+REWRITE_HEALTH_WINDOW = 5
+REWRITE_CLOSER_WARNING_BELOW = 0.2
+
+logger = logging.get_logger(__name__)
 
 
 def _no_reward(*args, **kwargs):
@@ -202,6 +208,8 @@ class SGPOTrainer(OnlineDPOTrainer):
         self.reward_processing_classes = []
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._ref_synced_at_step: int | None = None
+        self._rewrite_closer_history: list[float] = []
+        self._rewrite_health_checked = False
         self.eval_metric = self._load_eval_metric(eval_metric if eval_metric is not None else args.eval_metric)
         self.dataset_name: str | None = None  # shown in the model card; set it to the Hub id of the training data
         # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
@@ -220,10 +228,10 @@ class SGPOTrainer(OnlineDPOTrainer):
     @staticmethod
     def _max_prompt_tokens(args: SGPOConfig, tokenizer: PreTrainedTokenizerBase) -> PromptBudget:
         """Longest prompt that leaves room for the improver's template, a draft and a rewrite within max_length."""
-        if args.pair_source == "spin":
+        if not uses_improver(args.pair_source):
             return PromptBudget(args.max_length, 0, args.max_new_tokens, 0)
         try:  # the template's own tokens, chat markup included (counted twice with the prompt's: a safe margin)
-            template = render_improver_prompt(args.improver_template, "", "", tokenizer)
+            template = render_improver_prompt(args.improver_template, "", "", tokenizer, reference="")
             template_tokens = len(tokenizer(template, add_special_tokens=False)["input_ids"])
         except Exception:  # a callable template may not accept empty texts; then only the lengths are reserved
             template_tokens = 0
@@ -314,8 +322,8 @@ class SGPOTrainer(OnlineDPOTrainer):
     def _policy_prompt_texts(self, prompts: list) -> list[str]:
         return [maybe_apply_chat_template({"prompt": prompt}, self.processing_class)["prompt"] for prompt in prompts]
 
-    def _reference_completion(self, completion: str | list[dict]) -> Completion:
-        ids = self.processing_class(text=reference_text(completion), add_special_tokens=False)["input_ids"]
+    def _reference_completion(self, text: str) -> Completion:
+        ids = self.processing_class(text=text, add_special_tokens=False)["input_ids"]
         return Completion(list(ids), ended=True)
 
     def _pad_completions(self, completions: list[Completion]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -425,14 +433,23 @@ class SGPOTrainer(OnlineDPOTrainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: int | None = None
     ) -> torch.Tensor:
+        """One optimizer micro-step of the current phase; both phases start from fresh policy samples.
+
+        - DPO step: chosen = the improver's rewrite of each draft (or the reference with ``spin``, the mechanical
+          edit with ``edit``), rejected = the draft; degenerate pairs are dropped; DPO loss, plus the improver
+          objective weighted by ``improver_loss_weight``.
+        - Improver step: the improver objective alone, i.e. the improver's NLL of targets built from the
+          references, plus the policy's SFT loss on the references weighted by ``policy_sft_weight``.
+        """
         model.train()
         phase = self.phase_callback.phase
-        sgpo_pairs = self.args.pair_source == "sgpo"
-        train_improver = sgpo_pairs and (phase == IMPROVER or self.args.improver_loss_weight > 0)
+        has_improver = uses_improver(self.args.pair_source)
+        improver_weight = 1.0 if phase == IMPROVER else self.args.improver_loss_weight
         if phase == DPO and self.args.sync_ref_model_each_dpo_phase and self.phase_callback.phase_started:
             self._sync_ref_model()
+        self._set_phase_learning_rate(phase)
 
-        prompts, references = inputs["prompt"], inputs["completion"]
+        prompts = inputs["prompt"]
         batch_size = len(prompts)
         # Sum over this micro-batch / prompts in the accumulated batch: exact under accumulation and DDP.
         scale = 1.0 / (batch_size * self.current_gradient_accumulation_steps)
@@ -441,53 +458,131 @@ class SGPOTrainer(OnlineDPOTrainer):
         policy_texts = self._policy_prompt_texts(prompts)
         prompt_ids, prompt_mask = self._tokenize_prompts(policy_texts)
         drafts = self._sample(model, policy_texts, prompt_ids, prompt_mask, "policy")
-        reference_completions = [self._reference_completion(reference) for reference in references]
+        reference_texts = [reference_text(completion) for completion in inputs["completion"]]
+        references = [self._reference_completion(text) for text in reference_texts]
         stats.add("sgpo/response_length", [len(d.token_ids) for d in drafts])
         stats.add("sgpo/eos_rate", [float(d.ended) for d in drafts])
         stats.add("val/contain_eos_token", [float(d.ended) for d in drafts])
-
-        if train_improver or (phase == DPO and sgpo_pairs):
-            draft_texts = self.processing_class.batch_decode([d.token_ids for d in drafts], skip_special_tokens=True)
-            improver_texts = [
-                render_improver_prompt(self.args.improver_template, prompt, text, self.processing_class)
-                for prompt, text in zip(prompts, draft_texts)
-            ]
-            improver_ids, improver_mask = self._tokenize_prompts(improver_texts)
+        if has_improver:
+            improver_texts, improver_ids, improver_mask = self._improver_prompts(prompts, drafts, reference_texts)
 
         loss = torch.zeros((), device=self.accelerator.device)
         if phase == DPO:
-            if sgpo_pairs:
+            if has_improver:
                 chosen = self._sample(model, improver_texts, improver_ids, improver_mask, "improver")
                 stats.add("sgpo/improved_length", [len(c.token_ids) for c in chosen])
                 stats.add("sgpo/improver_eos_rate", [float(c.ended) for c in chosen])
-            else:
-                chosen = reference_completions
+            elif self.args.pair_source == "edit":
+                chosen = [self._edit_toward(draft, reference) for draft, reference in zip(drafts, references)]
+            else:  # spin
+                chosen = references
             pairs = filter_pairs(chosen, drafts)
-            stats.add("sgpo/pairs_kept", [float(k) for k in pairs.keep])
-            for reason in ("identical", "empty", "truncated"):
-                stats.add(f"sgpo/pairs_{reason}", [float(r == reason) for r in pairs.reasons])
-            stats.add("sgpo/edit_distance", [edit_distance(c.token_ids, d.token_ids) for c, d in zip(chosen, drafts)])
-            stats.add("sgpo/empty_batches", [float(pairs.num_kept == 0)], reduce="sum")
+            self._add_pair_stats(stats, chosen, drafts, references, pairs)
             loss = loss + self._dpo_loss(model, prompt_ids, prompt_mask, chosen, drafts, pairs.keep, scale, stats)
-        if train_improver:
-            targets, target_keep = self._improver_targets(drafts, reference_completions, stats)
-            weight = 1.0 if phase == IMPROVER else self.args.improver_loss_weight
-            loss = loss + weight * self._improver_loss(
+            verdicts = [reason or "kept" for reason in pairs.reasons]
+        if has_improver and improver_weight > 0:
+            targets, target_keep = self._improver_targets(drafts, references, stats)
+            improver_objective = self._improver_loss(
                 model, improver_ids, improver_mask, targets, target_keep, scale, stats
             )
-        if self.num_sample_rows and self.accelerator.is_main_process:
-            if phase == DPO:
-                self._keep_samples(phase, prompts, drafts, chosen, [r or "kept" for r in pairs.reasons])
-            elif train_improver:
-                self._keep_samples(phase, prompts, drafts, targets, ["kept" if k else "filtered" for k in target_keep])
+            if self.args.policy_sft_weight > 0:
+                improver_objective = improver_objective + self.args.policy_sft_weight * self._policy_sft_loss(
+                    model, prompt_ids, prompt_mask, references, scale, stats
+                )
+            loss = loss + improver_weight * improver_objective
+            if phase == IMPROVER:
+                chosen, verdicts = targets, ["kept" if keep else "filtered" for keep in target_keep]
+        if self.num_sample_rows and self.accelerator.is_main_process and (phase == DPO or has_improver):
+            self._keep_samples(phase, prompts, drafts, chosen, verdicts)
 
         self._record(stats, phase)
+        if phase == DPO and has_improver:
+            self._check_rewrite_health()
         self._stop_if_not_finite(loss, phase)
         kwargs = {}
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             kwargs["scale_wrt_gas"] = False  # the loss is already divided by the accumulation steps
         self.accelerator.backward(loss, **kwargs)
         return loss.detach()
+
+    def _set_phase_learning_rate(self, phase: str) -> None:
+        """Improver steps use ``improver_learning_rate``, scaled by the same schedule as ``learning_rate``.
+
+        The scheduler writes ``learning_rate x factor`` into the optimizer after every step; this runs before the
+        step's update, so an improver step rescales it and the next DPO step finds the scheduler's value again.
+        """
+        if self.args.improver_learning_rate is None or self.optimizer is None or self.lr_scheduler is None:
+            return
+        ratio = self.args.improver_learning_rate / self.args.learning_rate if phase == IMPROVER else 1.0
+        for group, scheduled in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+            group["lr"] = scheduled * ratio
+
+    def _improver_prompts(
+        self, prompts: list, drafts: list[Completion], reference_texts: list[str]
+    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """The improver prompts for each (prompt, draft), showing the reference where the template asks, tokenized."""
+        draft_texts = self.processing_class.batch_decode([d.token_ids for d in drafts], skip_special_tokens=True)
+        show_reference = uses_reference(self.args.improver_template)
+        texts = [
+            render_improver_prompt(
+                self.args.improver_template,
+                prompt,
+                draft,
+                self.processing_class,
+                reference=reference if show_reference else None,
+            )
+            for prompt, draft, reference in zip(prompts, draft_texts, reference_texts)
+        ]
+        return (texts, *self._tokenize_prompts(texts))
+
+    def _edit_toward(self, draft: Completion, reference: Completion) -> Completion:
+        """The ``edit`` source's chosen side: the draft moved a fraction ``improver_alpha`` toward the reference."""
+        tokens, _ = improver_target("interpolate", draft.token_ids, reference.token_ids, self.args.improver_alpha)
+        return Completion(tokens, ended=True)
+
+    def _add_pair_stats(
+        self,
+        stats: "_StepStats",
+        chosen: list[Completion],
+        drafts: list[Completion],
+        references: list[Completion],
+        pairs: PairFilterResult,
+    ) -> None:
+        stats.add("sgpo/pairs_kept", [float(k) for k in pairs.keep])
+        for reason in DROP_REASONS:
+            stats.add(f"sgpo/pairs_{reason}", [float(r == reason) for r in pairs.reasons])
+        stats.add("sgpo/edit_distance", [edit_distance(c.token_ids, d.token_ids) for c, d in zip(chosen, drafts)])
+        stats.add("sgpo/empty_batches", [float(pairs.num_kept == 0)], reduce="sum")
+        # The health signal without a reward: is the chosen side closer to the SFT reference than the draft?
+        closer = [
+            float(edit_distance(c.token_ids, r.token_ids) < edit_distance(d.token_ids, r.token_ids))
+            for c, d, r in zip(chosen, drafts, references)
+        ]
+        stats.add("sgpo/rewrite_closer", closer)
+
+    def _check_rewrite_health(self) -> None:
+        """Warn once when the improver's rewrites are rarely closer to the references than the drafts they rewrite.
+
+        Judged over the first ``REWRITE_HEALTH_WINDOW`` DPO steps (values reduced over processes, so every process
+        decides alike): the improver is not ready, and its pairs teach the policy little or the wrong thing.
+        """
+        if self._rewrite_health_checked:
+            return
+        self._rewrite_closer_history.append(self._metrics["sgpo/rewrite_closer"][-1])
+        if len(self._rewrite_closer_history) < REWRITE_HEALTH_WINDOW:
+            return
+        self._rewrite_health_checked = True
+        closer = sum(self._rewrite_closer_history) / len(self._rewrite_closer_history)
+        if closer < REWRITE_CLOSER_WARNING_BELOW:
+            logger.warning(
+                "Over the first %d DPO steps only %.0f%% of the improver's rewrites were closer to the SFT reference "
+                "than the draft they rewrote (sgpo/rewrite_closer; below %.0f%%). The improver role is not ready: "
+                "lengthen Step 1 (improver_warmup_steps), raise improver_loss_weight, or check improver_template. "
+                "See docs/troubleshooting.md.",
+                REWRITE_HEALTH_WINDOW,
+                100 * closer,
+                100 * REWRITE_CLOSER_WARNING_BELOW,
+            )
 
     def _stop_if_not_finite(self, loss: torch.Tensor, phase: str) -> None:
         """Stop before a NaN/inf loss reaches the weights: save the last good state, then raise."""
@@ -604,6 +699,19 @@ class SGPOTrainer(OnlineDPOTrainer):
         stats.add("beta", [self.beta], reduce="mean_of_processes")
         return loss
 
+    def _policy_sft_loss(
+        self, model, prompt_ids, prompt_mask, references: list[Completion], scale: float, stats: "_StepStats"
+    ) -> torch.Tensor:
+        """The policy's own SFT loss: token-mean NLL of each reference (and its EOS) under the plain prompt.
+
+        Mixed into improver updates so that training the improver role does not erase the policy role.
+        """
+        reference_ids, reference_mask = self._pad_completions(references)
+        logps = self._forward(model, prompt_ids, prompt_mask, reference_ids, reference_mask)
+        nll = -(logps * reference_mask).sum(1) / reference_mask.sum(1).clamp(min=1)
+        stats.add("sgpo/policy_sft_loss", nll.detach().tolist())
+        return nll.sum() * scale
+
     def _improver_loss(
         self,
         model,
@@ -662,7 +770,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         """
         texts = self._policy_prompt_texts(inputs["prompt"])
         prompt_ids, prompt_mask = self._tokenize_prompts(texts)
-        references = [self._reference_completion(completion) for completion in inputs["completion"]]
+        references = [self._reference_completion(reference_text(completion)) for completion in inputs["completion"]]
         completion_ids, completion_mask = self._pad_completions(references)
         with torch.no_grad():
             logps = self._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)

@@ -1,0 +1,255 @@
+"""The method issue's pieces: Step 1 first, the policy's SFT loss in improver updates, the reference-aware template,
+the mechanical edit pairs, and the reward-free health signal with its warning."""
+
+import logging
+
+import pytest
+import torch
+
+from trl_sgpo import SGPOConfig, SGPOTrainer
+from trl_sgpo.callbacks import DPO, IMPROVER, resolve_warmup_steps
+from trl_sgpo.improver import improver_target, render_improver_prompt, uses_reference
+from trl_sgpo.trainer import REWRITE_HEALTH_WINDOW, _StepStats
+
+from .conftest import conversational_dataset, make_config, tiny_model
+from .helpers import rule_sampler
+
+
+def _rows(num_rows: int = 4) -> dict:
+    rows = conversational_dataset(num_rows)
+    return {"prompt": rows["prompt"], "completion": rows["completion"]}
+
+
+def _trainer(tmp_path, tokenizer, **overrides) -> SGPOTrainer:
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path, **overrides),
+        train_dataset=conversational_dataset(8),
+        processing_class=tokenizer,
+    )
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def _gradients(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+# ------------------------------------------------------------------------------------------------ Step 1 first
+
+
+def test_default_run_starts_with_step_1_then_optimizes_preferences(tmp_path, tokenizer):
+    """The default schedule is the paper's Figure 1: improver training (30% of the run), then preference steps."""
+    config = make_config(tmp_path, max_steps=10)
+    del config  # the conftest factory pins the warm-up to 0; build the default one here
+    defaults = SGPOConfig(output_dir=str(tmp_path / "d"), use_cpu=True)
+    assert defaults.improver_warmup_steps == 0.3
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path, max_steps=10, improver_warmup_steps=defaults.improver_warmup_steps),
+        train_dataset=conversational_dataset(8),
+        processing_class=tokenizer,
+    )
+    trainer._sample = rule_sampler(tokenizer)
+    trainer.train()
+    phases = trainer.phase_callback.phase_history
+    assert phases[:3] == [IMPROVER] * 3  # ceil(0.3 * 10) steps of Step 1 ...
+    assert DPO not in phases[:3] and phases[3] == IMPROVER and phases[4] == DPO  # ... then the (1, 1) cycles
+    logged = [log["sgpo/phase"] for log in trainer.state.log_history if "sgpo/phase" in log]
+    assert logged[:3] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(("value", "max_steps", "steps"), [(0.3, 10, 3), (0.25, 7, 2), (0.01, 5, 1), (4, 100, 4)])
+def test_warmup_fraction_resolves_against_the_run_length(value, max_steps, steps):
+    assert resolve_warmup_steps(value, max_steps) == steps
+
+
+def test_warmup_must_be_whole_steps_or_a_fraction(tmp_path):
+    with pytest.raises(ValueError, match="whole number of steps"):
+        make_config(tmp_path, improver_warmup_steps=2.5)
+
+
+# -------------------------------------------------------------------------------------------- the SFT mix
+
+
+def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer):
+    """improver NLL + w * policy SFT: its gradient equals the improver-only gradient plus w times the SFT one."""
+    weight = 0.7
+    grads = {}
+    for name, sft_weight in (("mixed", weight), ("improver_only", 0.0)):
+        trainer = _trainer(tmp_path / name, tokenizer, improver_steps=1, dpo_steps=0, policy_sft_weight=sft_weight)
+        trainer._sample = rule_sampler(tokenizer)
+        trainer.model.zero_grad()
+        trainer.training_step(trainer.model, _rows())
+        grads[name] = _gradients(trainer.model)
+    # The SFT part alone, computed directly on the same model and prompts.
+    trainer.model.zero_grad()
+    rows = _rows()
+    prompt_ids, prompt_mask = trainer._tokenize_prompts(trainer._policy_prompt_texts(rows["prompt"]))
+    references = [trainer._reference_completion(m[0]["content"]) for m in rows["completion"]]
+    loss = trainer._policy_sft_loss(trainer.model, prompt_ids, prompt_mask, references, 1 / 4, _StepStats())
+    (weight * loss).backward()
+    sft = _gradients(trainer.model)
+    assert set(grads["mixed"]) == set(sft)
+    for name, mixed in grads["mixed"].items():
+        torch.testing.assert_close(mixed, grads["improver_only"][name] + sft[name], rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in sft.values())  # the SFT part is not a no-op
+
+
+def test_policy_sft_loss_is_logged_in_improver_steps(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer, improver_steps=1, dpo_steps=0)
+    trainer._sample = rule_sampler(tokenizer)
+    trainer.training_step(trainer.model, _rows())
+    assert trainer._metrics["sgpo/policy_sft_loss"][-1] > 0
+
+
+# ---------------------------------------------------------------------------------- the reference-aware improver
+
+
+def test_reference_field_is_filled_and_optional(tokenizer):
+    template = "{prompt}|{response}|{reference}"
+    assert uses_reference(template) and not uses_reference("{prompt}|{response}")
+    text = render_improver_prompt(template, "reverse abc", "cbb", tokenizer, reference="cba")
+    assert "reverse abc|cbb|cba" in text
+    with pytest.raises(ValueError, match="no reference was given"):
+        render_improver_prompt(template, "reverse abc", "cbb", tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("template", "missing"), [("{prompt} {reference}", "{response}"), ("{response} {reference}", "{prompt}")]
+)
+def test_template_missing_a_required_field_is_rejected_naming_it(tmp_path, template, missing):
+    with pytest.raises(ValueError, match=f"has no {missing} field"):
+        make_config(tmp_path, improver_template=template)
+
+
+def test_reference_aware_improver_sees_the_reference_when_it_rewrites(tmp_path, tokenizer):
+    trainer = _trainer(
+        tmp_path, tokenizer, improver_steps=0, dpo_steps=1, improver_template="{prompt}#{response}#{reference}"
+    )
+    seen = []
+    sample = rule_sampler(tokenizer)
+
+    def spy(model, texts, prompt_ids, prompt_mask, role):
+        if role == "improver":
+            seen.extend(texts)
+        return sample(model, texts, prompt_ids, prompt_mask, role)
+
+    trainer._sample = spy
+    trainer.training_step(trainer.model, _rows())
+    assert seen and all(text.count("#") == 2 for text in seen)
+    assert "reverse abc#cbax#cba" in seen[0]  # prompt, the policy's draft, the reference
+
+
+# ------------------------------------------------------------------------------------------ mechanical edit pairs
+
+
+def test_edit_pairs_move_the_draft_toward_the_reference_without_a_model(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer, pair_source="edit", improver_alpha=1.0, improver_steps=1, dpo_steps=1)
+    assert trainer.phase_callback.skip_improver  # no improver role to train
+    roles = []
+    sample = rule_sampler(tokenizer)
+
+    def spy(model, texts, prompt_ids, prompt_mask, role):
+        roles.append(role)
+        return sample(model, texts, prompt_ids, prompt_mask, role)
+
+    trainer._sample = spy
+    trainer.num_sample_rows = 4
+    trainer.training_step(trainer.model, _rows())
+    assert roles == ["policy"]  # the chosen side is arithmetic, not a generation
+    assert [row["improved"] for row in trainer.last_samples] == ["cba", "olleh", "dlrow", "ytrewq"]
+    assert trainer._metrics["sgpo/rewrite_closer"][-1] == 1.0
+    assert "sgpo/improver_loss" not in trainer._metrics
+
+
+def test_edit_target_applies_a_fraction_of_the_edits():
+    draft, reference = [1, 2, 3, 4], [1, 9, 3, 8]
+    assert improver_target("interpolate", draft, reference, 0.5) == ([1, 9, 3, 4], 1)
+
+
+# ------------------------------------------------------------------------------------- the health signal
+
+
+def test_rewrite_closer_counts_rewrites_nearer_the_reference(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer, improver_steps=0, dpo_steps=1, improver_loss_weight=0.0)
+    trainer._sample = rule_sampler(tokenizer)  # drafts 'cbax' (one edit away), rewrites 'cba' (the reference)
+    trainer.training_step(trainer.model, _rows())
+    assert trainer._metrics["sgpo/rewrite_closer"][-1] == 1.0
+
+    def worse(model, texts, prompt_ids, prompt_mask, role):  # the improver makes it worse: 'cbaxx'
+        completions = rule_sampler(tokenizer)(model, texts, prompt_ids, prompt_mask, "policy")
+        if role == "improver":
+            for completion in completions:
+                completion.token_ids = completion.token_ids + tokenizer("x", add_special_tokens=False)["input_ids"]
+        return completions
+
+    trainer._sample = worse
+    trainer.training_step(trainer.model, _rows())
+    assert trainer._metrics["sgpo/rewrite_closer"][-1] == 0.0
+
+
+def _run_dpo_steps(trainer, sampler, steps: int) -> None:
+    trainer._sample = sampler
+    for _ in range(steps):
+        trainer.training_step(trainer.model, _rows())
+
+
+def test_health_warning_fires_once_when_rewrites_are_rarely_closer(tmp_path, tokenizer, caplog):
+    trainer = _trainer(tmp_path, tokenizer, improver_steps=0, dpo_steps=1, improver_loss_weight=0.0)
+    same = rule_sampler(tokenizer)
+
+    def identical(model, texts, prompt_ids, prompt_mask, role):  # the improver copies the draft
+        return same(model, texts, prompt_ids, prompt_mask, "policy")
+
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.trainer"):
+        _run_dpo_steps(trainer, identical, REWRITE_HEALTH_WINDOW - 1)
+        assert "improver role is not ready" not in caplog.text  # judged only after the window
+        _run_dpo_steps(trainer, identical, 3)
+    assert caplog.text.count("improver role is not ready") == 1
+    assert "improver_warmup_steps" in caplog.text
+
+
+def test_no_health_warning_when_rewrites_are_closer(tmp_path, tokenizer, caplog):
+    trainer = _trainer(tmp_path, tokenizer, improver_steps=0, dpo_steps=1, improver_loss_weight=0.0)
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.trainer"):
+        _run_dpo_steps(trainer, rule_sampler(tokenizer), REWRITE_HEALTH_WINDOW + 1)
+    assert "improver role is not ready" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------- the improver's learning rate
+
+
+def test_improver_steps_use_their_own_learning_rate(tmp_path, tokenizer):
+    """Improver steps update at improver_learning_rate, DPO steps at learning_rate, both under one schedule."""
+    from transformers import TrainerCallback
+
+    class RecordLearningRate(TrainerCallback):
+        def __init__(self):
+            self.rates = []
+
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            self.rates.append(optimizer.param_groups[0]["lr"])
+
+    recorder = RecordLearningRate()
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(
+            tmp_path,
+            max_steps=6,
+            learning_rate=1e-3,
+            improver_learning_rate=1e-2,
+            lr_scheduler_type="linear",
+            improver_steps=1,
+            dpo_steps=2,
+        ),
+        train_dataset=conversational_dataset(8),
+        processing_class=tokenizer,
+        callbacks=[recorder],
+    )
+    trainer._sample = rule_sampler(tokenizer)
+    trainer.train()
+    assert trainer.phase_callback.phase_history == [IMPROVER, DPO, DPO] * 2
+    linear = [1e-3 * (6 - step) / 6 for step in range(6)]  # the schedule's value at each step
+    expected = [rate * (10 if phase == IMPROVER else 1) for rate, phase in zip(linear, [IMPROVER, DPO, DPO] * 2)]
+    assert recorder.rates == pytest.approx(expected, rel=1e-6)
