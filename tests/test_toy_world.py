@@ -9,10 +9,19 @@ from pathlib import Path
 import pytest
 from trl.data_utils import is_conversational
 
-from trl_sgpo.toy.build_checkpoint import HELD_OUT, BuildConfig, build_checkpoint
+from trl_sgpo.toy.build_checkpoint import HELD_OUT, BuildConfig, build_checkpoint, sft_dataset
 from trl_sgpo.toy.checker import check_answer, detect_style, parse_parts
 from trl_sgpo.toy.model import TOY_CHECKPOINT_DIR, load_toy_model, toy_checkpoint_metadata
-from trl_sgpo.toy.tasks import PLAIN_OPS, REGIMES, SPLITS, Operation, format_answer, generate_examples, split_of
+from trl_sgpo.toy.tasks import (
+    PLAIN_OPS,
+    REGIMES,
+    SHORT_OPS,
+    SPLITS,
+    Operation,
+    format_answer,
+    generate_examples,
+    split_of,
+)
 from trl_sgpo.toy.tokenizer import build_char_tokenizer
 from trl_sgpo.toy.world import (
     TOY_IMPROVER_TEMPLATE,
@@ -47,6 +56,8 @@ def toy_model():
         (Operation("repeat", ("3", "ab")), "ababab"),
         (Operation("shift", ("xyz",)), "yza"),
         (Operation("devowel", ("banana",)), "bnn"),
+        (Operation("length", ("banana",)), "6"),
+        (Operation("vowels", ("banana",)), "3"),
     ],
 )
 def test_operation_answers(operation, answer):
@@ -88,6 +99,10 @@ def test_regimes_have_the_promised_shape():
     shifted = generate_examples("shifted", "test", 800)
     assert all(len(e.answer_parts) == 3 for e in shifted)
     assert all(e.answer("policy") != e.answer("reference") for e in shifted)
+    short = generate_examples("short", "test", 800)
+    assert all(len(e.answer_parts) == 2 and all(part.isdigit() for part in e.answer_parts) for e in short)
+    assert {op.name for e in short for op in e.operations} == set(SHORT_OPS)
+    assert all(len({op.name for op in e.operations}) == 2 for e in short)
 
 
 def test_dataset_is_trl_conversational_prompt_completion():
@@ -211,17 +226,35 @@ def test_shipped_tokenizer_matches_the_built_one(toy_model):
 def test_shipped_checkpoint_scores_as_recorded(toy_model):
     model, tokenizer = toy_model
     metadata = toy_checkpoint_metadata()
+    regime = metadata["sft_data"]["regime"]
     assert metadata["held_out"] == HELD_OUT
-    for regime in REGIMES:
-        dataset = make_dataset(regime, HELD_OUT["split"], HELD_OUT["num_examples"], seed=HELD_OUT["seed"])
-        result = evaluate_model(model, tokenizer, dataset)
-        recorded = metadata["scores"][regime]
-        assert result["exact_match"] == pytest.approx(recorded["exact_match"], abs=0.02)
-        assert result["partial_credit"] == pytest.approx(recorded["partial_credit"], abs=0.02)
-    # The starting policy is deliberately imperfect, and writes its own form, not the references' form.
-    assert 0.3 <= metadata["scores"]["plain"]["exact_match"] <= 0.65
-    assert metadata["scores"]["shifted"]["exact_match"] < metadata["scores"]["plain"]["exact_match"]
-    assert metadata["scores"]["shifted"]["style"]["policy"] > 0.9
+    dataset = make_dataset(regime, HELD_OUT["split"], HELD_OUT["num_examples"], seed=HELD_OUT["seed"])
+    result = evaluate_model(model, tokenizer, dataset)
+    recorded = metadata["scores"][regime]
+    assert result["exact_match"] == pytest.approx(recorded["exact_match"], abs=0.02)
+    assert result["partial_credit"] == pytest.approx(recorded["partial_credit"], abs=0.02)
+    # Deliberately imperfect: room to improve, as for the SFT model of the paper.
+    assert 0.2 <= recorded["exact_match"] <= 0.7
+
+
+def test_shipped_checkpoint_stopped_at_its_validation_plateau():
+    """The start is the paper's SFT model: the last evaluations of its SFT run gained nothing over the best one."""
+    metadata = toy_checkpoint_metadata()
+    config, trace = metadata["build_config"], metadata["validation"]["trace"]
+    best = max(point["validation_exact_match"] for point in trace)
+    assert metadata["validation"]["best_exact_match"] == best
+    assert trace[-1]["step"] < config["max_steps"]  # stopped by the plateau, not by the step budget
+    after_best = [p for p in trace if p["step"] > metadata["best_step"]]
+    assert len(after_best) == config["patience"]
+    assert all(p["validation_exact_match"] < best + config["min_delta"] for p in after_best)
+
+
+def test_sft_set_is_the_benchmarks_training_data():
+    metadata = toy_checkpoint_metadata()
+    config = BuildConfig(**metadata["build_config"])
+    rows = sft_dataset(config)
+    assert len(rows) == metadata["sft_data"]["num_examples"] == config.sft_examples
+    assert rows[0] == make_dataset(config.regime, "train", config.sft_examples, seed=metadata["sft_data"]["seed"])[0]
 
 
 def test_batched_generation_matches_one_by_one(toy_model):
@@ -239,11 +272,18 @@ def test_checkpoint_dir_is_shipped_as_package_data():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # a few minutes on 2 idle cores; more on a busy machine
-def test_rebuilding_from_the_seed_reproduces_the_shipped_scores(tmp_path):
-    metadata = build_checkpoint(tmp_path, BuildConfig(seed=toy_checkpoint_metadata()["build_config"]["seed"]))
+@pytest.mark.timeout(1800)  # about two minutes on 2 idle cores; more on a busy machine
+def test_rebuilding_from_the_seed_retraces_the_shipped_build(tmp_path):
+    """The first evaluations of a rebuild from the seed match the shipped build's validation trace.
+
+    The whole build (`python -m trl_sgpo.toy.build_checkpoint`, minutes) runs to the plateau; its first
+    evaluations already pin the SFT set, the initialisation, the batch order and the updates.
+    """
     shipped = toy_checkpoint_metadata()
-    assert metadata["build_config"] == shipped["build_config"]
-    for regime in REGIMES:
-        for key in ("exact_match", "partial_credit"):
-            assert metadata["scores"][regime][key] == pytest.approx(shipped["scores"][regime][key], abs=0.02)
+    config = BuildConfig(**shipped["build_config"])
+    config.max_steps = 2 * config.eval_every
+    metadata = build_checkpoint(tmp_path, config, log=False)
+    rebuilt, recorded = metadata["validation"]["trace"], shipped["validation"]["trace"][:2]
+    assert [p["step"] for p in rebuilt] == [p["step"] for p in recorded]
+    for new, old in zip(rebuilt, recorded):
+        assert new["validation_exact_match"] == pytest.approx(old["validation_exact_match"], abs=0.02)

@@ -5,9 +5,11 @@ from .tokenizer import build_char_tokenizer
 from .world import (
     TOY_IMPROVER_TEMPLATE,
     TOY_METRIC_PATH,
+    TOY_REFERENCE_AWARE_TEMPLATE,
     evaluate_model,
     generate_completions,
     make_dataset,
+    pass_at_k,
     score,
 )
 
@@ -16,12 +18,14 @@ __all__ = [
     "TOY_CHECKPOINT_DIR",
     "TOY_IMPROVER_TEMPLATE",
     "TOY_METRIC_PATH",
+    "TOY_REFERENCE_AWARE_TEMPLATE",
     "build_char_tokenizer",
     "build_tiny_model",
     "evaluate_model",
     "generate_completions",
     "load_toy_model",
     "make_dataset",
+    "pass_at_k",
     "score",
     "toy_checkpoint_metadata",
 ]

@@ -1,17 +1,20 @@
-"""Build the toy world's starting checkpoint: a tiny policy, supervised on its own surface form, stopped early.
+"""Build the toy world's starting checkpoint: a tiny policy, SFT on a fixed, finite SFT set to its validation plateau.
 
     python -m trl_sgpo.toy.build_checkpoint --output_dir trl_sgpo/toy/checkpoint --seed 0
 
-The policy is trained on train-split prompts of both regimes, with answers in the *policy* form (``a) x; b) y``
-in the shifted regime), loss on the completion only, EOS at the end of each answer. Training stops after a
-fixed, small budget, so the policy is deliberately imperfect and there is room to improve: the starting point of
-an alignment run, like the SFT model of the paper. Everything is seeded and runs deterministically on CPU in a
-few minutes. The held-out (test split) scores are written to ``world.json`` beside the model and tokenizer.
+This is the paper's starting point: an SFT model, trained on an SFT set (prompts and references) until more SFT on
+that set no longer helps. The SFT set is ``sft_examples`` prompts of one regime of the world with their references
+(``make_dataset(regime, "train", sft_examples, seed=SFT_SEED_OFFSET + seed)``), the same rows every arm of the
+quality benchmark trains on afterwards. Training takes epochs over that set (loss on the completion only, EOS at the
+end of each answer) and evaluates greedy exact match on validation prompts every ``eval_every`` steps; it stops once
+``patience`` evaluations in a row bring no gain of ``min_delta`` or more and keeps the best evaluated weights.
+Everything is seeded and runs deterministically on CPU. The held-out (test split) scores and the validation trace
+are written to ``world.json`` beside the model and tokenizer.
 """
 
 import argparse
+import copy
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -23,16 +26,16 @@ import transformers
 from transformers import PreTrainedTokenizerBase
 
 from .model import build_tiny_model
-from .tasks import REGIMES, generate_examples
+from .tasks import REGIMES
 from .tokenizer import build_char_tokenizer
 from .world import evaluate_model, make_dataset
 
 
-# The checkpoint's SFT prompts are drawn with seed ``SFT_SEED_OFFSET + seed``: a different sample of the train split
-# from ``make_dataset(..., seed=s)`` for small ``s``, the prompts an alignment run uses.
+# The SFT set is drawn with seed ``SFT_SEED_OFFSET + seed``.
 SFT_SEED_OFFSET = 1000
 # The fixed held-out set the stored scores refer to.
 HELD_OUT = {"split": "test", "num_examples": 800, "seed": 0}
+VALIDATION = {"split": "validation", "num_examples": 400, "seed": 0}
 
 
 @dataclass
@@ -40,19 +43,29 @@ class BuildConfig:
     """Hyperparameters of the build. The defaults give the shipped checkpoint."""
 
     seed: int = 0
-    steps: int = 600  # optimizer steps; each step is one batch of one regime, the regimes alternate
+    regime: str = "short"
+    sft_examples: int = 64000  # the fixed, finite SFT set
+    hidden_size: int = 128
+    num_layers: int = 4
+    max_steps: int = 6000  # an upper bound; training stops at the validation plateau
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    eval_every: int = 200
+    patience: int = 3  # evaluations without a gain of min_delta before stopping
+    min_delta: float = 0.01  # validation exact match
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+def sft_dataset(config: BuildConfig):
+    """The fixed SFT set of the build (TRL's conversational prompt-completion rows, references as completions)."""
+    return make_dataset(config.regime, "train", config.sft_examples, seed=SFT_SEED_OFFSET + config.seed)
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], answer: str) -> tuple[list[int], list[int]]:
     """Token ids and labels of one conversation, rendered by the chat template; labels only on the completion."""
-    prompt_text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
     completion_ids = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids
@@ -71,69 +84,90 @@ def _collate(encoded: list[tuple[list[int], list[int]]], pad_token_id: int) -> d
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def _batches(config: BuildConfig, tokenizer: PreTrainedTokenizerBase) -> list[dict[str, torch.Tensor]]:
-    """One batch per step, alternating the regimes; every training example is used once (no repeats)."""
-    per_regime = {regime: math.ceil(config.steps / len(REGIMES)) * config.batch_size for regime in REGIMES}
-    examples = {
-        regime: generate_examples(regime, "train", n, seed=SFT_SEED_OFFSET + config.seed)
-        for regime, n in per_regime.items()
-    }
-    batches = []
-    for step in range(config.steps):
-        regime = REGIMES[step % len(REGIMES)]
-        start = (step // len(REGIMES)) * config.batch_size
-        chunk = examples[regime][start : start + config.batch_size]
-        batches.append(
-            _collate([_encode(tokenizer, ex.prompt, ex.answer("policy")) for ex in chunk], tokenizer.pad_token_id)
-        )
-    return batches
+def held_out_scores(model: transformers.PreTrainedModel, tokenizer: PreTrainedTokenizerBase, regime: str) -> dict:
+    """Exact match and partial credit of ``model`` on the fixed held-out set (``HELD_OUT``) of ``regime``."""
+    dataset = make_dataset(regime, HELD_OUT["split"], HELD_OUT["num_examples"], seed=HELD_OUT["seed"])
+    result = evaluate_model(model, tokenizer, dataset)
+    return {key: value for key, value in result.items() if key != "completions"}
 
 
-def held_out_scores(model: transformers.PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    """Exact match and partial credit of ``model`` on the fixed held-out set (``HELD_OUT``) of each regime."""
-    scores = {}
-    for regime in REGIMES:
-        dataset = make_dataset(regime, HELD_OUT["split"], HELD_OUT["num_examples"], seed=HELD_OUT["seed"])
-        result = evaluate_model(model, tokenizer, dataset)
-        scores[regime] = {key: value for key, value in result.items() if key != "completions"}
-    return scores
-
-
-def build_checkpoint(output_dir: str | Path, config: BuildConfig | None = None, log_every: int = 50) -> dict[str, Any]:
-    """Train the starting policy from ``config.seed``; save it with its tokenizer and ``world.json``."""
+def build_checkpoint(output_dir: str | Path, config: BuildConfig | None = None, log: bool = True) -> dict[str, Any]:
+    """Train the starting policy from ``config.seed`` to its validation plateau; save it with ``world.json``."""
     config = config or BuildConfig()
+    if config.regime not in REGIMES:
+        raise ValueError(f"regime must be one of {REGIMES}, got {config.regime!r}")
     start_time, start_cpu = time.time(), time.process_time()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
 
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(tokenizer, seed=config.seed)
+    model = build_tiny_model(tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers, seed=config.seed)
     model.train()
+    encoded = [_encode(tokenizer, row["prompt"], row["completion"][0]["content"]) for row in sft_dataset(config)]
+    validation = make_dataset(
+        config.regime,
+        **{k: v for k, v in VALIDATION.items() if k != "num_examples"},
+        num_examples=VALIDATION["num_examples"],
+    )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
-    scheduler = transformers.get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    for step, batch in enumerate(_batches(config, tokenizer)):
-        loss = model(**batch).loss
+    scheduler = transformers.get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+    order_rng = random.Random(config.seed)
+    order: list[int] = []
+    trace: list[dict[str, float]] = []
+    best_score, best_state, best_step, evaluations_without_gain = -1.0, None, 0, 0
+    for step in range(1, config.max_steps + 1):
+        if len(order) < config.batch_size:  # epochs over the fixed set, each in a new order
+            epoch = list(range(len(encoded)))
+            order_rng.shuffle(epoch)
+            order += epoch
+        batch, order = order[: config.batch_size], order[config.batch_size :]
+        loss = model(**_collate([encoded[i] for i in batch], tokenizer.pad_token_id)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if log_every and (step + 1) % log_every == 0:
+        if step % config.eval_every:
+            continue
+        score = evaluate_model(model, tokenizer, validation)["exact_match"]
+        model.train()
+        trace.append({"step": step, "epoch": step * config.batch_size / len(encoded), "validation_exact_match": score})
+        if log:
             print(
-                f"step {step + 1}/{config.steps} loss {loss.item():.4f} ({time.time() - start_time:.0f}s)", flush=True
+                f"step {step}: loss {loss.item():.4f}, validation exact match {score:.3f} "
+                f"({time.time() - start_time:.0f}s)",
+                flush=True,
             )
+        if score >= best_score + config.min_delta:
+            evaluations_without_gain = 0
+        else:
+            evaluations_without_gain += 1
+        if score > best_score:
+            best_score, best_state, best_step = score, copy.deepcopy(model.state_dict()), step
+        if evaluations_without_gain >= config.patience:
+            break
+    model.load_state_dict(best_state)
     train_seconds = time.time() - start_time
 
-    scores = held_out_scores(model, tokenizer)
     metadata = {
-        "description": "Starting policy of trl_sgpo's toy world (python -m trl_sgpo.toy.build_checkpoint).",
+        "description": "Starting policy of trl_sgpo's toy world (python -m trl_sgpo.toy.build_checkpoint): SFT on a "
+        "fixed SFT set to its validation plateau.",
         "build_config": asdict(config),
-        "sft_data": {"split": "train", "seed": SFT_SEED_OFFSET + config.seed, "reference_style": "policy"},
+        "sft_data": {
+            "regime": config.regime,
+            "split": "train",
+            "num_examples": config.sft_examples,
+            "seed": SFT_SEED_OFFSET + config.seed,
+            "reference_style": "reference",
+        },
+        "best_step": best_step,
+        "validation": {**VALIDATION, "best_exact_match": best_score, "trace": trace},
         "held_out": HELD_OUT,
-        "scores": scores,
+        "scores": {config.regime: held_out_scores(model, tokenizer, config.regime)},
+        "num_parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(train_seconds, 1),
         "build_seconds": round(time.time() - start_time, 1),
         "build_cpu_seconds": round(time.process_time() - start_cpu, 1),
@@ -159,7 +193,7 @@ def main() -> None:
     metadata = build_checkpoint(output_dir, BuildConfig(**args))
     for regime, result in metadata["scores"].items():
         print(f"{regime}: exact match {result['exact_match']:.3f}, partial credit {result['partial_credit']:.3f}")
-    print(f"built in {metadata['build_seconds']:.0f}s -> {output_dir}")
+    print(f"built in {metadata['build_seconds']:.0f}s (best step {metadata['best_step']}) -> {output_dir}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
-REGIMES = ("plain", "shifted")
+REGIMES = ("plain", "shifted", "short")
 SPLITS = ("train", "validation", "test")
 STYLES = ("policy", "reference")
 # Percent of the argument space in each split, in the order of ``SPLITS``.
@@ -32,10 +32,15 @@ PLAIN_OPS = ("reverse", "sort", "upper", "add", "count", "repeat", "shift", "dev
 # ``repeat`` is left out of multi-part prompts: it would make the answers too long for a character-level model.
 SHIFTED_OPS = ("reverse", "sort", "upper", "add", "count", "shift", "devowel")
 SHIFTED_NUM_PARTS = 3
+# ``short``: two operations whose answers are numbers of one to three characters.
+SHORT_OPS = ("add", "count", "length", "vowels")
+# The operations each regime draws from, and how many (distinct) operations make one prompt.
+REGIME_OPS = {"plain": PLAIN_OPS, "shifted": SHIFTED_OPS, "short": SHORT_OPS}
+NUM_PARTS = {"plain": 1, "shifted": SHIFTED_NUM_PARTS, "short": 2}
 PART_LABELS = "abcdefghij"
 
 # Word lengths of the arguments, per regime (shorter in ``shifted``, where three of them make one prompt).
-WORD_LENGTHS = {"plain": (3, 8), "shifted": (3, 6)}
+WORD_LENGTHS = {"plain": (3, 8), "shifted": (3, 6), "short": (3, 9)}
 MAX_ADDEND = 99
 VOWELS = "aeiou"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -69,6 +74,8 @@ ANSWERS: dict[str, Callable[..., str]] = {
     "repeat": lambda times, word: word * int(times),
     "shift": lambda word: "".join(_shift_letter(c) for c in word),
     "devowel": lambda word: "".join(c for c in word if c not in VOWELS),
+    "length": lambda word: str(len(word)),
+    "vowels": lambda word: str(sum(c in VOWELS for c in word)),
 }
 
 
@@ -178,10 +185,10 @@ def generate_examples(regime: str, split: str, num_examples: int, seed: int = 0)
     for _ in range(100 * num_examples + 1000):
         if len(examples) == num_examples:
             break
-        if regime == "plain":
-            names = [PLAIN_OPS[len(examples) % len(PLAIN_OPS)]]
+        if NUM_PARTS[regime] == 1:  # balanced tasks: round robin over the operations
+            names = [REGIME_OPS[regime][len(examples) % len(REGIME_OPS[regime])]]
         else:
-            names = rng.sample(SHIFTED_OPS, SHIFTED_NUM_PARTS)
+            names = rng.sample(REGIME_OPS[regime], NUM_PARTS[regime])
         example = Example(regime, tuple(_sample_operation(rng, name, regime, split) for name in names))
         if example.prompt not in seen:
             seen.add(example.prompt)

@@ -26,6 +26,8 @@ from .tasks import format_answer, generate_examples
 TOY_METRIC_PATH = str(Path(__file__).parent / "metric" / "toy_accuracy.py")
 # The improver prompt for this world. Every character is a token here, so it is kept short.
 TOY_IMPROVER_TEMPLATE = "{prompt}\ndraft: {response}\nimprove:"
+# A reference-aware improver prompt for this world (the improver also sees the SFT reference).
+TOY_REFERENCE_AWARE_TEMPLATE = "{prompt}\ndraft: {response}\nreference: {reference}\nimprove:"
 
 
 def make_dataset(
@@ -174,3 +176,62 @@ def evaluate_model(
         max_new_tokens = _default_max_new_tokens(rows, tokenizer)
     completions = generate_completions(model, tokenizer, [row["prompt"] for row in rows], batch_size, max_new_tokens)
     return {**score(rows, completions), "completions": completions}
+
+
+@torch.no_grad()
+def pass_at_k(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset | Sequence[Mapping[str, Any]],
+    k: int = 8,
+    temperature: float = 1.0,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The headroom on-policy methods can reach: greedy exact match against ``k`` samples per prompt.
+
+    Returns ``greedy`` (exact match of the greedy answer), ``sample`` (of one sample, averaged over the ``k``),
+    ``pass_at_k`` (some sample is exact) and ``mixed`` (some but not all samples are exact: the prompts whose
+    samples a reward can tell apart), with ``k``.
+    """
+    rows = list(dataset)
+    if max_new_tokens is None:
+        max_new_tokens = _default_max_new_tokens(rows, tokenizer)
+    greedy = score(rows, generate_completions(model, tokenizer, [r["prompt"] for r in rows], 64, max_new_tokens))
+    texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    solved = []
+    try:
+        for start in range(0, len(rows), 32):
+            chunk = texts[start : start + 32]
+            inputs = tokenizer(
+                chunk, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+            ).to(model.device)
+            output = model.generate(
+                **inputs,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                num_return_sequences=k,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            decoded = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for offset, row in enumerate(rows[start : start + 32]):
+                gold = json.loads(row["answer_parts"])
+                solved.append(
+                    [check_answer(text, gold).exact_match for text in decoded[offset * k : (offset + 1) * k]]
+                )
+    finally:
+        model.train(was_training)
+    return {
+        "k": k,
+        "greedy": greedy["exact_match"],
+        "sample": _mean([sum(s) / k for s in solved]),
+        "pass_at_k": _mean([float(any(s)) for s in solved]),
+        "mixed": _mean([float(0 < sum(s) < k) for s in solved]),
+    }
