@@ -1,29 +1,36 @@
-"""Does SGPO work? SGPO against its baselines on the built-in verifiable world, where every answer is checked.
+"""Does SGPO work? SGPO against its baselines and ablations on the built-in verifiable world.
 
-    python benchmarks/quality.py            # the full benchmark (hours of CPU on 1 core; use --workers)
-    python benchmarks/quality.py --quick    # a few steps per arm, for CI
+    python benchmarks/quality.py --workers 2   # the full benchmark (3 seeds; see the results file for its time)
+    python benchmarks/quality.py --quick       # a few steps per arm, for CI
 
-Every arm starts from the shipped checkpoint and makes the same number of optimizer updates on the same number of
-prompts per update, in both regimes of the world (``plain``: short single answers; ``shifted``: multi-part answers
-and references in another surface form than the policy's, the conditions SGPO's argument rests on):
+The testbed is the paper's regime: the start is the shipped checkpoint, an SFT model trained on one fixed, finite SFT
+set (prompts and references of the world's ``short`` regime) to its validation plateau, so that more SFT on the same
+data no longer helps. Every arm then trains on that same SFT set, with the same number of optimizer updates and of
+prompts per update (improver updates count as updates):
 
 - ``sft``: continued supervised fine-tuning on the references;
 - ``spin``: DPO with chosen = reference, rejected = own sample (SGPOTrainer, ``pair_source="spin"``);
-- ``online_dpo_oracle``: TRL's OnlineDPOTrainer ranking two own samples with the world's checker as reward (an
-  oracle: it uses a reward SGPO does not have);
-- ``sgpo_reference`` / ``sgpo_interpolate``: SGPO with each improver target strategy.
+- ``online_dpo_oracle``: TRL's OnlineDPOTrainer ranking its two samples per prompt with the world's checker as
+  reward, tied pairs (both samples scored the same) made identical so that they carry no gradient, and counted. An
+  oracle: it uses a reward SGPO does not have. It is the sensitivity gate: if it cannot beat the start by
+  ``GATE_POINTS`` exact-match points, the testbed cannot tell methods apart, and the world must change;
+- ``sgpo``: SGPO with the package's defaults (Step 1 first, the policy's SFT loss mixed into improver updates);
+- ablations of SGPO, each changing one thing: ``sgpo_no_step1`` (no warm-up improver phase), ``sgpo_no_sft_mix``
+  (``policy_sft_weight=0``), ``sgpo_sees_reference`` (the improver's template also shows the reference), and
+  ``edit_pairs`` (chosen = the draft with half of its edits toward the reference applied by arithmetic, no model).
 
-The learning rate of every arm is chosen on the validation split from the same grid (one seed per value); the chosen
-setting is then run with every seed and reported on the held-out test split, which plays no part in any choice.
-For SGPO the DPO steps are diagnosed with the checker: is the improver's rewrite better, worse or no different than
-the draft it rewrote?
+The learning rate of each method is chosen on the validation split from one grid (first seed); the SGPO ablations
+use SGPO's. The chosen settings then run with every seed and are reported on the held-out test split, which plays no
+part in any choice. For every arm with an improver, the DPO pairs are judged with the checker: is the rewrite better,
+worse or no different than the draft it rewrote?
 
-Output: a markdown table (printed, and written to ``benchmarks/results/quality.md``) and the raw numbers
-(``benchmarks/results/quality.json``).
+Output: a markdown table (printed, and written to ``benchmarks/results/quality.md``) and the raw numbers with a
+``summary`` (``benchmarks/results/quality.json``).
 """
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -41,32 +48,56 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from trl_sgpo.toy import TOY_CHECKPOINT_DIR, TOY_IMPROVER_TEMPLATE, evaluate_model, make_dataset  # noqa: E402
+from trl_sgpo.toy import (  # noqa: E402
+    TOY_CHECKPOINT_DIR,
+    TOY_IMPROVER_TEMPLATE,
+    TOY_REFERENCE_AWARE_TEMPLATE,
+    evaluate_model,
+    make_dataset,
+    toy_checkpoint_metadata,
+)
 from trl_sgpo.toy.checker import check_answer  # noqa: E402
+from trl_sgpo.toy.world import pass_at_k  # noqa: E402
 
 
-ARMS = ("sft", "spin", "online_dpo_oracle", "sgpo_reference", "sgpo_interpolate")
-REGIMES = ("plain", "shifted")
+# arm -> (method whose learning rate it uses, SGPOConfig overrides or None for a non-SGPO arm)
+ARMS: dict[str, tuple[str, dict | None]] = {
+    "sft": ("sft", None),
+    "spin": ("spin", {"pair_source": "spin"}),
+    "online_dpo_oracle": ("online_dpo_oracle", None),
+    "sgpo": ("sgpo", {}),
+    "sgpo_no_step1": ("sgpo", {"improver_warmup_steps": 0}),
+    "sgpo_no_sft_mix": ("sgpo", {"policy_sft_weight": 0.0}),
+    "sgpo_sees_reference": ("sgpo", {"improver_template": TOY_REFERENCE_AWARE_TEMPLATE}),
+    "edit_pairs": ("edit_pairs", {"pair_source": "edit"}),
+}
+SEARCHED = ("sft", "spin", "online_dpo_oracle", "sgpo", "edit_pairs")  # the arms whose learning rate is searched
+GATE_POINTS = 8.0  # the oracle must beat the start by this many test exact-match points
+GOAL_POINTS = 5.0  # SGPO's goal over SPIN and over continued SFT, in test exact-match points, beyond 2 sigma
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 @dataclass
 class Settings:
-    """What every arm shares: updates, prompts per update, sampling, evaluation sizes, search grid, seeds."""
+    """What every arm shares: data, updates, prompts per update, sampling, evaluation sizes, search grid, seeds."""
 
+    checkpoint: str = str(TOY_CHECKPOINT_DIR)  # the start: an SFT checkpoint with its world.json
     steps: int = 60
     batch_size: int = 32
-    learning_rates: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
+    learning_rates: tuple[float, ...] = (1e-5, 3e-5, 1e-4)
     seeds: tuple[int, ...] = (0, 1, 2)
-    validation_prompts: int = 200
-    test_prompts: int = 400
+    validation_prompts: int = 400
+    test_prompts: int = 800
     temperature: float = 1.0
     beta: float = 0.1
+    warmup: float = 0.1  # fraction of the updates with a linear learning-rate warm-up (fresh Adam moments)
+    max_new_tokens: int = 24
+    pass_at_k: int = 8
+    eval_samples: int = 4  # samples per prompt for the sampled exact match
 
 
 @dataclass
 class Job:
-    regime: str
     arm: str
     learning_rate: float
     seed: int
@@ -76,7 +107,6 @@ class Job:
 
 @dataclass
 class RunResult:
-    regime: str
     arm: str
     learning_rate: float
     seed: int
@@ -86,31 +116,43 @@ class RunResult:
     diagnostics: dict[str, float] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------------------------------- the arms
+# ---------------------------------------------------------------------------------------------------- the data
 
 
-def _load_start():
+def sft_set(checkpoint: str):
+    """The fixed, finite SFT set the start checkpoint was trained on: every arm trains on these rows."""
+    data = toy_checkpoint_metadata(checkpoint)["sft_data"]
+    return make_dataset(data["regime"], "train", data["num_examples"], seed=data["seed"])
+
+
+def _regime(checkpoint: str) -> str:
+    return toy_checkpoint_metadata(checkpoint)["sft_data"]["regime"]
+
+
+def _load_start(checkpoint: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(TOY_CHECKPOINT_DIR), AutoTokenizer.from_pretrained(TOY_CHECKPOINT_DIR)
+    return AutoModelForCausalLM.from_pretrained(checkpoint), AutoTokenizer.from_pretrained(checkpoint)
 
 
-def _train_dataset(job: Job):
-    return make_dataset(job.regime, "train", job.settings.steps * job.settings.batch_size, seed=job.seed)
+def _train_rows(job: Job):
+    """This seed's ``steps * batch_size`` rows of the SFT set, in this seed's order."""
+    rows = sft_set(job.settings.checkpoint).shuffle(seed=job.seed)
+    return rows.select(range(min(len(rows), job.settings.steps * job.settings.batch_size)))
 
 
-def _max_new_tokens(regime: str) -> int:
-    return 48 if regime == "shifted" else 32
+# ---------------------------------------------------------------------------------------------------- the arms
 
 
 def _run_sft(job: Job, model, tokenizer, dataset) -> dict[str, float]:
     """Continued SFT: NLL of the reference completions, same optimizer, updates and prompts per update."""
     torch.manual_seed(job.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=job.learning_rate, weight_decay=0.0)
+    warmup_steps = math.ceil(job.settings.warmup * job.settings.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
     model.train()
-    rows = dataset.shuffle(seed=job.seed)
     for step in range(job.settings.steps):
-        batch = rows[step * job.settings.batch_size : (step + 1) * job.settings.batch_size]
+        batch = dataset[step * job.settings.batch_size : (step + 1) * job.settings.batch_size]
         sequences, masks = [], []
         for prompt, completion in zip(batch["prompt"], batch["completion"]):
             prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -128,42 +170,32 @@ def _run_sft(job: Job, model, tokenizer, dataset) -> dict[str, float]:
         loss = -(logps * loss_mask[:, 1:]).sum() / loss_mask[:, 1:].sum()
         loss.backward()
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return {}
 
 
 def _shared_settings(job: Job, output_dir: str) -> dict:
-    """Trainer settings every preference arm shares: updates, prompts per update, schedule, beta, sampling."""
+    """Trainer settings every preference arm shares: updates, prompts per update, beta, sampling."""
     return dict(
         output_dir=output_dir,
         per_device_train_batch_size=job.settings.batch_size,
         max_steps=job.settings.steps,
         learning_rate=job.learning_rate,
-        lr_scheduler_type="constant",
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=job.settings.warmup,
         beta=job.settings.beta,
         temperature=job.settings.temperature,
-        max_new_tokens=_max_new_tokens(job.regime),
-        max_length=320,
+        max_new_tokens=job.settings.max_new_tokens,
+        max_length=256,
         report_to="none",
         save_strategy="no",
-        logging_steps=5,  # the sgpo/* statistics of the diagnostics table are read from the logs
+        logging_steps=min(5, job.settings.steps),  # the sgpo/* statistics of the tables are read from the logs
         disable_tqdm=True,
         seed=job.seed,
         data_seed=job.seed,
+        use_cpu=True,
     )
-
-
-def _sgpo_config(job: Job, output_dir: str, **overrides):
-    from trl_sgpo import SGPOConfig
-
-    settings = _shared_settings(job, output_dir)
-    settings.update(
-        overwrite_output_dir=True,
-        improver_template=TOY_IMPROVER_TEMPLATE,
-        improver_temperature=0.0,  # greedy rewrites: the improver's best guess, not a sample
-    )
-    settings.update(overrides)
-    return SGPOConfig(**settings)
 
 
 class PairDiagnostics:
@@ -206,17 +238,21 @@ class PairDiagnostics:
         return {f"rewrite_{key}": value / pairs for key, value in self.counts.items() if key != "pairs"}
 
 
-def _run_sgpo(job: Job, model, tokenizer, dataset, **overrides) -> dict[str, float]:
-    from trl_sgpo import SGPOTrainer
+def _run_sgpo(job: Job, model, tokenizer, dataset, overrides: dict) -> dict[str, float]:
+    from trl_sgpo import SGPOConfig, SGPOTrainer
 
     with tempfile.TemporaryDirectory() as output_dir:
+        settings = {
+            **_shared_settings(job, output_dir),
+            "overwrite_output_dir": True,
+            "improver_template": TOY_IMPROVER_TEMPLATE,
+            "improver_temperature": 0.0,  # greedy rewrites: the improver's best guess, not a sample
+            **overrides,
+        }
         trainer = SGPOTrainer(
-            model=model,
-            args=_sgpo_config(job, output_dir, **overrides),
-            train_dataset=dataset,
-            processing_class=tokenizer,
+            model=model, args=SGPOConfig(**settings), train_dataset=dataset, processing_class=tokenizer
         )
-        diagnostics = PairDiagnostics(trainer) if overrides.get("pair_source", "sgpo") == "sgpo" else None
+        diagnostics = PairDiagnostics(trainer) if settings.get("pair_source", "sgpo") == "sgpo" else None
         trainer.train()
         logged = _mean_logs(trainer.state.log_history)
     return {**logged, **(diagnostics.summary() if diagnostics else {})}
@@ -228,8 +264,9 @@ def _mean_logs(history: list[dict]) -> dict[str, float]:
         "sgpo/pairs_identical",
         "sgpo/pairs_truncated",
         "sgpo/edit_distance",
-        "sgpo/response_length",
-        "sgpo/improved_length",
+        "sgpo/rewrite_closer",
+        "sgpo/improver_loss",
+        "sgpo/policy_sft_loss",
         "sgpo/eos_rate",
         "sgpo/improver_eos_rate",
     )
@@ -243,57 +280,99 @@ def _checker_reward(completions, answer_parts, **kwargs) -> list[float]:
     return [check_answer(text, json.loads(parts)).partial_credit for text, parts in zip(texts, answer_parts)]
 
 
-def _run_online_dpo(job: Job, model, tokenizer, dataset) -> dict[str, float]:
-    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+def _tie_dropping_online_dpo(dataset):
+    """TRL's OnlineDPOTrainer whose tied pairs carry no gradient.
 
+    Upstream ranks the two samples of a prompt even when the reward scores them the same, so a tie becomes a pair
+    ranked at random: noise that DPO learns from. Here, right after generation, a tied prompt's second sample is
+    replaced by its first; identical sides give the DPO loss a zero gradient. The loss is still averaged over all
+    prompts, as upstream does. The tie rate is counted.
+    """
+    from trl.experimental.online_dpo import OnlineDPOTrainer
+
+    gold = {}
+
+    class TieDroppingOnlineDPOTrainer(OnlineDPOTrainer):
+        ties = 0
+        pairs = 0
+
+        def _generate(self, model, prompts, images=None):
+            prompt_ids, prompt_mask, completion_ids, completion_mask, vision = super()._generate(
+                model, prompts, images
+            )
+            texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+            n = len(prompts)
+            for i, prompt in enumerate(prompts):
+                parts = gold[prompt[-1]["content"]]
+                self.pairs += 1
+                if check_answer(texts[i], parts).partial_credit == check_answer(texts[i + n], parts).partial_credit:
+                    self.ties += 1
+                    completion_ids[i + n], completion_mask[i + n] = completion_ids[i], completion_mask[i]
+            return prompt_ids, prompt_mask, completion_ids, completion_mask, vision
+
+    for row in dataset:
+        gold[row["prompt"][-1]["content"]] = json.loads(row["answer_parts"])
+    return TieDroppingOnlineDPOTrainer
+
+
+def _run_online_dpo(job: Job, model, tokenizer, dataset) -> dict[str, float]:
+    from trl.experimental.online_dpo import OnlineDPOConfig
+
+    trainer_class = _tie_dropping_online_dpo(dataset)
     with tempfile.TemporaryDirectory() as output_dir:
         config = OnlineDPOConfig(**_shared_settings(job, output_dir), bf16=False, gradient_checkpointing=False)
-        trainer = OnlineDPOTrainer(
+        trainer = trainer_class(
             model=model, reward_funcs=_checker_reward, args=config, train_dataset=dataset, processing_class=tokenizer
         )
         trainer.train()
-    return {}
+    return {"tied_pairs": trainer.ties / max(trainer.pairs, 1)}
 
 
 def run_job(job: Job) -> RunResult:
     """Train one arm from the shipped checkpoint and score it on validation (and test)."""
     torch.set_num_threads(1)
     start = time.perf_counter()
-    model, tokenizer = _load_start()
-    dataset = _train_dataset(job)
+    model, tokenizer = _load_start(job.settings.checkpoint)
+    dataset = _train_rows(job)
+    _, overrides = ARMS[job.arm]
     if job.arm == "sft":
         diagnostics = _run_sft(job, model, tokenizer, dataset)
-    elif job.arm == "spin":
-        diagnostics = _run_sgpo(job, model, tokenizer, dataset, pair_source="spin")
     elif job.arm == "online_dpo_oracle":
         diagnostics = _run_online_dpo(job, model, tokenizer, dataset)
-    elif job.arm == "sgpo_reference":
-        diagnostics = _run_sgpo(job, model, tokenizer, dataset, improver_target="reference")
-    elif job.arm == "sgpo_interpolate":
-        diagnostics = _run_sgpo(job, model, tokenizer, dataset, improver_target="interpolate")
     else:
-        raise ValueError(f"unknown arm {job.arm!r}")
+        diagnostics = _run_sgpo(job, model, tokenizer, dataset, overrides)
     seconds = time.perf_counter() - start
-    validation = _scores(model, tokenizer, job, "validation", job.settings.validation_prompts)
-    test = _scores(model, tokenizer, job, "test", job.settings.test_prompts) if job.evaluate_test else None
-    return RunResult(job.regime, job.arm, job.learning_rate, job.seed, validation, test, seconds, diagnostics)
+    regime = _regime(job.settings.checkpoint)
+    validation = _scores(model, tokenizer, regime, "validation", job.settings.validation_prompts, job.settings)
+    test = (
+        _scores(model, tokenizer, regime, "test", job.settings.test_prompts, job.settings)
+        if job.evaluate_test
+        else None
+    )
+    return RunResult(job.arm, job.learning_rate, job.seed, validation, test, seconds, diagnostics)
 
 
-def _scores(model, tokenizer, job: Job, split: str, num_prompts: int) -> dict[str, float]:
-    dataset = make_dataset(job.regime, split, num_prompts, seed=0)
+def _scores(model, tokenizer, regime: str, split: str, num_prompts: int, settings: Settings) -> dict[str, float]:
+    """Greedy exact match and partial credit, and the exact match of samples at the training temperature."""
+    dataset = make_dataset(regime, split, num_prompts, seed=0)
     result = evaluate_model(model, tokenizer, dataset)
-    return {"exact_match": result["exact_match"], "partial_credit": result["partial_credit"]}
+    sampled = pass_at_k(model, tokenizer, dataset, settings.eval_samples, settings.temperature)
+    return {
+        "exact_match": result["exact_match"],
+        "partial_credit": result["partial_credit"],
+        "sampled_exact_match": sampled["sample"],
+    }
 
 
-def start_scores(settings: Settings) -> dict[str, dict[str, float]]:
+def start_scores(settings: Settings) -> dict:
+    """The start's test scores, and its headroom on validation: greedy exact match against pass@k of samples."""
     torch.set_num_threads(1)
-    model, tokenizer = _load_start()
-    scores = {}
-    for regime in REGIMES:
-        dataset = make_dataset(regime, "test", settings.test_prompts, seed=0)
-        result = evaluate_model(model, tokenizer, dataset)
-        scores[regime] = {"exact_match": result["exact_match"], "partial_credit": result["partial_credit"]}
-    return scores
+    model, tokenizer = _load_start(settings.checkpoint)
+    regime = _regime(settings.checkpoint)
+    scores = _scores(model, tokenizer, regime, "test", settings.test_prompts, settings)
+    validation = make_dataset(regime, "validation", settings.validation_prompts, seed=0)
+    headroom = pass_at_k(model, tokenizer, validation, settings.pass_at_k, settings.temperature)
+    return {**scores, "validation_headroom": headroom}
 
 
 # ------------------------------------------------------------------------------------------------- the protocol
@@ -306,98 +385,158 @@ def _run_all(jobs: list[Job], workers: int) -> list[RunResult]:
         return pool.map(run_job, jobs, chunksize=1)
 
 
-def run_benchmark(settings: Settings, arms: tuple[str, ...], regimes: tuple[str, ...], workers: int) -> dict:
-    """Search on validation (first seed), then every seed of the chosen setting, reported on test."""
+def run_benchmark(settings: Settings, arms: tuple[str, ...], workers: int) -> dict:
+    """Search each method's learning rate on validation (first seed), then run every seed of the chosen settings."""
     first_seed, other_seeds = settings.seeds[0], settings.seeds[1:]
-    search = [Job(r, a, lr, first_seed, settings) for r in regimes for a in arms for lr in settings.learning_rates]
+    searched = [arm for arm in SEARCHED if any(ARMS[a][0] == arm for a in arms)]
+    search = [Job(arm, lr, first_seed, settings) for arm in searched for lr in settings.learning_rates]
     search_results = _run_all(search, workers)
-    chosen = {}
-    for regime in regimes:
-        for arm in arms:
-            candidates = [r for r in search_results if (r.regime, r.arm) == (regime, arm)]
-            chosen[(regime, arm)] = max(candidates, key=lambda r: r.validation["exact_match"]).learning_rate
-    repeats = [Job(r, a, chosen[(r, a)], seed, settings) for (r, a) in chosen for seed in other_seeds]
-    repeat_results = _run_all(repeats, workers)
-    final = [r for r in search_results if r.learning_rate == chosen[(r.regime, r.arm)]] + repeat_results
+    chosen = {
+        method: max(
+            (r for r in search_results if r.arm == method), key=lambda r: r.validation["exact_match"]
+        ).learning_rate
+        for method in searched
+    }
+    kept = [r for r in search_results if r.arm in arms and r.learning_rate == chosen[r.arm]]
+    done = {(r.arm, r.seed) for r in kept}
+    repeats = [
+        Job(arm, chosen[ARMS[arm][0]], seed, settings)
+        for arm in arms
+        for seed in settings.seeds
+        if (arm, seed) not in done and (seed in other_seeds or arm not in SEARCHED)
+    ]
+    final = kept + _run_all(repeats, workers)
+    final.sort(key=lambda r: (list(arms).index(r.arm), r.seed))
     return {
         "search": [asdict(r) for r in search_results],
         "final": [asdict(r) for r in final],
-        "chosen_learning_rate": {f"{r}/{a}": lr for (r, a), lr in chosen.items()},
+        "chosen_learning_rate": chosen,
     }
 
 
+def _test_values(report: dict, arm: str, metric: str = "exact_match") -> list[float]:
+    return [100 * r["test"][metric] for r in report["final"] if r["arm"] == arm]
+
+
+def _difference(report: dict, arm: str, other: str) -> tuple[float, float]:
+    """Mean difference of test exact match (points) and its sigma: sqrt(sd_a^2/n_a + sd_b^2/n_b) over seeds."""
+    a, b = _test_values(report, arm), _test_values(report, other)
+    if not a or not b:
+        return math.nan, math.nan
+    variance = sum(statistics.variance(v) / len(v) if len(v) > 1 else 0.0 for v in (a, b))
+    return statistics.fmean(a) - statistics.fmean(b), math.sqrt(variance)
+
+
+def summarize(report: dict) -> dict:
+    """The headline numbers: the oracle's gain (the gate), and SGPO against SPIN and continued SFT (the goal)."""
+    start = 100 * report["start"]["exact_match"]
+    oracle = _test_values(report, "online_dpo_oracle")
+    sgpo_minus_spin, sigma_spin = _difference(report, "sgpo", "spin")
+    sgpo_minus_sft, sigma_sft = _difference(report, "sgpo", "sft")
+    return {
+        "start": start,
+        "oracle_gain": statistics.fmean(oracle) - start if oracle else math.nan,
+        "sgpo_minus_spin": sgpo_minus_spin,
+        "sigma_sgpo_minus_spin": sigma_spin,
+        "sgpo_minus_sft": sgpo_minus_sft,
+        "sigma_sgpo_minus_sft": sigma_sft,
+        "sgpo_default": report.get("sgpo_default", {}),
+    }
+
+
+def gate_and_goal_lines(summary: dict) -> list[str]:
+    gain = summary["oracle_gain"]
+    gate = "PASS" if gain >= GATE_POINTS else "FAIL: the testbed cannot tell methods apart; change the world"
+    goal_met = all(
+        summary[f"sgpo_minus_{other}"] >= GOAL_POINTS
+        and summary[f"sgpo_minus_{other}"] > 2 * summary[f"sigma_sgpo_minus_{other}"]
+        for other in ("spin", "sft")
+    )
+    return [
+        f"Sensitivity gate: the oracle arm gains {gain:+.1f} test exact-match points over the start "
+        f"(needs >= {GATE_POINTS:g}): {gate}.",
+        f"Goal: SGPO - SPIN = {summary['sgpo_minus_spin']:+.1f} ± {summary['sigma_sgpo_minus_spin']:.1f} and "
+        f"SGPO - SFT = {summary['sgpo_minus_sft']:+.1f} ± {summary['sigma_sgpo_minus_sft']:.1f} points "
+        f"(needs >= {GOAL_POINTS:g} each, beyond 2 sigma): {'MET' if goal_met else 'NOT MET'}.",
+    ]
+
+
 def _mean_std(values: list[float]) -> str:
-    mean = 100 * statistics.fmean(values)
-    spread = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {spread:.1f}"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {spread:.1f}"
+
+
+def _cell(diagnostics: dict, key: str, digits: int = 2) -> str:
+    return f"{diagnostics[key]:.{digits}f}" if key in diagnostics else "-"
 
 
 def markdown_table(report: dict) -> str:
-    settings = report["settings"]
+    settings, start = report["settings"], report["start"]
+    headroom = start["validation_headroom"]
     lines = [
-        f"Command: `{report['command']}` ({report['date']}, {report['device']}; {settings['steps']} updates of "
-        f"{settings['batch_size']} prompts per arm; learning rate chosen on validation from "
-        f"{settings['learning_rates']}; {len(settings['seeds'])} seed(s); {settings['test_prompts']} held-out "
-        "prompts per regime; mean ± standard deviation over seeds, in %).",
+        f"Command: `{report['command']}` ({report['date']}, {report['device']}, {report['total_seconds'] / 60:.0f} "
+        f"min). Start: the shipped checkpoint, SFT to its validation plateau on {report['sft_set_size']} prompts of "
+        f"the `{report['regime']}` regime; every arm trains on that SFT set for {settings['steps']} updates of "
+        f"{settings['batch_size']} prompts (sampling temperature {settings['temperature']:g}). Learning rate chosen "
+        f"on validation from {settings['learning_rates']}; {len(settings['seeds'])} seed(s); "
+        f"{settings['test_prompts']} held-out test prompts; mean ± standard deviation over seeds, in %.",
         "",
-        "| regime | arm | learning rate | exact match | partial credit | seconds per run |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"Headroom of the start (validation): greedy exact match {100 * headroom['greedy']:.1f}%, a sample "
+        f"{100 * headroom['sample']:.1f}%, pass@{headroom['k']} {100 * headroom['pass_at_k']:.1f}%; "
+        f"{100 * headroom['mixed']:.0f}% of prompts are solved by some but not all of {headroom['k']} samples.",
+        "",
+        *gate_and_goal_lines(report["summary"]),
+        "",
+        "Exact match and partial credit are of greedy answers; *sampled* exact match is that of samples at the "
+        f"training temperature ({settings['eval_samples']} per prompt), the distribution on-policy methods train. "
+        "The oracle's tied pairs are the share of its pairs whose two samples the checker scored the same.",
+        "",
+        "| arm | learning rate | test exact match | test partial credit | test sampled exact match "
+        "| rewrite better / worse (checker) | rewrite closer to reference | seconds per run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| start (shipped checkpoint) | - | {100 * start['exact_match']:.1f} | {100 * start['partial_credit']:.1f} "
+        f"| {100 * start['sampled_exact_match']:.1f} | - | - | - |",
     ]
-    for regime, scores in report["start"].items():
+    for arm in report["arms"]:
+        runs = [r for r in report["final"] if r["arm"] == arm]
+        if not runs:
+            continue
+        exact = _mean_std(_test_values(report, arm))
+        partial = _mean_std(_test_values(report, arm, "partial_credit"))
+        sampled = _mean_std(_test_values(report, arm, "sampled_exact_match"))
+        diagnostics = {
+            key: statistics.fmean(r["diagnostics"][key] for r in runs)
+            for key in ("rewrite_better", "rewrite_worse", "sgpo/rewrite_closer", "tied_pairs")
+            if all(key in r["diagnostics"] for r in runs)
+        }
+        if "rewrite_better" in diagnostics:
+            judged = f"{_cell(diagnostics, 'rewrite_better')} / {_cell(diagnostics, 'rewrite_worse')}"
+        elif "tied_pairs" in diagnostics:
+            judged = f"(tied pairs {_cell(diagnostics, 'tied_pairs')})"
+        else:
+            judged = "-"
+        seconds = statistics.fmean(r["seconds"] for r in runs)
         lines.append(
-            f"| {regime} | start (shipped checkpoint) | - | {100 * scores['exact_match']:.1f} | "
-            f"{100 * scores['partial_credit']:.1f} | - |"
+            f"| {arm} | {runs[0]['learning_rate']:g} | {exact} | {partial} | {sampled} | {judged} | "
+            f"{_cell(diagnostics, 'sgpo/rewrite_closer')} | {seconds:.0f} |"
         )
-        for arm in report["arms"]:
-            runs = [r for r in report["final"] if (r["regime"], r["arm"]) == (regime, arm)]
-            if not runs:
-                continue
-            exact = _mean_std([r["test"]["exact_match"] for r in runs])
-            partial = _mean_std([r["test"]["partial_credit"] for r in runs])
-            seconds = statistics.fmean(r["seconds"] for r in runs)
-            lines.append(f"| {regime} | {arm} | {runs[0]['learning_rate']:g} | {exact} | {partial} | {seconds:.0f} |")
     lines += [
         "",
-        "The validation search (first seed; validation split; the learning rate with the best exact match was kept, "
-        "ties going to the first value):",
+        "The validation search (first seed; validation exact match / partial credit, in %; the best exact match "
+        "was kept, ties going to the first value; the SGPO ablations use SGPO's learning rate):",
         "",
-        "| regime | arm | " + " | ".join(f"lr {lr:g}: exact / partial" for lr in settings["learning_rates"]) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in settings["learning_rates"]) + " |",
+        "| method | " + " | ".join(f"lr {lr:g}" for lr in settings["learning_rates"]) + " |",
+        "| --- | " + " | ".join("---" for _ in settings["learning_rates"]) + " |",
     ]
-    for regime in report["regimes"]:
-        for arm in report["arms"]:
-            cells = []
-            for lr in settings["learning_rates"]:
-                runs = [
-                    r for r in report["search"] if (r["regime"], r["arm"], r["learning_rate"]) == (regime, arm, lr)
-                ]
-                scores = runs[0]["validation"] if runs else None
-                cells.append(
-                    f"{100 * scores['exact_match']:.1f} / {100 * scores['partial_credit']:.1f}" if scores else "-"
-                )
-            lines.append(f"| {regime} | {arm} | " + " | ".join(cells) + " |")
-    diagnosed = [r for r in report["search"] if "rewrite_better" in r["diagnostics"]]
-    if diagnosed:
-        lines += [
-            "",
-            "SGPO's DPO pairs judged by the checker, per learning rate of the search (first seed): the fraction of "
-            "pairs whose rewrite scored better / worse / the same as the draft, or was identical to it; the "
-            "fraction kept by the pair filter; the mean token edit distance between draft and rewrite.",
-            "",
-            "| regime | arm | lr | better | worse | same score | identical | kept | edit distance |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for run in diagnosed:
-            d = run["diagnostics"]
-
-            def cell(key, digits=2, d=d):
-                return f"{d[key]:.{digits}f}" if key in d else "-"
-
-            lines.append(
-                f"| {run['regime']} | {run['arm']} | {run['learning_rate']:g} | {cell('rewrite_better')} | "
-                f"{cell('rewrite_worse')} | {cell('rewrite_same_score')} | {cell('rewrite_identical')} | "
-                f"{cell('sgpo/pairs_kept')} | {cell('sgpo/edit_distance', 1)} |"
+    for method in report["chosen_learning_rate"]:
+        cells = []
+        for lr in settings["learning_rates"]:
+            runs = [r for r in report["search"] if (r["arm"], r["learning_rate"]) == (method, lr)]
+            scores = runs[0]["validation"] if runs else {}
+            cells.append(
+                f"{100 * scores['exact_match']:.1f} / {100 * scores['partial_credit']:.1f}" if scores else "-"
             )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -405,12 +544,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few steps, one seed, one learning rate (CI)")
     parser.add_argument("--workers", type=int, default=1, help="parallel runs (one CPU thread each)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--steps", type=int, help="override the number of updates")
+    parser.add_argument("--learning-rates", type=float, nargs="+", help="override the search grid")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    parser.add_argument("--checkpoint", help="start from this toy checkpoint (default: the shipped one)")
     parser.add_argument("--output-dir", default=RESULTS_DIR)
     parser.add_argument("--render", metavar="JSON", help="only re-render the tables of an earlier run's JSON")
     return parser.parse_args(argv)
+
+
+def _write(report: dict, output_dir: str) -> None:
+    table = markdown_table(report)
+    print(table)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "quality.json"), "w") as handle:
+        json.dump(report, handle, indent=1)
+    with open(os.path.join(output_dir, "quality.md"), "w") as handle:
+        handle.write(table)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -418,38 +569,45 @@ def main(argv: list[str] | None = None) -> dict:
     if args.render:  # the tables of an earlier run, e.g. after a change to how they are laid out
         with open(args.render) as handle:
             report = json.load(handle)
-        table = markdown_table(report)
-        print(table)
-        with open(os.path.join(args.output_dir, "quality.md"), "w") as handle:
-            handle.write(table)
+        _write(report, args.output_dir)
         return report
     if args.quick:
         settings = Settings(
-            steps=4, batch_size=8, learning_rates=(1e-4,), seeds=(0,), validation_prompts=32, test_prompts=32
+            steps=4, batch_size=8, learning_rates=(3e-5,), seeds=(0,), validation_prompts=16, test_prompts=16
         )
     else:
         settings = Settings()
     if args.steps:
         settings.steps = args.steps
+    if args.learning_rates:
+        settings.learning_rates = tuple(args.learning_rates)
+    if args.seeds:
+        settings.seeds = tuple(args.seeds)
+    if args.checkpoint:
+        settings.checkpoint = args.checkpoint
     started = time.perf_counter()
-    report = run_benchmark(settings, tuple(args.arms), tuple(args.regimes), args.workers)
+    report = run_benchmark(settings, tuple(args.arms), args.workers)
+    from trl_sgpo import SGPOConfig
+
+    defaults = SGPOConfig(output_dir=tempfile.gettempdir(), use_cpu=True)
     report.update(
         command="python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
         date=date.today().isoformat(),
         device=f"{platform.processor() or platform.machine()} CPU, {args.workers} worker(s), 1 thread each",
         settings=asdict(settings),
         arms=list(args.arms),
-        regimes=list(args.regimes),
-        start={r: s for r, s in start_scores(settings).items() if r in args.regimes},
+        regime=_regime(settings.checkpoint),
+        sft_set_size=toy_checkpoint_metadata(settings.checkpoint)["sft_data"]["num_examples"],
+        start=start_scores(settings),
+        sgpo_default={
+            name: getattr(defaults, name)
+            for name in ("improver_warmup_steps", "policy_sft_weight", "improver_target", "improver_alpha")
+        }
+        | {"learning_rate": report["chosen_learning_rate"].get("sgpo"), "improver_template": TOY_IMPROVER_TEMPLATE},
         total_seconds=time.perf_counter() - started,
     )
-    table = markdown_table(report)
-    print(table)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "quality.json"), "w") as handle:
-        json.dump(report, handle, indent=1)
-    with open(os.path.join(args.output_dir, "quality.md"), "w") as handle:
-        handle.write(table)
+    report["summary"] = summarize(report)
+    _write(report, args.output_dir)
     return report
 
 

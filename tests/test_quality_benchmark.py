@@ -1,4 +1,4 @@
-"""`python benchmarks/quality.py --quick` runs every arm in both regimes and writes its table and JSON."""
+"""`python benchmarks/quality.py --quick` runs every arm and writes its table, JSON and summary."""
 
 import json
 import math
@@ -11,12 +11,30 @@ import pytest
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
-ARMS = {"sft", "spin", "online_dpo_oracle", "sgpo_reference", "sgpo_interpolate"}
+ARMS = {
+    "sft",
+    "spin",
+    "online_dpo_oracle",
+    "sgpo",
+    "sgpo_no_step1",
+    "sgpo_no_sft_mix",
+    "sgpo_sees_reference",
+    "edit_pairs",
+}
+SUMMARY_KEYS = {
+    "start",
+    "oracle_gain",
+    "sgpo_minus_spin",
+    "sgpo_minus_sft",
+    "sigma_sgpo_minus_spin",
+    "sigma_sgpo_minus_sft",
+    "sgpo_default",
+}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_quick_quality_benchmark_reports_every_arm_and_regime(tmp_path):
+def test_quick_quality_benchmark_reports_every_arm_gate_and_goal(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--output-dir", str(tmp_path)],
@@ -27,19 +45,33 @@ def test_quick_quality_benchmark_reports_every_arm_and_regime(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     report = json.loads((tmp_path / "quality.json").read_text())
-    final = {(run["regime"], run["arm"]): run for run in report["final"]}
-    assert set(final) == {(regime, arm) for regime in ("plain", "shifted") for arm in ARMS}
+    final = {run["arm"]: run for run in report["final"]}
+    assert set(final) == ARMS
     for run in final.values():
         for split in ("validation", "test"):
-            for metric in ("exact_match", "partial_credit"):
+            for metric in ("exact_match", "partial_credit", "sampled_exact_match"):
                 assert 0.0 <= run[split][metric] <= 1.0 and math.isfinite(run[split][metric])
         assert run["seconds"] > 0
-    for arm in ("sgpo_reference", "sgpo_interpolate"):  # the checker's verdict on every DPO pair
-        diagnostics = final[("shifted", arm)]["diagnostics"]
+    for arm in ("sgpo", "sgpo_no_step1", "sgpo_no_sft_mix", "sgpo_sees_reference"):  # the checker's verdicts
+        diagnostics = final[arm]["diagnostics"]
         shares = [diagnostics[f"rewrite_{key}"] for key in ("better", "worse", "same_score", "identical")]
         assert sum(shares) == pytest.approx(1.0)
+        assert 0.0 <= diagnostics["sgpo/rewrite_closer"] <= 1.0
+    assert 0.0 <= final["online_dpo_oracle"]["diagnostics"]["tied_pairs"] <= 1.0
+    # The summary: gate and goal numbers, in exact-match points, consistent with the runs.
+    summary = report["summary"]
+    assert set(summary) == SUMMARY_KEYS
+    start = 100 * report["start"]["exact_match"]
+    assert summary["start"] == pytest.approx(start)
+    assert summary["oracle_gain"] == pytest.approx(100 * final["online_dpo_oracle"]["test"]["exact_match"] - start)
+    sgpo, spin = (100 * final[arm]["test"]["exact_match"] for arm in ("sgpo", "spin"))
+    assert summary["sgpo_minus_spin"] == pytest.approx(sgpo - spin)
+    assert summary["sgpo_default"]["improver_warmup_steps"] == 0.3
+    headroom = report["start"]["validation_headroom"]
+    assert headroom["greedy"] <= headroom["pass_at_k"] + 1e-9 and headroom["k"] == 8
     table = (tmp_path / "quality.md").read_text()
     assert table.strip() in completed.stdout  # printed as well as written
+    assert "Sensitivity gate: the oracle arm gains" in table and "Goal: SGPO - SPIN" in table
     for arm in ARMS:
-        assert f"| shifted | {arm} |" in table and f"| plain | {arm} |" in table
+        assert f"| {arm} |" in table
     assert "python benchmarks/quality.py --quick" in table
