@@ -122,6 +122,7 @@ CASES = {
         "one of",
     ),
     "unknown pair source": (dict(config={"pair_source": "judge"}), ValueError, "pair_source 'judge'", "one of"),
+    "unknown loss type": (dict(config={"loss_type": "hinge"}), ValueError, "loss_type 'hinge'", "sigmoid"),
     "reward model": (dict(config={"reward_model_path": "rm"}), ValueError, "SGPO uses no reward", "unset"),
     "use_vllm without vLLM": (dict(config={"use_vllm": True}), ImportError, "vLLM is not installed", "pip install"),
     "max_new_tokens over max_length": (

@@ -98,6 +98,7 @@ def test_cpu_defaults_need_no_flags(tmp_path):
         ({"improver_alpha": 1.5}, ValueError, "improver_alpha must be in"),
         ({"improver_target": "copy"}, ValueError, "Unknown improver_target 'copy'"),
         ({"pair_source": "judge"}, ValueError, "Unknown pair_source 'judge'"),
+        ({"loss_type": "hinge"}, ValueError, "Unknown loss_type 'hinge'"),
         ({"beta": -0.1}, ValueError, "beta must be > 0"),
         ({"improver_warmup_steps": 0, "improver_steps": 0, "dpo_steps": 0}, ValueError, "zero steps in every phase"),
         ({"improver_template": "no fields"}, ValueError, "has no {prompt} and {response}"),

@@ -109,3 +109,28 @@ def test_a_batch_with_every_pair_dropped_does_not_crash_and_is_counted(tmp_path,
     assert "rewards/chosen" not in trainer._metrics  # no kept pair, nothing to average
     grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_preference_loss_is_the_pure_formula(loss_type):
+    from trl_sgpo.losses import preference_loss
+
+    chosen, rejected = torch.tensor([-3.0, -1.0]), torch.tensor([-4.0, -0.5])
+    ref_chosen, ref_rejected = torch.tensor([-3.5, -1.2]), torch.tensor([-3.9, -0.7])
+    beta = 0.2
+    losses = preference_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    for i in range(2):
+        logit = (chosen[i] - rejected[i]).item() - (ref_chosen[i] - ref_rejected[i]).item()
+        if loss_type == "sigmoid":
+            expected = math.log1p(math.exp(-beta * logit))
+        else:
+            expected = (logit - 1 / (2 * beta)) ** 2
+        assert losses[i].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_preference_loss_rejects_an_unknown_type():
+    from trl_sgpo.losses import preference_loss
+
+    zero = torch.zeros(1)
+    with pytest.raises(ValueError, match="Unknown loss_type 'hinge'"):
+        preference_loss(zero, zero, zero, zero, 0.1, "hinge")

@@ -11,6 +11,7 @@ from trl.experimental.online_dpo import OnlineDPOConfig
 from trl.import_utils import is_vllm_available
 
 from .improver import TARGET_STRATEGIES, validate_template
+from .losses import LOSS_TYPES
 from .pairs import PAIR_SOURCES, uses_improver
 
 
@@ -278,6 +279,10 @@ class SGPOConfig(OnlineDPOConfig):
             raise ValueError(
                 "SGPO uses no reward: unset `reward_model_path`, `reward_weights` and `missing_eos_penalty`. The "
                 "chosen side of each pair comes from the improver role (or the reference with pair_source='spin')."
+            )
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(
+                f"Unknown loss_type {self.loss_type!r}: SGPO supports {list(LOSS_TYPES)} (TRL's DPO and IPO losses)."
             )
         if self.improver_target not in TARGET_STRATEGIES:
             raise ValueError(

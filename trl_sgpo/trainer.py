@@ -8,7 +8,6 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import DistributedType, broadcast_object_list, gather_object
 from datasets import Dataset, IterableDataset
 from safetensors.torch import load_model, save_model
@@ -43,6 +42,7 @@ from .data import (
     validate_prompt_completion_dataset,
 )
 from .improver import edit_distance, improver_target, render_improver_prompt, select_targets, uses_reference
+from .losses import preference_loss
 from .model_card import config_section, describe_sources, is_hub_dataset
 from .output_dir import check_output_dir
 from .pairs import DROP_REASONS, Completion, PairFilterResult, filter_pairs, uses_improver
@@ -669,13 +669,9 @@ class SGPOTrainer(OnlineDPOTrainer):
             ref_sequence_logps = (ref_logps * completion_mask).sum(1)
         chosen_logps, rejected_logps = sequence_logps.split(batch_size)
         chosen_ref_logps, rejected_ref_logps = ref_sequence_logps.split(batch_size)
-        logits = (chosen_logps - rejected_logps) - (chosen_ref_logps - rejected_ref_logps)
-        if self.args.loss_type == "sigmoid":
-            losses = -F.logsigmoid(self.beta * logits)
-        elif self.args.loss_type == "ipo":
-            losses = (logits - 1 / (2 * self.beta)) ** 2
-        else:
-            raise NotImplementedError(f"Unknown loss_type {self.args.loss_type!r}: use 'sigmoid' or 'ipo'.")
+        losses = preference_loss(
+            chosen_logps, rejected_logps, chosen_ref_logps, rejected_ref_logps, self.beta, self.args.loss_type
+        )
         loss = (losses * keep).sum() * scale
         if self.args.chosen_nll_weight > 0:
             chosen_lengths = completion_mask[:batch_size].sum(1).clamp(min=1)
