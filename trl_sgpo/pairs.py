@@ -41,11 +41,8 @@ class Completion:
 class PairFilterResult:
     """Which pairs survive, and why the others were dropped (a pair counts under its first failing rule)."""
 
-    keep: list[bool]
-    identical: int = 0
-    empty: int = 0
-    truncated: int = 0
-    reasons: list[str | None] = field(default_factory=list)
+    keep: list[bool] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)  # None for a kept pair, else one of DROP_REASONS
 
     @property
     def num_kept(self) -> int:
@@ -54,7 +51,7 @@ class PairFilterResult:
 
 def filter_pairs(chosen: Sequence[Completion], rejected: Sequence[Completion]) -> PairFilterResult:
     """Drop pairs whose sides are identical, empty, or cut off (no EOS), in that order of precedence."""
-    result = PairFilterResult(keep=[])
+    result = PairFilterResult()
     for good, bad in zip(chosen, rejected, strict=True):
         if good.token_ids == bad.token_ids:
             reason = "identical"
@@ -66,6 +63,4 @@ def filter_pairs(chosen: Sequence[Completion], rejected: Sequence[Completion]) -
             reason = None
         result.keep.append(reason is None)
         result.reasons.append(reason)
-        if reason is not None:
-            setattr(result, reason, getattr(result, reason) + 1)
     return result

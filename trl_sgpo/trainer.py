@@ -5,6 +5,7 @@ import textwrap
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -350,7 +351,7 @@ class SGPOTrainer(OnlineDPOTrainer):
             completions.append(Completion(tokens[:-1] if ended else tokens, ended, tokens[-1] if ended else None))
         return completions
 
-    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, vision_inputs=None):
+    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask):
         """Per-token log-probabilities of the completion tokens, like the parent's, but cheaper.
 
         The parent computes logits and a full log-softmax for every prompt position too. The improver's prompts are
@@ -433,70 +434,26 @@ class SGPOTrainer(OnlineDPOTrainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: int | None = None
     ) -> torch.Tensor:
-        """One optimizer micro-step of the current phase; both phases start from fresh policy samples.
+        """One optimizer micro-step of the current phase (`_dpo_step` or `_improver_step`) on fresh policy samples.
 
-        - DPO step: chosen = the improver's rewrite of each draft (or the reference with ``spin``, the mechanical
-          edit with ``edit``), rejected = the draft; degenerate pairs are dropped; DPO loss, plus the improver
-          objective weighted by ``improver_loss_weight``.
-        - Improver step: the improver objective alone, i.e. the improver's NLL of targets built from the
-          references, plus the policy's SFT loss on the references weighted by ``policy_sft_weight``.
+        Losses are sums over the micro-batch scaled by ``1 / prompts in the accumulated batch``: exact under gradient
+        accumulation and data parallelism.
         """
         model.train()
         phase = self.phase_callback.phase
-        has_improver = uses_improver(self.args.pair_source)
-        improver_weight = 1.0 if phase == IMPROVER else self.args.improver_loss_weight
         if phase == DPO and self.args.sync_ref_model_each_dpo_phase and self.phase_callback.phase_started:
             self._sync_ref_model()
         self._set_phase_learning_rate(phase)
-
-        prompts = inputs["prompt"]
-        batch_size = len(prompts)
-        # Sum over this micro-batch / prompts in the accumulated batch: exact under accumulation and DDP.
-        scale = 1.0 / (batch_size * self.current_gradient_accumulation_steps)
         stats = _StepStats()
-
-        policy_texts = self._policy_prompt_texts(prompts)
-        prompt_ids, prompt_mask = self._tokenize_prompts(policy_texts)
-        drafts = self._sample(model, policy_texts, prompt_ids, prompt_mask, "policy")
-        reference_texts = [reference_text(completion) for completion in inputs["completion"]]
-        references = [self._reference_completion(text) for text in reference_texts]
-        stats.add("sgpo/response_length", [len(d.token_ids) for d in drafts])
-        stats.add("sgpo/eos_rate", [float(d.ended) for d in drafts])
-        stats.add("val/contain_eos_token", [float(d.ended) for d in drafts])
-        if has_improver:
-            improver_texts, improver_ids, improver_mask = self._improver_prompts(prompts, drafts, reference_texts)
-
-        loss = torch.zeros((), device=self.accelerator.device)
-        if phase == DPO:
-            if has_improver:
-                chosen = self._sample(model, improver_texts, improver_ids, improver_mask, "improver")
-                stats.add("sgpo/improved_length", [len(c.token_ids) for c in chosen])
-                stats.add("sgpo/improver_eos_rate", [float(c.ended) for c in chosen])
-            elif self.args.pair_source == "edit":
-                chosen = [self._edit_toward(draft, reference) for draft, reference in zip(drafts, references)]
-            else:  # spin
-                chosen = references
-            pairs = filter_pairs(chosen, drafts)
-            self._add_pair_stats(stats, chosen, drafts, references, pairs)
-            loss = loss + self._dpo_loss(model, prompt_ids, prompt_mask, chosen, drafts, pairs.keep, scale, stats)
-            verdicts = [reason or "kept" for reason in pairs.reasons]
-        if has_improver and improver_weight > 0:
-            targets, target_keep = self._improver_targets(drafts, references, stats)
-            improver_objective = self._improver_loss(
-                model, improver_ids, improver_mask, targets, target_keep, scale, stats
-            )
-            if self.args.policy_sft_weight > 0:
-                improver_objective = improver_objective + self.args.policy_sft_weight * self._policy_sft_loss(
-                    model, prompt_ids, prompt_mask, references, scale, stats
-                )
-            loss = loss + improver_weight * improver_objective
-            if phase == IMPROVER:
-                chosen, verdicts = targets, ["kept" if keep else "filtered" for keep in target_keep]
-        if self.num_sample_rows and self.accelerator.is_main_process and (phase == DPO or has_improver):
-            self._keep_samples(phase, prompts, drafts, chosen, verdicts)
+        batch = self._sample_drafts(model, inputs, stats)
+        scale = 1.0 / (len(batch.prompts) * self.current_gradient_accumulation_steps)
+        step = self._dpo_step if phase == DPO else self._improver_step
+        loss, shown, verdicts = step(model, batch, scale, stats)
+        if self.num_sample_rows and self.accelerator.is_main_process:
+            self._keep_samples(phase, batch.prompts, batch.drafts, shown, verdicts)
 
         self._record(stats, phase)
-        if phase == DPO and has_improver:
+        if phase == DPO and uses_improver(self.args.pair_source):
             self._check_rewrite_health()
         self._stop_if_not_finite(loss, phase)
         kwargs = {}
@@ -504,6 +461,78 @@ class SGPOTrainer(OnlineDPOTrainer):
             kwargs["scale_wrt_gas"] = False  # the loss is already divided by the accumulation steps
         self.accelerator.backward(loss, **kwargs)
         return loss.detach()
+
+    def _sample_drafts(self, model: nn.Module, inputs: dict[str, Any], stats: "_StepStats") -> "_Batch":
+        """What both phases start from: the policy's drafts for the prompts, and the tokenized references."""
+        prompts = inputs["prompt"]
+        policy_texts = self._policy_prompt_texts(prompts)
+        prompt_ids, prompt_mask = self._tokenize_prompts(policy_texts)
+        drafts = self._sample(model, policy_texts, prompt_ids, prompt_mask, "policy")
+        reference_texts = [reference_text(completion) for completion in inputs["completion"]]
+        stats.add("sgpo/response_length", [len(d.token_ids) for d in drafts])
+        stats.add("sgpo/eos_rate", [float(d.ended) for d in drafts])
+        stats.add("val/contain_eos_token", [float(d.ended) for d in drafts])
+        return _Batch(
+            prompts=prompts,
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            drafts=drafts,
+            reference_texts=reference_texts,
+            references=[self._reference_completion(text) for text in reference_texts],
+        )
+
+    def _dpo_step(
+        self, model: nn.Module, batch: "_Batch", scale: float, stats: "_StepStats"
+    ) -> tuple[torch.Tensor, list[Completion], list[str]]:
+        """Chosen = the improver's rewrite of each draft (the reference with ``spin``, the mechanical edit with
+        ``edit``), rejected = the draft; degenerate pairs dropped; the DPO loss, plus the improver objective weighted
+        by ``improver_loss_weight``."""
+        loss = torch.zeros((), device=self.accelerator.device)
+        if uses_improver(self.args.pair_source):
+            improver_prompt = self._improver_prompts(batch)
+            chosen = self._sample(model, *improver_prompt, "improver")
+            stats.add("sgpo/improved_length", [len(c.token_ids) for c in chosen])
+            stats.add("sgpo/improver_eos_rate", [float(c.ended) for c in chosen])
+            if self.args.improver_loss_weight > 0:
+                improver_loss, _, _ = self._improver_objective(model, batch, improver_prompt, scale, stats)
+                loss = loss + self.args.improver_loss_weight * improver_loss
+        elif self.args.pair_source == "edit":
+            chosen = [self._edit_toward(draft, reference) for draft, reference in zip(batch.drafts, batch.references)]
+        else:  # spin
+            chosen = batch.references
+        pairs = filter_pairs(chosen, batch.drafts)
+        self._add_pair_stats(stats, chosen, batch.drafts, batch.references, pairs)
+        loss = loss + self._dpo_loss(
+            model, batch.prompt_ids, batch.prompt_mask, chosen, batch.drafts, pairs.keep, scale, stats
+        )
+        return loss, chosen, [reason or "kept" for reason in pairs.reasons]
+
+    def _improver_step(
+        self, model: nn.Module, batch: "_Batch", scale: float, stats: "_StepStats"
+    ) -> tuple[torch.Tensor, list[Completion], list[str]]:
+        """The improver objective alone (Step 1 and the improver refreshes)."""
+        loss, targets, keep = self._improver_objective(model, batch, self._improver_prompts(batch), scale, stats)
+        return loss, targets, ["kept" if kept else "filtered" for kept in keep]
+
+    def _improver_objective(
+        self,
+        model: nn.Module,
+        batch: "_Batch",
+        improver_prompt: tuple[list[str], torch.Tensor, torch.Tensor],
+        scale: float,
+        stats: "_StepStats",
+    ) -> tuple[torch.Tensor, list[Completion], list[bool]]:
+        """The improver's NLL of targets built from the references, plus ``policy_sft_weight`` times the policy's SFT
+        loss on the references (which keeps the policy role intact while the shared model learns the improver role).
+        """
+        targets, keep = self._improver_targets(batch.drafts, batch.references, stats)
+        _, improver_ids, improver_mask = improver_prompt
+        loss = self._improver_loss(model, improver_ids, improver_mask, targets, keep, scale, stats)
+        if self.args.policy_sft_weight > 0:
+            loss = loss + self.args.policy_sft_weight * self._policy_sft_loss(
+                model, batch.prompt_ids, batch.prompt_mask, batch.references, scale, stats
+            )
+        return loss, targets, keep
 
     def _set_phase_learning_rate(self, phase: str) -> None:
         """Improver steps use ``improver_learning_rate``, scaled by the same schedule as ``learning_rate``.
@@ -517,11 +546,9 @@ class SGPOTrainer(OnlineDPOTrainer):
         for group, scheduled in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
             group["lr"] = scheduled * ratio
 
-    def _improver_prompts(
-        self, prompts: list, drafts: list[Completion], reference_texts: list[str]
-    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    def _improver_prompts(self, batch: "_Batch") -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """The improver prompts for each (prompt, draft), showing the reference where the template asks, tokenized."""
-        draft_texts = self.processing_class.batch_decode([d.token_ids for d in drafts], skip_special_tokens=True)
+        draft_texts = self.processing_class.batch_decode([d.token_ids for d in batch.drafts], skip_special_tokens=True)
         show_reference = uses_reference(self.args.improver_template)
         texts = [
             render_improver_prompt(
@@ -531,7 +558,7 @@ class SGPOTrainer(OnlineDPOTrainer):
                 self.processing_class,
                 reference=reference if show_reference else None,
             )
-            for prompt, draft, reference in zip(prompts, draft_texts, reference_texts)
+            for prompt, draft, reference in zip(batch.prompts, draft_texts, batch.reference_texts)
         ]
         return (texts, *self._tokenize_prompts(texts))
 
@@ -692,7 +719,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         kl = (token_logps[batch_size:].detach() - rejected_ref_tokens).sum(1)
         stats.add("objective/kl", kl.tolist())
         stats.add("objective/entropy", (-rejected_logps.detach()).tolist())
-        stats.add("beta", [self.beta], reduce="mean_of_processes")
+        stats.add("beta", [self.beta])  # the same on every process, so its mean over processes is itself
         return loss
 
     def _policy_sft_loss(
@@ -879,6 +906,18 @@ class SGPOTrainer(OnlineDPOTrainer):
                 os.replace(card, os.path.join(output_dir, "README.md"))
 
 
+@dataclass
+class _Batch:
+    """One micro-batch as both phases see it: prompts (raw and tokenized), the policy's drafts, the references."""
+
+    prompts: list
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    drafts: list[Completion]
+    reference_texts: list[str]
+    references: list[Completion]
+
+
 class _StepStats:
     """Per-step sums and counts, reduced over processes in one collective by `SGPOTrainer._record`."""
 
@@ -888,8 +927,7 @@ class _StepStats:
         self.modes: dict[str, str] = {}
 
     def add(self, name: str, values: list[float], reduce: str = "mean") -> None:
-        """``mean``: mean over all values of all processes; ``sum``: total over processes;
-        ``mean_of_processes``: the same value on every process (e.g. beta)."""
+        """``mean``: the mean over all values of all processes; ``sum``: the total over processes."""
         self.sums[name] = float(sum(values))
         self.counts[name] = float(len(values))
         self.modes[name] = reduce
