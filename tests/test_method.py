@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from trl_sgpo import SGPOConfig, SGPOTrainer
-from trl_sgpo.callbacks import DPO, IMPROVER, resolve_warmup_steps
 from trl_sgpo.improver import improver_target, render_improver_prompt, uses_reference
+from trl_sgpo.schedule import DPO, IMPROVER, resolve_warmup_steps
 from trl_sgpo.trainer import REWRITE_HEALTH_WINDOW, _StepStats
 
 from .conftest import conversational_dataset, make_config, tiny_model

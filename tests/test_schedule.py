@@ -56,3 +56,24 @@ def test_state_round_trip_continues_mid_phase():
     assert resumed.phase == D and not resumed.phase_started
     _run_steps(resumed, state, 3)
     assert resumed.phase_history == [IMP, IMP, IMP, D, D, IMP, IMP]
+
+
+def test_a_fractional_warmup_is_resolved_for_the_run():
+    schedule = PhaseSchedule(0.25, 1, 1)
+    assert schedule.for_run(8).improver_warmup_steps == 2
+    assert schedule.for_run(8).phases(6) == [IMP, IMP, IMP, D, IMP, D]
+    assert schedule.phase_at(0) == IMP  # unresolved, a fraction counts as one step
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ((-1, 1, 1), "improver_warmup_steps must be >= 0"),
+        ((0, -1, 1), "improver_steps must be >= 0"),
+        ((2.5, 1, 1), "whole number of steps"),
+        ((0, 1, 1, -2), "num_cycles must be >= 0"),
+    ],
+)
+def test_bad_schedules_are_refused_naming_the_field(settings, message):
+    with pytest.raises(ValueError, match=message):
+        PhaseSchedule(*settings)

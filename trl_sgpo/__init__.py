@@ -6,8 +6,9 @@ import os
 # We build on `trl.experimental.online_dpo` on purpose (pinned to TRL 1.16); silence its import-time warning.
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from .callbacks import PhaseSchedule, SGPOPhaseCallback, SGPOSampleTableCallback  # noqa: E402
+from .callbacks import SGPOPhaseCallback, SGPOSampleTableCallback  # noqa: E402
 from .config import DEFAULT_IMPROVER_TEMPLATE, SGPOConfig  # noqa: E402
+from .schedule import PhaseSchedule  # noqa: E402
 from .trainer import SGPOTrainer  # noqa: E402
 
 

@@ -15,8 +15,7 @@ The phase of a step is a pure function of the global step, so a resumed run cont
 callback also saves the phases already run (run-length encoded) in the checkpoint's trainer state.
 """
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -24,49 +23,10 @@ from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
 from .pairs import uses_improver
+from .schedule import DPO, PhaseSchedule
 
 
 logger = logging.get_logger(__name__)
-
-IMPROVER = "improver"
-DPO = "dpo"
-PHASE_IDS = {IMPROVER: 0, DPO: 1}  # logged as `sgpo/phase`, trackers want numbers
-
-
-@dataclass(frozen=True)
-class PhaseSchedule:
-    """Which phase each optimizer step (0-based global step) belongs to."""
-
-    improver_warmup_steps: int = 0
-    improver_steps: int = 1
-    dpo_steps: int = 1
-    num_cycles: int | None = None
-
-    def __post_init__(self):
-        if min(self.improver_warmup_steps, self.improver_steps, self.dpo_steps) < 0:
-            raise ValueError(f"Phase lengths must be >= 0, got {self}.")
-        if self.improver_warmup_steps + self.improver_steps + self.dpo_steps == 0:
-            raise ValueError("The schedule has zero steps in every phase: set improver_steps or dpo_steps >= 1.")
-
-    def phase_at(self, step: int) -> str:
-        if step < self.improver_warmup_steps:
-            return IMPROVER
-        step -= self.improver_warmup_steps
-        cycle_length = self.improver_steps + self.dpo_steps
-        if cycle_length == 0 or (self.num_cycles is not None and step >= self.num_cycles * cycle_length):
-            return DPO
-        return IMPROVER if step % cycle_length < self.improver_steps else DPO
-
-    def phases(self, num_steps: int) -> list[str]:
-        return [self.phase_at(step) for step in range(num_steps)]
-
-
-def resolve_warmup_steps(improver_warmup_steps: float, max_steps: int) -> int:
-    """Steps of the warm-up improver phase: ``improver_warmup_steps`` itself, or below 1 that fraction of ``max_steps``
-    (rounded up, so any positive fraction gives at least one step)."""
-    if 0 < improver_warmup_steps < 1:
-        return math.ceil(improver_warmup_steps * max_steps)
-    return int(improver_warmup_steps)
 
 
 class SGPOPhaseCallback(TrainerCallback, ExportableState):
@@ -87,9 +47,9 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
         skip_improver: bool = False,
     ):
         self.skip_improver = skip_improver
-        self.improver_warmup_steps = improver_warmup_steps
-        # A fractional warm-up is resolved against the run's length in `on_train_begin`; until then, one step.
-        self.schedule = PhaseSchedule(math.ceil(improver_warmup_steps), improver_steps, dpo_steps, num_cycles)
+        # As configured; `schedule` is this resolved for the run's length when training begins.
+        self.configured_schedule = PhaseSchedule(improver_warmup_steps, improver_steps, dpo_steps, num_cycles)
+        self.schedule = self.configured_schedule
         self.phase_runs: list[list] = []  # [[phase, number of steps], ...] of the completed steps
         self.phase = self.phase_at(0)
         self.phase_started = True
@@ -113,10 +73,7 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
         return [phase for phase, count in self.phase_runs for _ in range(count)]
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        warmup_steps = resolve_warmup_steps(self.improver_warmup_steps, state.max_steps)
-        self.schedule = PhaseSchedule(
-            warmup_steps, self.schedule.improver_steps, self.schedule.dpo_steps, self.schedule.num_cycles
-        )
+        self.schedule = self.configured_schedule.for_run(state.max_steps)
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if state.global_step > 0 and isinstance(saved, dict):  # resuming: take back the phases already run
             if saved.get("args") != self.state()["args"]:

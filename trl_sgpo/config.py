@@ -13,6 +13,7 @@ from trl.import_utils import is_vllm_available
 from .improver import TARGET_STRATEGIES, validate_template
 from .losses import LOSS_TYPES
 from .pairs import PAIR_SOURCES, uses_improver
+from .schedule import PhaseSchedule
 
 
 DEFAULT_IMPROVER_TEMPLATE = (
@@ -302,21 +303,8 @@ class SGPOConfig(OnlineDPOConfig):
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
         if any(b <= 0 for b in betas):
             raise ValueError(f"beta must be > 0 (it scales the DPO log-ratio), got {self.beta}.")
-        for name in ("improver_warmup_steps", "improver_steps", "dpo_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if self.improver_warmup_steps >= 1 and self.improver_warmup_steps != int(self.improver_warmup_steps):
-            raise ValueError(
-                f"improver_warmup_steps must be a whole number of steps, or a fraction of the run below 1, got "
-                f"{self.improver_warmup_steps}."
-            )
-        if self.num_cycles is not None and self.num_cycles < 0:
-            raise ValueError(f"num_cycles must be >= 0 or unset (no limit), got {self.num_cycles}.")
-        if self.improver_warmup_steps + self.improver_steps + self.dpo_steps == 0:
-            raise ValueError(
-                "The schedule has zero steps in every phase: set improver_steps and/or dpo_steps to at least 1 "
-                "(e.g. improver_steps=1 dpo_steps=1 alternates every step)."
-            )
+        # The schedule's own rules (non-negative lengths, at least one step, a whole or fractional warm-up).
+        PhaseSchedule(self.improver_warmup_steps, self.improver_steps, self.dpo_steps, self.num_cycles)
         for name in ("improver_loss_weight", "chosen_nll_weight", "policy_sft_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables the term), got {getattr(self, name)}.")

@@ -32,7 +32,7 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import selective_log_softmax
 
-from .callbacks import DPO, IMPROVER, PHASE_IDS, SGPOPhaseCallback
+from .callbacks import SGPOPhaseCallback
 from .config import SGPOConfig
 from .data import (
     PromptBudget,
@@ -47,6 +47,7 @@ from .losses import preference_loss
 from .model_card import config_section, describe_sources, is_hub_dataset
 from .output_dir import check_output_dir
 from .pairs import DROP_REASONS, Completion, PairFilterResult, filter_pairs, uses_improver
+from .schedule import DPO, IMPROVER, PHASE_IDS
 
 
 REF_MODEL_FILE = "sgpo_ref_model.safetensors"
