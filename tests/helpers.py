@@ -1,11 +1,18 @@
-"""Deterministic stand-ins for sampling, so that tests can compare runs whose batches are split differently."""
+"""Test factories (tiny models, datasets, configs) and deterministic stand-ins for sampling.
+
+The stand-ins let tests compare runs whose batches are split differently. Fixtures are in `conftest.py`.
+"""
 
 import re
 
 import torch
+from datasets import Dataset
 from trl.data_utils import maybe_apply_chat_template
 
+from trl_sgpo import SGPOConfig
 from trl_sgpo.pairs import Completion
+from trl_sgpo.toy import build_tiny_model
+from trl_sgpo.toy.tokenizer import SPECIAL_TOKENS
 
 
 WORD = re.compile(r"reverse (\w+)")
@@ -55,3 +62,51 @@ def rule_generate_for_online_dpo(trainer):
 def reward_length(completions, **kwargs):
     """A cheap reward for upstream OnlineDPOTrainer: shorter is better."""
     return [-float(len(str(completion))) for completion in completions]
+
+
+WORDS = ["abc", "hello", "world", "qwerty", "zyx", "mnop", "abcd", "xyz", "lemon", "kiwi", "grape", "plum"]
+SHORT_TEMPLATE = "{prompt}\ndraft: {response}\nfix:"
+
+
+def tiny_model(tokenizer, seed: int = 0):
+    return build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=seed)
+
+
+def conversational_dataset(num_rows: int = 8) -> Dataset:
+    words = [WORDS[i % len(WORDS)] for i in range(num_rows)]
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": f"reverse {word}"}],
+                "completion": [{"role": "assistant", "content": word[::-1]}],
+            }
+            for word in words
+        ]
+    )
+
+
+def standard_dataset(num_rows: int = 8) -> Dataset:
+    words = [WORDS[i % len(WORDS)] for i in range(num_rows)]
+    return Dataset.from_list([{"prompt": f"reverse {word} =", "completion": f" {word[::-1]}"} for word in words])
+
+
+def make_config(tmp_path, **overrides) -> SGPOConfig:
+    """A CPU config for a few fast steps; every completion ends with EOS (forced at the length limit)."""
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        improver_warmup_steps=0,  # tests set their schedule; the default Step 1 has its own tests
+        logging_steps=1,
+        max_new_tokens=6,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        improver_template=SHORT_TEMPLATE,
+        generation_kwargs={"forced_eos_token_id": SPECIAL_TOKENS.index("</s>")},
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,  # no progress bars left open by tests that stop training on purpose
+    )
+    settings.update(overrides)
+    return SGPOConfig(**settings)

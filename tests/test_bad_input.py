@@ -14,7 +14,7 @@ from datasets import Dataset
 
 from trl_sgpo import SGPOConfig, SGPOTrainer, cli
 
-from .conftest import conversational_dataset, make_config, tiny_model
+from .helpers import conversational_dataset, make_config, tiny_model
 
 
 def chat(user: str = "reverse abc", answer: str = "cba", user_role: str = "user", answer_role: str = "assistant"):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from trl_sgpo import SGPOTrainer
 from trl_sgpo.pairs import Completion
 
-from .conftest import conversational_dataset, make_config
+from .helpers import conversational_dataset, make_config
 
 
 def _fixed_sampler(policy: dict[str, str], improver: dict[str, str], tokenizer):

@@ -7,8 +7,8 @@ from safetensors.torch import load as load_safetensors
 from trl_sgpo import SGPOTrainer
 from trl_sgpo.cli import parse_args
 
-from .conftest import conversational_dataset, make_config, tiny_model
 from .fake_hub import FakeHub, closed_port_url, point_hub_at
+from .helpers import conversational_dataset, make_config, tiny_model
 
 
 TOKEN = "hf_fake_write_token"

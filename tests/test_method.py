@@ -11,8 +11,7 @@ from trl_sgpo.improver import improver_target, render_improver_prompt, uses_refe
 from trl_sgpo.schedule import DPO, IMPROVER, resolve_warmup_steps
 from trl_sgpo.trainer import REWRITE_HEALTH_WINDOW, _StepStats
 
-from .conftest import conversational_dataset, make_config, tiny_model
-from .helpers import rule_sampler
+from .helpers import conversational_dataset, make_config, rule_sampler, tiny_model
 
 
 def _rows(num_rows: int = 4) -> dict:

@@ -2,7 +2,7 @@
 
 from trl_sgpo import SGPOTrainer
 
-from .conftest import conversational_dataset, make_config, tiny_model
+from .helpers import conversational_dataset, make_config, tiny_model
 
 
 def test_saved_model_has_an_sgpo_model_card(tmp_path, tokenizer):

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from trl_sgpo import SGPOTrainer
 
-from .conftest import conversational_dataset, make_config, tiny_model
+from .helpers import conversational_dataset, make_config, tiny_model
 
 
 def test_nan_loss_stops_training_and_saves_the_last_good_weights(tmp_path, tokenizer):

@@ -5,7 +5,7 @@ from transformers import TrainerCallback
 
 from trl_sgpo import SGPOTrainer
 
-from .conftest import conversational_dataset, make_config, tiny_model
+from .helpers import conversational_dataset, make_config, tiny_model
 
 
 def _trainer(tmp_path, tokenizer, output_dir, **overrides):

@@ -5,7 +5,7 @@ from peft import LoraConfig
 
 from trl_sgpo import SGPOTrainer
 
-from .conftest import conversational_dataset, make_config, standard_dataset, tiny_model
+from .helpers import conversational_dataset, make_config, standard_dataset, tiny_model
 
 
 TRL_STATS = [

@@ -13,8 +13,14 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from trl_sgpo import SGPOTrainer
 
-from .conftest import conversational_dataset, make_config, tiny_model
-from .helpers import reward_length, rule_generate_for_online_dpo, rule_sampler
+from .helpers import (
+    conversational_dataset,
+    make_config,
+    reward_length,
+    rule_generate_for_online_dpo,
+    rule_sampler,
+    tiny_model,
+)
 
 
 class GradientRecorder(TrainerCallback):

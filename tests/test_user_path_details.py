@@ -7,7 +7,7 @@ from datasets import Dataset
 
 from trl_sgpo import SGPOConfig, SGPOTrainer
 
-from .conftest import conversational_dataset, make_config, tiny_model
+from .helpers import conversational_dataset, make_config, tiny_model
 
 
 def test_sgpo_config_emits_no_deprecation_warning_of_its_own(tmp_path):
