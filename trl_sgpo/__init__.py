@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from .callbacks import SGPOPhaseCallback, SGPOSampleTableCallback  # noqa: E402
-from .config import DEFAULT_IMPROVER_TEMPLATE, SGPOConfig  # noqa: E402
+from .config import DEFAULT_IMPROVER_INSTRUCTION, DEFAULT_IMPROVER_TEMPLATE, SGPOConfig  # noqa: E402
 from .schedule import PhaseSchedule  # noqa: E402
 from .trainer import SGPOTrainer  # noqa: E402
 
@@ -15,6 +15,7 @@ from .trainer import SGPOTrainer  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_IMPROVER_INSTRUCTION",
     "DEFAULT_IMPROVER_TEMPLATE",
     "PhaseSchedule",
     "SGPOConfig",

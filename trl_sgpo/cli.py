@@ -47,6 +47,9 @@ BUILTIN_DEFAULTS = {
     "report_to": "none",
     "seed": 0,
 }
+# The next-turn improver instruction for the built-in world: its tokenizer is character level, so a long sentence
+# would cost one token per character (the built-in template's counterpart is its "improve:").
+TOY_IMPROVER_INSTRUCTION = "improve"
 
 
 @dataclass
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(1)  # a 0.9M-parameter model runs faster on one thread than on contended cores
         if training_args.improver_template == SGPOConfig.improver_template:
             training_args.improver_template = TOY_IMPROVER_TEMPLATE
+        if training_args.improver_instruction == SGPOConfig.improver_instruction:
+            training_args.improver_instruction = TOY_IMPROVER_INSTRUCTION
         model = AutoModelForCausalLM.from_pretrained(TOY_CHECKPOINT_DIR)
         tokenizer = AutoTokenizer.from_pretrained(TOY_CHECKPOINT_DIR)
         regime = script_args.builtin_regime

@@ -10,7 +10,7 @@ import torch
 from trl.experimental.online_dpo import OnlineDPOConfig
 from trl.import_utils import is_vllm_available
 
-from .improver import TARGET_STRATEGIES, validate_template
+from .improver import IMPROVER_FORMATS, TARGET_STRATEGIES, validate_instruction, validate_template
 from .losses import LOSS_TYPES
 from .pairs import PAIR_SOURCES, uses_improver
 from .schedule import PhaseSchedule
@@ -20,6 +20,11 @@ DEFAULT_IMPROVER_TEMPLATE = (
     "Below is a prompt and a draft response. Rewrite the draft into a better response: fix what is wrong or "
     "missing, keep what is already good, and answer with the improved response only.\n\n"
     "### Prompt:\n{prompt}\n\n### Draft response:\n{response}"
+)
+# The user turn that asks for a rewrite when the improver is the next turn of the policy's conversation.
+DEFAULT_IMPROVER_INSTRUCTION = (
+    "Improve your response above: fix what is wrong or missing, keep what is already good, and answer with the "
+    "improved response only."
 )
 
 
@@ -42,6 +47,23 @@ class SGPOConfig(OnlineDPOConfig):
     Parameters:
         > Improver role (our design: the paper gives no template or target construction)
 
+        improver_format (`str`, *optional*, defaults to `"template"`):
+            How the improver is prompted. The paper's improver reads the prompt `x` and the draft `y` and writes `y'`;
+            how it is shown them is not published, so both formats are ours. `"template"`: one new user turn built
+            from `improver_template` around `x` and `y`. `"next_turn"`: the next turn of the policy's own
+            conversation, `[user: x] [assistant: y] [user: improver_instruction] [assistant: y']`; the policy's
+            prompt and draft are then a prefix of the improver's prompt, so the rewrite is generated on the draft's
+            KV cache (transformers; with vLLM, its prefix caching reuses the prefix) and, in DPO steps, one forward
+            pass over `(x, y, instruction, target)` gives both the rejected side's log-probabilities and the
+            improver's loss. Conversational prompts go through the tokenizer's chat template (which must render an
+            earlier assistant turn as the policy's generation prompt followed by the draft: checked when the trainer
+            is built); text prompts continue as plain text: the draft, its EOS token, a newline, the instruction and
+            a newline. `improver_template` is not used with `"next_turn"`.
+        improver_instruction (`str`, *optional*):
+            The user turn that asks for the rewrite with `improver_format="next_turn"`. It may show `{reference}`
+            (the SFT reference: a reference-aware improver), not `{prompt}` or `{response}` (they are the earlier
+            turns). Defaults to a one-sentence request to improve the answer above (our wording); for a
+            character-level model, a short one (the built-in world uses `"improve"`).
         improver_template (`str` or `Callable`, *optional*):
             Prompt of the improver role. A string with the fields `{prompt}` (the user's request: the text prompt, or
             the content of the last user message of a conversational prompt) and `{response}` (the policy's draft),
@@ -123,6 +145,23 @@ class SGPOConfig(OnlineDPOConfig):
             before training starts, so an earlier run's checkpoints are never mixed with or replaced by new ones.
     """
 
+    improver_format: str = field(
+        default="template",
+        metadata={
+            "help": "How the improver is prompted: 'template' (one user turn built from improver_template around the "
+            "prompt and the draft) or 'next_turn' (the next turn of the policy's conversation: [user: x] [assistant: "
+            "y] [user: improver_instruction] [assistant: y']; the rewrite continues from the draft's cache and one "
+            "forward pass scores both roles). Both are our design: the paper does not publish its improver prompt.",
+            "choices": list(IMPROVER_FORMATS),
+        },
+    )
+    improver_instruction: str = field(
+        default=DEFAULT_IMPROVER_INSTRUCTION,
+        metadata={
+            "help": "The user turn asking for a rewrite with improver_format='next_turn'; may show {reference}, not "
+            "{prompt} or {response} (they are the earlier turns). Our wording."
+        },
+    )
     # Annotated `str` for the command line; a callable is accepted when set from Python.
     improver_template: str = field(
         default=DEFAULT_IMPROVER_TEMPLATE,
@@ -289,6 +328,13 @@ class SGPOConfig(OnlineDPOConfig):
             raise ValueError(
                 f"Unknown improver_target {self.improver_target!r}: choose one of {sorted(TARGET_STRATEGIES)}."
             )
+        if self.improver_format not in IMPROVER_FORMATS:
+            raise ValueError(
+                f"Unknown improver_format {self.improver_format!r}: choose one of {list(IMPROVER_FORMATS)} "
+                "('template': a user turn built from improver_template; 'next_turn': the next turn of the policy's "
+                "conversation)."
+            )
+        validate_instruction(self.improver_instruction)
         if self.pair_source not in PAIR_SOURCES:
             raise ValueError(f"Unknown pair_source {self.pair_source!r}: choose one of {sorted(PAIR_SOURCES)}.")
         if not 0.0 <= self.improver_alpha <= 1.0:

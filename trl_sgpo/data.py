@@ -15,7 +15,7 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
-from .improver import render_improver_prompt
+from .improver import next_turn_suffix, render_improver_prompt
 
 
 REQUIRED_COLUMNS = ("prompt", "completion")
@@ -194,6 +194,30 @@ def check_improver_template(
             f"improver_template cannot be rendered for train_dataset row 0 ({type(error).__name__}: {error}).{fix} "
             "It is called as template(prompt, response) and must return a string or a list of messages."
         ) from error
+
+
+def check_next_turn_conversation(
+    instruction: str, dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """For improver_format='next_turn': render the first row's next turn now rather than fail at step 1.
+
+    A conversational prompt needs a chat template that writes an earlier assistant turn as the policy's generation
+    prompt followed by the draft (so the draft continues what the policy saw); `next_turn_suffix` says what is wrong
+    otherwise. The tokens after the draft must hold more than an end-of-turn token.
+    """
+    row = next(iter(dataset))
+    prompt = row["prompt"]
+    policy_prompt = (
+        tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        if isinstance(prompt, list)
+        else prompt
+    )
+    suffix = next_turn_suffix(instruction, prompt, tokenizer, reference="a reference", policy_prompt=policy_prompt)
+    if not tokenizer(suffix, add_special_tokens=False)["input_ids"]:
+        raise ValueError(
+            "improver_format='next_turn': the new turn renders to no tokens with this tokenizer; check "
+            "improver_instruction and the chat template."
+        )
 
 
 def _rename_hint(columns: list[str], missing: list[str]) -> str:

@@ -183,3 +183,81 @@ def select_targets(
         for index, is_inside in zip(candidates, inside):
             keep[index] = is_inside
     return keep
+
+
+# ----------------------------------------------------------------------------------------- the next-turn format
+
+# How the improver is prompted: a single user turn built from a template around (x, y) (ours), or the next turn of the
+# policy's own conversation, [user: x] [assistant: y] [user: instruction] [assistant: y'] (ours too: the paper does
+# not publish its improver prompt). With "next_turn" the policy's prompt and draft are a prefix of the improver's
+# prompt, so the rewrite is generated on the draft's cache and one forward pass scores both.
+IMPROVER_FORMATS = ("template", "next_turn")
+_DRAFT_MARK = "\x00SGPO-DRAFT\x00"
+
+
+def validate_instruction(instruction: str) -> None:
+    """Raise a `ValueError` unless ``instruction`` is usable as the next-turn improver instruction.
+
+    The prompt and the draft are already in the conversation, so the instruction may not show ``{prompt}`` or
+    ``{response}``; it may show ``{reference}`` (a reference-aware improver).
+    """
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError(
+            f"improver_instruction must be a non-empty string (the user turn that asks for a rewrite), got "
+            f"{instruction!r}."
+        )
+    shown = [name for name in REQUIRED_TEMPLATE_FIELDS if "{" + name + "}" in instruction]
+    if shown:
+        fields = " and ".join("{" + name + "}" for name in shown)
+        raise ValueError(
+            f"improver_instruction shows {fields}: with improver_format='next_turn' the prompt and the draft are "
+            "already the earlier turns of the conversation. Remove the field(s); {reference} is allowed."
+        )
+
+
+def next_turn_suffix(
+    instruction: str,
+    prompt: Prompt,
+    tokenizer: PreTrainedTokenizerBase,
+    reference: str | None = None,
+    policy_prompt: str | None = None,
+) -> str:
+    """The text that follows the draft in the next-turn conversation, up to where the rewrite starts.
+
+    - A conversational prompt (a message list) goes through the tokenizer's chat template:
+      ``[*prompt, {assistant: y}, {user: instruction}]`` with the generation prompt, and the suffix is what the
+      template writes after ``y`` (the end of the assistant turn, the user turn, the next assistant header). The text
+      before ``y`` must be ``policy_prompt`` (the policy's rendered prompt, when given): otherwise the draft would not
+      be a continuation of what the policy saw, and a `ValueError` says so.
+    - A text prompt has no turns: the suffix is the tokenizer's EOS token (the draft's end), a newline, the
+      instruction and a newline, after which the rewrite is written. This plain-text rendering is our convention.
+
+    ``{reference}`` in the instruction is filled with ``reference``.
+    """
+    content = fill_template(instruction, "", "", reference) if "{reference}" in instruction else instruction
+    if isinstance(prompt, str):
+        if tokenizer.eos_token is None:
+            raise ValueError("improver_format='next_turn' with text prompts needs a tokenizer with an EOS token.")
+        return f"{tokenizer.eos_token}\n{content}\n"
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            "improver_format='next_turn' with conversational prompts needs a tokenizer with a chat template: set "
+            "`tokenizer.chat_template`, or use improver_format='template'."
+        )
+    messages = [*prompt, {"role": "assistant", "content": _DRAFT_MARK}, {"role": "user", "content": content}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    before, mark, after = rendered.partition(_DRAFT_MARK)
+    if not mark:
+        raise ValueError(
+            "improver_format='next_turn': the tokenizer's chat template does not show the assistant's draft verbatim "
+            "when it is an earlier turn (it rewrites or drops assistant content), so the conversation cannot continue "
+            "from the draft. Use improver_format='template'."
+        )
+    if policy_prompt is not None and before != policy_prompt:
+        raise ValueError(
+            "improver_format='next_turn': with this chat template the conversation before the draft differs from the "
+            f"policy's own prompt ({before[-60:]!r} vs {policy_prompt[-60:]!r}, last 60 characters), so the draft is "
+            "not a continuation of what the policy saw and its cache cannot be reused. Use "
+            "improver_format='template', or a chat template whose generation prompt matches its assistant turns."
+        )
+    return after

@@ -1,5 +1,6 @@
 """`SGPOTrainer`: TRL's `OnlineDPOTrainer` with SGPO's self-generated pairs and the improver role."""
 
+import copy
 import os
 import textwrap
 from collections import defaultdict
@@ -22,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     TrainerCallback,
 )
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 from transformers.utils import logging
 from trl.data_utils import maybe_apply_chat_template
@@ -37,12 +39,20 @@ from .config import SGPOConfig
 from .data import (
     PromptBudget,
     check_improver_template,
+    check_next_turn_conversation,
     check_prompt_lengths,
     messages_to_prompt_completion,
     reference_text,
     validate_prompt_completion_dataset,
 )
-from .improver import edit_distance, improver_target, render_improver_prompt, select_targets, uses_reference
+from .improver import (
+    edit_distance,
+    improver_target,
+    next_turn_suffix,
+    render_improver_prompt,
+    select_targets,
+    uses_reference,
+)
 from .losses import preference_loss
 from .model_card import config_section, describe_sources, is_hub_dataset
 from .output_dir import check_output_dir
@@ -54,6 +64,8 @@ REF_MODEL_FILE = "sgpo_ref_model.safetensors"
 # The health warning: judged over the first DPO steps, raised once when fewer rewrites than this beat their draft.
 REWRITE_HEALTH_WINDOW = 5
 REWRITE_CLOSER_WARNING_BELOW = 0.2
+# `generate` takes and returns the KV cache as `cache` in recent transformers, `past_key_values` before.
+_CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 logger = logging.get_logger(__name__)
 
@@ -105,6 +117,9 @@ class SGPOTrainer(OnlineDPOTrainer):
     """
 
     _tag_names = ["trl", "sgpo"]
+    # With improver_format="next_turn", generate the rewrite on the drafts' KV cache (False: re-encode the whole
+    # conversation; the rewrites are the same, see tests/test_next_turn.py).
+    reuse_draft_cache = True
     _name = "SGPO"
     _paper = {
         "title": "SGPO: Self-Generated Preference Optimization based on Self-Improver",
@@ -179,7 +194,9 @@ class SGPOTrainer(OnlineDPOTrainer):
         train_dataset = messages_to_prompt_completion(train_dataset, "train_dataset")
         validate_prompt_completion_dataset(train_dataset, processing_class, "train_dataset")
         check_prompt_lengths(train_dataset, processing_class, self._max_prompt_tokens(args, processing_class))
-        if args.pair_source == "sgpo":
+        if args.pair_source == "sgpo" and args.improver_format == "next_turn":
+            check_next_turn_conversation(args.improver_instruction, train_dataset, processing_class)
+        elif args.pair_source == "sgpo":
             check_improver_template(args.improver_template, train_dataset, processing_class)
         if eval_dataset is not None:
             eval_dataset = messages_to_prompt_completion(eval_dataset, "eval_dataset")
@@ -233,7 +250,11 @@ class SGPOTrainer(OnlineDPOTrainer):
         if not uses_improver(args.pair_source):
             return PromptBudget(args.max_length, 0, args.max_new_tokens, 0)
         try:  # the template's own tokens, chat markup included (counted twice with the prompt's: a safe margin)
-            template = render_improver_prompt(args.improver_template, "", "", tokenizer, reference="")
+            if args.improver_format == "next_turn":  # what follows the draft: end of turn, instruction, header
+                empty = "" if getattr(tokenizer, "chat_template", None) is None else [{"role": "user", "content": ""}]
+                template = next_turn_suffix(args.improver_instruction, empty, tokenizer, reference="")
+            else:
+                template = render_improver_prompt(args.improver_template, "", "", tokenizer, reference="")
             template_tokens = len(tokenizer(template, add_special_tokens=False)["input_ids"])
         except Exception:  # a callable template may not accept empty texts; then only the lengths are reserved
             template_tokens = 0
@@ -352,13 +373,16 @@ class SGPOTrainer(OnlineDPOTrainer):
             completions.append(Completion(tokens[:-1] if ended else tokens, ended, tokens[-1] if ended else None))
         return completions
 
-    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask):
+    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_tail: int = 0):
         """Per-token log-probabilities of the completion tokens, like the parent's, but cheaper.
 
         The parent computes logits and a full log-softmax for every prompt position too. The improver's prompts are
         long (template, prompt and draft), so with a real vocabulary that is most of the memory of a step: ask the
         model for the completion positions only (`logits_to_keep`) and gather without a full log-softmax.
         Like the parent, sequences longer than `max_length` lose prompt tokens from the left.
+
+        ``prompt_tail > 0`` also scores the last ``prompt_tail`` prompt tokens (their log-probabilities come first in
+        the result): the fused next-turn pass reads the draft's log-probabilities there.
         """
         excess = max(prompt_ids.size(1) + completion_ids.size(1) - self.max_length, 0)
         prompt_ids, prompt_mask = prompt_ids[:, excess:], prompt_mask[:, excess:]
@@ -366,18 +390,37 @@ class SGPOTrainer(OnlineDPOTrainer):
             raise ValueError(f"max_length ({self.max_length}) leaves no room for the prompt: raise max_length.")
         input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
         attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
-        output = model(input_ids, attention_mask=attention_mask, logits_to_keep=completion_ids.size(1) + 1)
-        return selective_log_softmax(output.logits[:, :-1], completion_ids)
+        targets = torch.cat((prompt_ids[:, prompt_ids.size(1) - prompt_tail :], completion_ids), dim=1)
+        output = model(input_ids, attention_mask=attention_mask, logits_to_keep=targets.size(1) + 1)
+        return selective_log_softmax(output.logits[:, :-1], targets)
 
     # ---------------------------------------------------------- generation
 
     def _sample(
-        self, model: nn.Module, texts: list[str], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, role: str
+        self,
+        model: nn.Module,
+        texts: list[str],
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        role: str,
+        cache: "_DraftCache | None" = None,
     ) -> list[Completion]:
-        """One completion per prompt for ``role`` ('policy' or 'improver'), through the parent's machinery."""
+        """One completion per prompt for ``role`` ('policy' or 'improver'), through the parent's machinery.
+
+        ``cache`` (transformers generation only): for the policy, an empty holder that receives the drafts' KV cache
+        and generated tokens; for the improver, a filled one that the generation continues from (``prompt_ids`` are
+        then laid out as the cached prompt and drafts followed by the new turn, see `_next_turn_prompts`). vLLM
+        ignores it: its prefix caching reuses the shared prefix by itself.
+        """
         if self.use_vllm:
             return self._sample_vllm(texts, role)
         generation_config, generation_kwargs = self._hf_generation[role]
+        extra: dict[str, Any] = {}
+        if cache is not None and cache.cache is not None:  # continue from the drafts
+            extra[_CACHE_KWARG] = cache.cache
+        elif cache is not None:  # keep the drafts' cache
+            generation_config = copy.deepcopy(generation_config)
+            generation_config.return_dict_in_generate = True
         with (
             profiling_context(self, f"transformers.generate.{role}"),
             unwrap_model_for_generation(
@@ -390,8 +433,18 @@ class SGPOTrainer(OnlineDPOTrainer):
             FSDP.summon_full_params(self.model_wrapped, recurse=False) if self.is_fsdp_enabled else nullcontext(),
         ):
             output = unwrapped_model.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config
+                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config, **extra
             )
+        if cache is not None and cache.cache is not None:
+            cache.cache = None  # used up (extended by this call): free it before the backward pass
+        elif cache is not None:
+            kv = getattr(output, "cache", None)
+            cache.cache = kv if kv is not None else getattr(output, "past_key_values", None)
+            output = output.sequences
+            cache.generated_ids = output[:, prompt_ids.size(1) :]
+            cache.generated_mask = truncate_right(
+                cache.generated_ids, self.eos_token_ids, self._tokenizer.pad_token_id
+            )[1]
         return self._split_completions(output[:, prompt_ids.size(1) :])
 
     def _sample_vllm(self, texts: list[str], role: str) -> list[Completion]:
@@ -446,7 +499,7 @@ class SGPOTrainer(OnlineDPOTrainer):
             self._sync_ref_model()
         self._set_phase_learning_rate(phase)
         stats = _StepStats()
-        batch = self._sample_drafts(model, inputs, stats)
+        batch = self._sample_drafts(model, inputs, stats, keep_cache=phase == DPO and self._continues_drafts())
         scale = 1.0 / (len(batch.prompts) * self.current_gradient_accumulation_steps)
         step = self._dpo_step if phase == DPO else self._improver_step
         loss, shown, verdicts = step(model, batch, scale, stats)
@@ -463,12 +516,30 @@ class SGPOTrainer(OnlineDPOTrainer):
         self.accelerator.backward(loss, **kwargs)
         return loss.detach()
 
-    def _sample_drafts(self, model: nn.Module, inputs: dict[str, Any], stats: "_StepStats") -> "_Batch":
-        """What both phases start from: the policy's drafts for the prompts, and the tokenized references."""
+    def _continues_drafts(self) -> bool:
+        """Whether the improver's rewrite is generated on the drafts' KV cache (next-turn format, transformers)."""
+        return (
+            self.reuse_draft_cache
+            and self.args.improver_format == "next_turn"
+            and uses_improver(self.args.pair_source)
+            and not self.use_vllm
+        )
+
+    def _sample_drafts(
+        self, model: nn.Module, inputs: dict[str, Any], stats: "_StepStats", keep_cache: bool = False
+    ) -> "_Batch":
+        """What both phases start from: the policy's drafts for the prompts, and the tokenized references.
+
+        ``keep_cache``: keep the drafts' KV cache in the batch, for the improver's next turn to continue from.
+        """
         prompts = inputs["prompt"]
         policy_texts = self._policy_prompt_texts(prompts)
         prompt_ids, prompt_mask = self._tokenize_prompts(policy_texts)
-        drafts = self._sample(model, policy_texts, prompt_ids, prompt_mask, "policy")
+        draft_cache = _DraftCache() if keep_cache else None
+        if draft_cache is not None:
+            drafts = self._sample(model, policy_texts, prompt_ids, prompt_mask, "policy", cache=draft_cache)
+        else:  # called without the keyword: drop-in samplers (tests) take the five positional arguments only
+            drafts = self._sample(model, policy_texts, prompt_ids, prompt_mask, "policy")
         reference_texts = [reference_text(completion) for completion in inputs["completion"]]
         stats.add("sgpo/response_length", [len(d.token_ids) for d in drafts])
         stats.add("sgpo/eos_rate", [float(d.ended) for d in drafts])
@@ -480,6 +551,7 @@ class SGPOTrainer(OnlineDPOTrainer):
             drafts=drafts,
             reference_texts=reference_texts,
             references=[self._reference_completion(text) for text in reference_texts],
+            draft_cache=draft_cache if draft_cache is not None and draft_cache.cache is not None else None,
         )
 
     def _dpo_step(
@@ -489,13 +561,23 @@ class SGPOTrainer(OnlineDPOTrainer):
         ``edit``), rejected = the draft; degenerate pairs dropped; the DPO loss, plus the improver objective weighted
         by ``improver_loss_weight``."""
         loss = torch.zeros((), device=self.accelerator.device)
+        rejected_logps = None
         if uses_improver(self.args.pair_source):
-            improver_prompt = self._improver_prompts(batch)
-            chosen = self._sample(model, *improver_prompt, "improver")
+            prompts = self._improver_prompts(batch)
+            if batch.draft_cache is not None:  # next turn: continue from the drafts' cache
+                ids, mask = prompts.generation_ids, prompts.generation_mask
+                chosen = self._sample(model, prompts.texts, ids, mask, "improver", batch.draft_cache)
+            else:
+                chosen = self._sample(model, prompts.texts, prompts.ids, prompts.mask, "improver")
+            batch.draft_cache = None
             stats.add("sgpo/improved_length", [len(c.token_ids) for c in chosen])
             stats.add("sgpo/improver_eos_rate", [float(c.ended) for c in chosen])
             if self.args.improver_loss_weight > 0:
-                improver_loss, _, _ = self._improver_objective(model, batch, improver_prompt, scale, stats)
+                # Next turn: the improver's pass over (x, y, instruction, target) also scores the draft y.
+                fused = prompts.rejected_lengths is not None
+                improver_loss, _, _, rejected_logps = self._improver_objective(
+                    model, batch, prompts, scale, stats, score_rejected=fused
+                )
                 loss = loss + self.args.improver_loss_weight * improver_loss
         elif self.args.pair_source == "edit":
             chosen = [self._edit_toward(draft, reference) for draft, reference in zip(batch.drafts, batch.references)]
@@ -504,7 +586,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         pairs = filter_pairs(chosen, batch.drafts)
         self._add_pair_stats(stats, chosen, batch.drafts, batch.references, pairs)
         loss = loss + self._dpo_loss(
-            model, batch.prompt_ids, batch.prompt_mask, chosen, batch.drafts, pairs.keep, scale, stats
+            model, batch.prompt_ids, batch.prompt_mask, chosen, batch.drafts, pairs.keep, scale, stats, rejected_logps
         )
         return loss, chosen, [reason or "kept" for reason in pairs.reasons]
 
@@ -512,28 +594,31 @@ class SGPOTrainer(OnlineDPOTrainer):
         self, model: nn.Module, batch: "_Batch", scale: float, stats: "_StepStats"
     ) -> tuple[torch.Tensor, list[Completion], list[str]]:
         """The improver objective alone (Step 1 and the improver refreshes)."""
-        loss, targets, keep = self._improver_objective(model, batch, self._improver_prompts(batch), scale, stats)
+        loss, targets, keep, _ = self._improver_objective(model, batch, self._improver_prompts(batch), scale, stats)
         return loss, targets, ["kept" if kept else "filtered" for kept in keep]
 
     def _improver_objective(
         self,
         model: nn.Module,
         batch: "_Batch",
-        improver_prompt: tuple[list[str], torch.Tensor, torch.Tensor],
+        prompts: "_ImproverPrompts",
         scale: float,
         stats: "_StepStats",
-    ) -> tuple[torch.Tensor, list[Completion], list[bool]]:
+        score_rejected: bool = False,
+    ) -> tuple[torch.Tensor, list[Completion], list[bool], torch.Tensor | None]:
         """The improver's NLL of targets built from the references, plus ``policy_sft_weight`` times the policy's SFT
         loss on the references (which keeps the policy role intact while the shared model learns the improver role).
+
+        ``score_rejected`` (next-turn prompts only): the same forward pass also returns the drafts' per-token
+        log-probabilities, laid out as `_pad_completions(drafts)`, for the DPO loss's rejected side.
         """
         targets, keep = self._improver_targets(batch.drafts, batch.references, stats)
-        _, improver_ids, improver_mask = improver_prompt
-        loss = self._improver_loss(model, improver_ids, improver_mask, targets, keep, scale, stats)
+        loss, rejected_logps = self._improver_loss(model, prompts, targets, keep, scale, stats, score_rejected)
         if self.args.policy_sft_weight > 0:
             loss = loss + self.args.policy_sft_weight * self._policy_sft_loss(
                 model, batch.prompt_ids, batch.prompt_mask, batch.references, scale, stats
             )
-        return loss, targets, keep
+        return loss, targets, keep, rejected_logps
 
     def _set_phase_learning_rate(self, phase: str) -> None:
         """Improver steps use ``improver_learning_rate``, scaled by the same schedule as ``learning_rate``.
@@ -547,8 +632,10 @@ class SGPOTrainer(OnlineDPOTrainer):
         for group, scheduled in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
             group["lr"] = scheduled * ratio
 
-    def _improver_prompts(self, batch: "_Batch") -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    def _improver_prompts(self, batch: "_Batch") -> "_ImproverPrompts":
         """The improver prompts for each (prompt, draft), showing the reference where the template asks, tokenized."""
+        if self.args.improver_format == "next_turn":
+            return self._next_turn_prompts(batch)
         draft_texts = self.processing_class.batch_decode([d.token_ids for d in batch.drafts], skip_special_tokens=True)
         show_reference = uses_reference(self.args.improver_template)
         texts = [
@@ -561,7 +648,67 @@ class SGPOTrainer(OnlineDPOTrainer):
             )
             for prompt, draft, reference in zip(batch.prompts, draft_texts, batch.reference_texts)
         ]
-        return (texts, *self._tokenize_prompts(texts))
+        return _ImproverPrompts(texts, *self._tokenize_prompts(texts))
+
+    def _next_turn_prompts(self, batch: "_Batch") -> "_ImproverPrompts":
+        """The improver's prompt as the next turn of each row's conversation, built from token ids.
+
+        Row ``i`` is the policy's prompt tokens, the draft's tokens (with the EOS it sampled), then the tokens of the
+        new turn (`next_turn_suffix`: end of turn, instruction, assistant header). The draft is taken as sampled, not
+        re-tokenized from its text, so the prefix is exactly what the policy generated: its cache and log-probabilities
+        stay valid. When the suffix opens with an EOS token (the end of the assistant turn), an ended draft's own EOS
+        stands for it; a draft cut at the length limit gets it appended.
+
+        Two layouts: ``ids``/``mask`` (left-padded rows, for the forward passes and generation without a cache) and,
+        when the drafts' cache was kept, ``generation_ids``/``generation_mask``: the policy's padded prompt block and
+        the generated block exactly as the cache holds them (padding after an EOS masked), then the new turns,
+        left-padded. Positions come from the mask in `generate`, so both layouts give the same rewrite.
+        """
+        show_reference = uses_reference(self.args.improver_instruction)
+        suffix_texts = [
+            next_turn_suffix(
+                self.args.improver_instruction,
+                prompt,
+                self.processing_class,
+                reference=reference if show_reference else None,
+            )
+            for prompt, reference in zip(batch.prompts, batch.reference_texts)
+        ]
+        suffixes = self.processing_class(text=suffix_texts, add_special_tokens=False)["input_ids"]
+        eos = self.eos_token_ids[0]
+        rows, rejected_lengths, afters = [], [], []
+        for prompt_row, mask_row, draft, suffix in zip(
+            batch.prompt_ids.tolist(), batch.prompt_mask.tolist(), batch.drafts, suffixes
+        ):
+            prompt = [token for token, real in zip(prompt_row, mask_row) if real]
+            end = [draft.end_token if draft.end_token is not None else eos] if draft.ended else []
+            rejected = draft.token_ids + end
+            closes = bool(suffix) and suffix[0] in self.eos_token_ids
+            after = suffix[1:] if closes and draft.ended else suffix
+            rows.append(prompt + rejected + after)
+            rejected_lengths.append(len(rejected))
+            afters.append(after)
+        texts = self.processing_class.batch_decode(rows, skip_special_tokens=False)
+        ids, mask = self._left_pad(rows)
+        prompts = _ImproverPrompts(texts, ids, mask, rejected_lengths, [len(after) for after in afters])
+        cache = batch.draft_cache
+        if cache is not None:
+            after_ids, after_mask = self._left_pad(afters)
+            prompts.generation_ids = torch.cat((batch.prompt_ids, cache.generated_ids, after_ids), dim=1)
+            prompts.generation_mask = torch.cat((batch.prompt_mask, cache.generated_mask, after_mask), dim=1)
+        return prompts
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and mask of token-id rows (at least one column)."""
+        width = max(1, *(len(row) for row in rows))
+        ids = torch.full((len(rows), width), self._tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            if row:
+                ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+                mask[index, width - len(row) :] = 1
+        device = self.accelerator.device
+        return ids.to(device), mask.to(device)
 
     def _edit_toward(self, draft: Completion, reference: Completion) -> Completion:
         """The ``edit`` source's chosen side: the draft moved a fraction ``improver_alpha`` toward the reference."""
@@ -675,17 +822,31 @@ class SGPOTrainer(OnlineDPOTrainer):
         keep: list[bool],
         scale: float,
         stats: "_StepStats",
+        rejected_logps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The upstream DPO loss on [chosen; rejected] rows under the policy prompt, dropped pairs weighted 0.
 
         Its own forward pass (not batched with the improver's rows, whose prompts are much longer: padding both to
         one width wasted most of the compute). The gradient graphs of both passes meet in the step's one backward.
+        ``rejected_logps`` (per-token, as `_pad_completions(rejected)` lays them out): the rejected side was already
+        scored by the fused next-turn pass, so only the chosen rows are forwarded here.
         """
         batch_size = len(chosen)
         completions = chosen + rejected
         completion_ids, completion_mask = self._pad_completions(completions)
+        if rejected_logps is None:
+            token_logps = self._forward(
+                model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), completion_ids, completion_mask
+            )
+        else:
+            chosen_logps = self._forward(
+                model, prompt_ids, prompt_mask, completion_ids[:batch_size], completion_mask[:batch_size]
+            )
+            width = completion_ids.size(1)
+            rejected_logps = torch.nn.functional.pad(rejected_logps, (0, width - rejected_logps.size(1)))
+            token_logps = torch.cat((chosen_logps, rejected_logps[:, :width]), dim=0)
+        token_logps = token_logps * completion_mask
         prompt_ids, prompt_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
-        token_logps = self._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask) * completion_mask
         sequence_logps = token_logps.sum(1)
         keep = torch.tensor(keep, dtype=sequence_logps.dtype, device=sequence_logps.device)
         with torch.no_grad():
@@ -739,20 +900,46 @@ class SGPOTrainer(OnlineDPOTrainer):
     def _improver_loss(
         self,
         model,
-        improver_ids,
-        improver_mask,
+        prompts: "_ImproverPrompts",
         targets: list[Completion],
         keep: list[bool],
         scale: float,
         stats: "_StepStats",
-    ) -> torch.Tensor:
-        """Supervised loss of the improver role: token-mean NLL of each kept target under its improver prompt."""
+        score_rejected: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Supervised loss of the improver role: token-mean NLL of each kept target under its improver prompt.
+
+        With ``score_rejected`` (next-turn prompts), the one forward pass also yields the log-probabilities of each
+        draft inside the prompt (the policy's own sample, in the policy's own context): returned right-padded like
+        `_pad_completions(drafts)`, else None.
+        """
         target_ids, target_mask = self._pad_completions(targets)
-        logps = self._forward(model, improver_ids, improver_mask, target_ids, target_mask)
+        tail = 0
+        if score_rejected:  # score from the first draft token to the end of the prompt block
+            tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
+        logps = self._forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
+        rejected_logps = self._rejected_from_tail(logps[:, :tail], prompts) if score_rejected else None
+        logps = logps[:, tail:]
         nll = -(logps * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
         keep = torch.tensor(keep, dtype=nll.dtype, device=nll.device)
         stats.add("sgpo/improver_loss", nll.detach()[keep.bool()].tolist())
-        return (nll * keep).sum() * scale
+        return (nll * keep).sum() * scale, rejected_logps
+
+    @staticmethod
+    def _rejected_from_tail(tail_logps: torch.Tensor, prompts: "_ImproverPrompts") -> torch.Tensor:
+        """The drafts' log-probabilities out of the scored prompt tail, right-padded (zeros) to the longest draft.
+
+        Row ``i`` of the tail ends with its draft (``rejected_lengths[i]`` tokens) and then ``after_lengths[i]``
+        tokens of the new turn; rows are left-padded, so both are counted from the right.
+        """
+        tail = tail_logps.size(1)
+        rejected = torch.tensor(prompts.rejected_lengths, device=tail_logps.device)
+        after = torch.tensor(prompts.after_lengths, device=tail_logps.device)
+        width = max(1, int(rejected.max()))
+        offsets = torch.arange(width, device=tail_logps.device)
+        index = (tail - after - rejected).unsqueeze(1) + offsets.unsqueeze(0)
+        valid = offsets.unsqueeze(0) < rejected.unsqueeze(1)
+        return tail_logps.gather(1, index.clamp(0, max(tail - 1, 0))) * valid
 
     # ------------------------------------------------------------- metrics
 
@@ -908,6 +1095,37 @@ class SGPOTrainer(OnlineDPOTrainer):
 
 
 @dataclass
+class _DraftCache:
+    """The policy's generation state kept for the improver's next turn (transformers generation only).
+
+    ``cache`` holds the keys and values of the prompts and of every generated token but the last; ``generated_ids``
+    are the generated tokens as `generate` returned them (padding after a row's EOS), ``generated_mask`` marks each
+    row's tokens up to and including its EOS.
+    """
+
+    cache: Any = None
+    generated_ids: torch.Tensor | None = None
+    generated_mask: torch.Tensor | None = None
+
+
+@dataclass
+class _ImproverPrompts:
+    """The improver's prompts: texts (for vLLM), left-padded ids and mask; next-turn extras where they apply.
+
+    ``rejected_lengths`` / ``after_lengths`` (next turn): tokens of each draft (with its EOS) inside the prompt, and
+    of the new turn after it. ``generation_ids`` / ``generation_mask``: the layout that continues the drafts' cache.
+    """
+
+    texts: list[str]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    rejected_lengths: list[int] | None = None
+    after_lengths: list[int] | None = None
+    generation_ids: torch.Tensor | None = None
+    generation_mask: torch.Tensor | None = None
+
+
+@dataclass
 class _Batch:
     """One micro-batch as both phases see it: prompts (raw and tokenized), the policy's drafts, the references."""
 
@@ -917,6 +1135,7 @@ class _Batch:
     drafts: list[Completion]
     reference_texts: list[str]
     references: list[Completion]
+    draft_cache: _DraftCache | None = None
 
 
 class _StepStats:

@@ -1,0 +1,293 @@
+"""improver_format='next_turn': the improver as the next turn of the policy's own conversation.
+
+What is checked on real models (the shipped toy checkpoint and tiny random models): the conversation is the policy's
+prompt and draft followed by the new turn; one forward pass over it gives the same log-probabilities as the separate
+passes; the rewrite generated on the drafts' cache equals the one generated from scratch; training runs and logs;
+bad settings fail when the config (or, for the chat template, the trainer) is built.
+"""
+
+import pytest
+import torch
+
+from trl_sgpo import SGPOConfig, SGPOTrainer
+from trl_sgpo.improver import next_turn_suffix
+from trl_sgpo.schedule import DPO, IMPROVER
+from trl_sgpo.toy import load_toy_model, make_dataset
+
+from .helpers import conversational_dataset, make_config, standard_dataset, tiny_model
+from .test_training import SGPO_STATS, TRL_STATS
+
+
+INSTRUCTION = "improve"
+
+
+def _logged(trainer, name):
+    return [log[name] for log in trainer.state.log_history if name in log]
+
+
+def _toy_trainer(tmp_path, **overrides):
+    """The shipped checkpoint on its own prompts: drafts of several lengths, some cut at max_new_tokens."""
+    model, tokenizer = load_toy_model()
+    settings = dict(
+        improver_format="next_turn",
+        improver_instruction=INSTRUCTION,
+        per_device_train_batch_size=8,
+        max_new_tokens=10,
+        max_length=256,
+        improver_temperature=0.0,
+        generation_kwargs={},
+    )
+    settings.update(overrides)
+    trainer = SGPOTrainer(
+        model=model,
+        args=make_config(tmp_path, **settings),
+        train_dataset=make_dataset("plain", "train", 16, seed=0),
+        processing_class=tokenizer,
+    )
+    return trainer, tokenizer
+
+
+def _mixed_trainer(tmp_path, **overrides):
+    """A toy trainer whose first batch has drafts that ended and drafts cut at max_new_tokens (both code paths)."""
+    for max_new_tokens in range(3, 25):
+        trainer, tokenizer = _toy_trainer(tmp_path, max_new_tokens=max_new_tokens, **overrides)
+        if {draft.ended for draft in _batch(trainer).drafts} == {True, False}:
+            return trainer, tokenizer
+    raise AssertionError("no max_new_tokens gives both ended and cut drafts")
+
+
+def _batch(trainer, keep_cache=False, seed=0):
+    rows = trainer.train_dataset[:8]
+    torch.manual_seed(seed)
+    return trainer._sample_drafts(trainer.model, rows, _Stats(), keep_cache=keep_cache)
+
+
+class _Stats:
+    def add(self, *args, **kwargs):
+        pass
+
+
+def test_the_improver_prompt_is_the_policy_conversation_continued(tmp_path):
+    trainer, tokenizer = _toy_trainer(tmp_path)
+    batch = _batch(trainer)
+    prompts = trainer._improver_prompts(batch)
+    assert prompts.rejected_lengths is not None
+    for row, (prompt, draft) in enumerate(zip(batch.prompts, batch.drafts)):
+        draft_text = tokenizer.decode(draft.token_ids)
+        policy = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        expected = tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": draft_text}, {"role": "user", "content": INSTRUCTION}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        text = tokenizer.decode(prompts.ids[row][prompts.mask[row].bool()])
+        assert text == expected, row
+        assert text.startswith(policy + draft_text)
+        assert text.endswith("</s><|user|>improve<|end|><|assistant|>")
+
+
+def test_fused_forward_equals_the_separate_passes(tmp_path):
+    trainer, _ = _mixed_trainer(tmp_path)
+    batch = _batch(trainer)
+    prompts = trainer._improver_prompts(batch)
+    targets, _ = trainer._improver_targets(batch.drafts, batch.references, _Stats())
+    target_ids, target_mask = trainer._pad_completions(targets)
+    rejected_ids, rejected_mask = trainer._pad_completions(batch.drafts)
+    model = trainer.model
+    model.eval()
+    with torch.no_grad():
+        tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
+        fused = trainer._forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
+        fused_rejected = trainer._rejected_from_tail(fused[:, :tail], prompts)
+        separate_rejected = trainer._forward(model, batch.prompt_ids, batch.prompt_mask, rejected_ids, rejected_mask)
+        separate_targets = trainer._forward(model, prompts.ids, prompts.mask, target_ids, target_mask)
+    assert fused_rejected.shape == rejected_ids.shape
+    torch.testing.assert_close(fused_rejected * rejected_mask, separate_rejected * rejected_mask, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused[:, tail:] * target_mask, separate_targets * target_mask, atol=1e-5, rtol=0)
+    # the sequence sums the DPO loss uses, and real numbers (not zeros from a mask that hides everything)
+    torch.testing.assert_close(
+        (fused_rejected * rejected_mask).sum(1), (separate_rejected * rejected_mask).sum(1), atol=1e-5, rtol=0
+    )
+    assert (separate_rejected * rejected_mask).sum(1).lt(0).all()
+
+    # The same through the trainer's own losses: gradients of the fused step equal those of the two passes.
+    model.train()
+    stats = _Stats()
+    loss, rejected_logps = trainer._improver_loss(model, prompts, targets, [True] * 8, 1.0, stats, True)
+    separate_loss, none = trainer._improver_loss(model, prompts, targets, [True] * 8, 1.0, stats, False)
+    assert none is None
+    torch.testing.assert_close(loss, separate_loss, atol=1e-5, rtol=0)
+    fused_sum = (rejected_logps * rejected_mask).sum()
+    separate_sum = (
+        trainer._forward(model, batch.prompt_ids, batch.prompt_mask, rejected_ids, rejected_mask) * rejected_mask
+    ).sum()
+    grads = [torch.autograd.grad(value, list(model.parameters())) for value in (fused_sum, separate_sum)]
+    for fused_grad, separate_grad in zip(*grads):
+        torch.testing.assert_close(fused_grad, separate_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_greedy_rewrites_are_the_same_with_and_without_the_drafts_cache(tmp_path):
+    trainer, _ = _mixed_trainer(tmp_path)
+    model = trainer.model
+    model.eval()
+    with_cache = _batch(trainer, keep_cache=True)
+    assert with_cache.draft_cache is not None and with_cache.draft_cache.cache is not None
+    without_cache = _batch(trainer, keep_cache=False)
+    assert [d.token_ids for d in with_cache.drafts] == [d.token_ids for d in without_cache.drafts]
+    assert {d.ended for d in with_cache.drafts} == {True, False}  # padding inside the cached block, and cut drafts
+
+    cached_prompts = trainer._improver_prompts(with_cache)
+    cached_length = with_cache.draft_cache.cache.get_seq_length()
+    # only the last draft token and the new turn are fed to the model; the rest is read from the cache
+    assert cached_length == cached_prompts.generation_ids.size(1) - max(cached_prompts.after_lengths) - 1
+    fed = []
+    generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        fed.append(kwargs)
+        return generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    try:
+        cached = trainer._sample(
+            model,
+            cached_prompts.texts,
+            cached_prompts.generation_ids,
+            cached_prompts.generation_mask,
+            "improver",
+            with_cache.draft_cache,
+        )
+        plain_prompts = trainer._improver_prompts(without_cache)
+        plain = trainer._sample(model, plain_prompts.texts, plain_prompts.ids, plain_prompts.mask, "improver")
+    finally:
+        model.generate = generate
+    assert any(value is not None and hasattr(value, "get_seq_length") for value in fed[0].values())  # cache passed
+    assert with_cache.draft_cache.cache is None  # used up, freed before the backward pass
+    assert [c.token_ids for c in cached] == [c.token_ids for c in plain]
+    assert [c.ended for c in cached] == [c.ended for c in plain]
+    assert any(c.token_ids for c in cached)
+
+
+def test_a_dpo_step_generates_the_rewrite_on_the_drafts_cache(tmp_path):
+    trainer, _ = _mixed_trainer(tmp_path, improver_warmup_steps=0, improver_steps=0, dpo_steps=1)
+    calls = []
+    sample = trainer._sample
+
+    def recording_sample(model, texts, prompt_ids, prompt_mask, role, cache=None):
+        calls.append((role, cache is not None and cache.cache is not None, prompt_ids.size(1)))
+        return sample(model, texts, prompt_ids, prompt_mask, role, cache)
+
+    trainer._sample = recording_sample
+    trainer.train()
+    assert trainer.phase_callback.phase_history == [DPO] * 4
+    assert [(role, continued) for role, continued, _ in calls] == [("policy", False), ("improver", True)] * 4
+    assert len(_logged(trainer, "sgpo/pairs_kept")) == 4 and len(_logged(trainer, "sgpo/improver_loss")) == 4
+
+
+def test_next_turn_training_runs_both_phases_and_logs_every_stat(tmp_path, tokenizer):
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(
+            tmp_path,
+            improver_format="next_turn",
+            improver_instruction=INSTRUCTION,
+            improver_warmup_steps=1,
+            improver_steps=1,
+            dpo_steps=2,
+            max_steps=4,
+        ),
+        train_dataset=conversational_dataset(8),
+        processing_class=tokenizer,
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.phase_callback.phase_history == [IMPROVER, IMPROVER, DPO, DPO]
+    missing = [name for name in TRL_STATS + SGPO_STATS if not _logged(trainer, name)]
+    assert not missing, f"never logged: {missing}"
+    assert all(torch.isfinite(torch.tensor(_logged(trainer, "loss"))))
+    changed = [name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])]
+    assert len(changed) == len(before)
+
+
+def test_next_turn_with_text_prompts_continues_as_plain_text(tmp_path, tokenizer):
+    assert next_turn_suffix("improve", "reverse abc =", tokenizer) == "</s>\nimprove\n"
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path, improver_format="next_turn", improver_instruction=INSTRUCTION, max_steps=2),
+        train_dataset=standard_dataset(8),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert _logged(trainer, "logps/rejected") and _logged(trainer, "sgpo/improver_loss")
+
+
+def test_the_instruction_may_show_the_reference(tmp_path, tokenizer):
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path, improver_format="next_turn", improver_instruction="improve toward {reference}"),
+        train_dataset=conversational_dataset(8),
+        processing_class=tokenizer,
+    )
+    batch = _batch(trainer)
+    prompts = trainer._improver_prompts(batch)
+    for text, reference in zip(prompts.texts, batch.reference_texts):
+        assert text.endswith(f"<|user|>improve toward {reference}<|end|><|assistant|>")
+    trainer.train()
+    assert _logged(trainer, "sgpo/improver_loss")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"improver_format": "next-turn"}, "improver_format 'next-turn': choose one of ['template', 'next_turn']"),
+        ({"improver_format": "next_turn", "improver_instruction": "fix {response}"}, "improver_instruction shows"),
+        ({"improver_format": "next_turn", "improver_instruction": "{prompt}"}, "{prompt}"),
+        ({"improver_format": "next_turn", "improver_instruction": "  "}, "improver_instruction must be a non-empty"),
+    ],
+)
+def test_bad_next_turn_settings_fail_when_the_config_is_built(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("{", r"\{")):
+        SGPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **overrides)
+
+
+def test_a_chat_template_that_does_not_continue_the_policy_prompt_is_refused_before_training(tmp_path, tokenizer):
+    # Its generation prompt has a space that an earlier assistant turn does not: the draft would not continue it.
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "{% if add_generation_prompt %}<|assistant|>", "{% if add_generation_prompt %}<|assistant|> "
+    )
+    with pytest.raises(ValueError, match="differs from the policy's own prompt"):
+        SGPOTrainer(
+            model=tiny_model(tokenizer),
+            args=make_config(tmp_path, improver_format="next_turn"),
+            train_dataset=conversational_dataset(8),
+            processing_class=tokenizer,
+        )
+
+
+def test_the_builtin_command_uses_the_short_instruction(tmp_path):
+    from trl_sgpo.cli import TOY_IMPROVER_INSTRUCTION, main
+
+    result = main(
+        [
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--improver_format",
+            "next_turn",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--builtin_train_prompts",
+            "16",
+            "--builtin_eval_prompts",
+            "8",
+            "--sample_every_n_steps",
+            "0",
+            "--improver_warmup_steps",
+            "1",
+        ]
+    )
+    assert TOY_IMPROVER_INSTRUCTION == "improve"
+    assert set(result) == {"before", "after"}
+    config = (tmp_path / "run" / "README.md").read_text()
+    assert "next_turn" in config
