@@ -3,16 +3,26 @@
 What is measured, and why
 -------------------------
 SGPO replaces OnlineDPO's "sample two completions, score them with a reward" by "sample one completion, let the same
-model rewrite it". The question is what that costs per optimizer step. Three arms run on the same randomly initialised
-Llama (built from a config, with the character-level tokenizer of `trl_sgpo.toy`), the same prompts, the same batch
-size and the same number of generated tokens:
+model rewrite it". The question is what that costs per optimizer step. The arms run on the same randomly initialised
+Llama (built from a config), the same prompts, the same batch size and the same number of generated tokens:
 
-- ``online_dpo``: upstream `OnlineDPOTrainer` with a cheap reward function (the string length: scoring is free, so
-  the comparison is about generation and the forward/backward passes, not about a reward model);
-- ``sgpo_dpo``: an `SGPOTrainer` DPO-phase step (schedule ``improver_steps=0, dpo_steps=1``, default
-  ``improver_loss_weight=1.0``): one policy sample, one improver rewrite, DPO loss plus the improver loss;
-- ``sgpo_improver``: an `SGPOTrainer` improver-phase step (``improver_warmup_steps`` large): one policy sample and a
-  supervised step of the improver role.
+- ``online_dpo``: upstream `OnlineDPOTrainer` with a free reward function (the string length): OnlineDPO's lower
+  bound, where scoring costs nothing;
+- ``online_dpo_rm``: upstream `OnlineDPOTrainer` with a reward model of the policy's own size (a
+  `LlamaForSequenceClassification` head on the same config): the common real setup;
+- ``sgpo_dpo``: an `SGPOTrainer` DPO-phase step with ``improver_format="next_turn"`` (schedule ``improver_steps=0,
+  dpo_steps=1``, default ``improver_loss_weight=1.0``): one policy sample, the rewrite generated on the draft's KV
+  cache, DPO loss plus the improver loss, the draft scored inside the improver's forward pass;
+- ``sgpo_improver``: an `SGPOTrainer` improver-phase step, next turn (``improver_warmup_steps`` large): one policy
+  sample and a supervised step of the improver role;
+- ``sgpo_dpo_template``, ``sgpo_improver_template``: the same with ``improver_format="template"`` (the library's
+  default today; ``--improver-template`` picks its template), for comparison.
+
+The tokenizer is a byte-level BPE (4096 tokens) trained offline, at start, on seeded pseudo-English text (function
+words and Zipf-distributed syllable words, plus the improver template and instruction), with the chat markup of
+`trl_sgpo.toy`: the improver's instruction then costs what it costs a real chat model (a few dozen tokens, not one per
+character). ``--tokenizer char`` runs with `trl_sgpo.toy`'s character-level tokenizer instead. Tokens per row (prompt,
+completion, improver turn) are reported.
 
 Every generated completion is exactly ``--max-new-tokens`` tokens long in every arm: EOS is suppressed before the
 last position (``min_new_tokens``) and forced at it (``forced_eos_token_id``), so all arms generate the same number of
@@ -25,30 +35,33 @@ CUDA). The step is split by wrapping methods on the trainer instance:
 - generation: time in ``_sample`` (SGPO, both roles) or ``_generate`` (upstream; it also renders and tokenises the
   prompts);
 - forward/backward: time in every ``_forward`` call (policy and reference) plus ``accelerator.backward``;
+- reward: time in upstream's ``_calculate_rewards_from_functions`` (the reward model's forward pass);
 - optimizer: clipping, ``optimizer.step`` and ``zero_grad``;
-- rest: ``training_step`` minus generation and forward/backward: tokenisation, template rendering, edit scripts,
-  the pair filter, statistics, the reward function.
+- rest: ``training_step`` minus the above: tokenisation, template rendering, edit scripts, the pair filter,
+  statistics.
 
-The wrappers also count the work done (generate calls, rows and prompt widths, tokens through ``_forward`` with and
-without gradients, and how many of them are padding), which is the first place to look when a ratio is off.
+The wrappers also count the work done (generate calls, rows, prompt tokens fed to generate (cached tokens not
+counted), tokens through ``_forward`` with and without gradients, and how many of them are padding), which is the
+first place to look when a ratio is off.
 
 Arms are interleaved (``for repeat: for arm: one step``, the arm order rotating each repeat) after warm-up steps, so
-that a slow moment of a shared machine hits every arm alike; medians, inter-quartile ranges and the ratios to
-``online_dpo`` are reported (the ratio of medians, and the median and IQR of the per-repeat paired ratios).
+that a slow moment of a shared machine hits every arm alike; medians, inter-quartile ranges and the ratios to both
+OnlineDPO arms are reported (the ratio of medians, and the median and IQR of the per-repeat paired ratios).
 
 Peak memory is measured per arm in a fresh subprocess, with full fine-tuning and with LoRA (r=8 on the attention
 projections): on CPU the peak RSS (VmHWM on Linux, ``ru_maxrss`` elsewhere) minus the RSS after the model is built;
 on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated after the model is built. The difference (what
-the trainer adds: reference copy, gradients, optimizer state, activations) is what the ratios compare; absolute peaks
-are reported too.
+the trainer adds: reference copy, reward model, gradients, optimizer state, activations) is what the ratios compare;
+absolute peaks are reported too.
 
-Goals checked (reported as met or missed, never adjusted): DPO-phase step <= 1.0x OnlineDPO's, improver-phase step
-<= 0.7x, LoRA peak <= 1.05x OnlineDPO's, and no more than 10% of an SGPO step in "rest".
+Goals checked (reported as met or MISSED, never adjusted): the SGPO DPO-phase step <= 1.0x the OnlineDPO step with
+the reward model and <= 1.3x the free-reward step; the improver-phase step <= 0.7x the free-reward step; LoRA peak
+memory of both SGPO phases <= 1.3x the free-reward run's.
 
 Run on one CPU thread (tiny matmuls on several contended OpenMP threads are erratic)::
 
     python benchmarks/speed.py                      # CPU, the small model, writes benchmarks/results/speed.{md,json}
-    python benchmarks/speed.py --quick --output-dir /tmp/speed    # < 2 min, for CI
+    python benchmarks/speed.py --quick --output-dir /tmp/speed    # a few minutes, for CI
     python benchmarks/speed.py --device cuda --model-size large --batch-size 16 --max-new-tokens 128
 """
 
@@ -66,8 +79,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import copy  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -93,9 +108,26 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # benchmark this checkout's trl_sgpo, installed or not
     sys.path.insert(0, str(REPO_ROOT))
 
-ARMS = ("online_dpo", "sgpo_dpo", "sgpo_improver")
-BASELINE = "online_dpo"
-COMPONENTS = ("step", "training_step", "generation", "forward_backward", "optimizer", "rest")
+ARMS = ("online_dpo", "online_dpo_rm", "sgpo_dpo", "sgpo_improver", "sgpo_dpo_template", "sgpo_improver_template")
+BASELINE = "online_dpo"  # the free-reward run
+REWARD_MODEL_BASELINE = "online_dpo_rm"
+COMPONENTS = ("step", "training_step", "generation", "forward_backward", "reward", "optimizer", "rest")
+SGPO_FORMATS = {  # arm -> (phase, improver_format)
+    "sgpo_dpo": ("dpo", "next_turn"),
+    "sgpo_improver": ("improver", "next_turn"),
+    "sgpo_dpo_template": ("dpo", "template"),
+    "sgpo_improver_template": ("improver", "template"),
+}
+BPE_VOCAB_SIZE = 4096
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# Frequent English words; the rest of the pseudo-English text is syllable words (see `pseudo_english`).
+FUNCTION_WORDS = (
+    "the of and to in is that for it as with was on be by at this are from or have an they which one you were her "
+    "all she there would their we him been has when who will more no if out so said what up its about into than them "
+    "can only other new some could time these two may then do first any my now such like our over man me even most "
+    "made after also did many before must through back years where much your way well down should because each just "
+    "those people how too little state good very make world still own see men work long get here between both life"
+).split()
 MEMORY_MODES = ("full", "lora")
 # hidden size, layers, attention heads (intermediate size = 2 x hidden, as in `trl_sgpo.toy.build_tiny_model`)
 MODEL_SIZES = {
@@ -107,13 +139,16 @@ MODEL_SIZES = {
 SHORT_TEMPLATE = "{prompt}\ndraft: {response}\nfix:"
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
 GOALS = (
-    # (name, what, target)
-    ("dpo_step_ratio", "SGPO DPO-phase step / OnlineDPO step", 1.0),
-    ("improver_step_ratio", "SGPO improver-phase step / OnlineDPO step", 0.7),
-    ("lora_peak_ratio_dpo", "LoRA peak memory (above the model), SGPO DPO phase / OnlineDPO", 1.05),
-    ("lora_peak_ratio_improver", "LoRA peak memory (above the model), SGPO improver phase / OnlineDPO", 1.05),
-    ("rest_fraction_dpo", "share of an SGPO DPO-phase step outside generation, fwd/bwd and optimizer", 0.10),
-    ("rest_fraction_improver", "share of an SGPO improver-phase step outside generation, fwd/bwd and optimizer", 0.10),
+    # (name, what, target): the goals of issue 10, as ratios from one run
+    ("dpo_step_ratio_rm", "SGPO DPO-phase step / OnlineDPO step with a reward model", 1.0),
+    ("dpo_step_ratio", "SGPO DPO-phase step / OnlineDPO step with the free reward", 1.3),
+    ("improver_step_ratio", "SGPO improver-phase step / OnlineDPO step with the free reward", 0.7),
+    ("lora_peak_ratio_dpo", "LoRA peak memory (above the model), SGPO DPO phase / OnlineDPO free reward", 1.3),
+    (
+        "lora_peak_ratio_improver",
+        "LoRA peak memory (above the model), SGPO improver phase / OnlineDPO free reward",
+        1.3,
+    ),
 )
 
 
@@ -133,6 +168,7 @@ class Settings:
     threads: int = 1
     seed: int = 0
     improver_template: str = "default"
+    tokenizer: str = "bpe"
     gradient_checkpointing: bool = False
     skip_memory: bool = False
 
@@ -163,6 +199,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         default="default",
         help="SGPO's improver prompt: the library default, or the short '{prompt}\\ndraft: {response}\\nfix:'",
     )
+    parser.add_argument(
+        "--tokenizer",
+        choices=("bpe", "char"),
+        default="bpe",
+        help="a byte-level BPE trained offline on pseudo-English (default), or the toy world's character-level one",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on in every arm (off by default)")
     parser.add_argument("--skip-memory", action="store_true", help="timing only")
     parser.add_argument("--quick", action="store_true", help="tiny model, few repeats: < 2 min on one CPU thread")
@@ -184,6 +226,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         threads=args.threads,
         seed=args.seed,
         improver_template=args.improver_template,
+        tokenizer=args.tokenizer,
         gradient_checkpointing=args.gradient_checkpointing,
         skip_memory=args.skip_memory,
     )
@@ -202,10 +245,95 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_tokenizer():
+def syllable_words(seed: int = 0, count: int = 6000) -> list[str]:
+    """Made-up words of 1 to 4 consonant-vowel syllables, in a seeded random order (the Zipf rank)."""
+    rng = random.Random(seed)
+    consonants, vowels = "bcdfghklmnprstvwz", "aeiou"
+    words = sorted(
+        {
+            "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.choice((1, 2, 2, 3, 3, 4))))
+            for _ in range(count)
+        }
+    )
+    rng.shuffle(words)
+    return words
+
+
+def pseudo_english(rng: random.Random, num_sentences: int) -> list[str]:
+    """Seeded sentences: English function words (45%) and Zipf-distributed syllable words (no data files needed)."""
+    words = syllable_words()
+    cum_weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(words))))
+    sentences = []
+    for _ in range(num_sentences):
+        length = rng.randint(6, 18)
+        sentence = [
+            rng.choice(FUNCTION_WORDS) if rng.random() < 0.45 else rng.choices(words, cum_weights=cum_weights)[0]
+            for _ in range(length)
+        ]
+        sentences.append(" ".join(sentence) + rng.choice((".", ".", ",", "?", ":")))
+    return sentences
+
+
+def build_tokenizer(settings: Settings):
+    """The benchmark's tokenizer: a byte-level BPE trained here, offline (default), or the toy character-level one."""
     from trl_sgpo.toy import build_char_tokenizer
 
-    return build_char_tokenizer()
+    char = build_char_tokenizer()
+    if settings.tokenizer == "char":
+        return char
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from trl_sgpo.config import DEFAULT_IMPROVER_INSTRUCTION, DEFAULT_IMPROVER_TEMPLATE
+
+    corpus = (
+        pseudo_english(random.Random(1234), 20000) + [DEFAULT_IMPROVER_TEMPLATE, DEFAULT_IMPROVER_INSTRUCTION] * 50
+    )
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=SPECIAL_TOKENS[4:],
+    )
+    tokenizer.chat_template = char.chat_template  # <|user|>...<|end|><|assistant|>...</s>
+    return tokenizer
+
+
+def token_count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def text_of_tokens(tokenizer, rng: random.Random, num_tokens: int) -> str:
+    """Pseudo-English text of exactly ``num_tokens`` tokens: words while they fit, then one-token words."""
+    if token_count(tokenizer, "a b") == 3:  # character level: any letters and spaces
+        return "".join(rng.choice(string.ascii_lowercase + " ") for _ in range(num_tokens))
+    single = [
+        word for word in FUNCTION_WORDS if token_count(tokenizer, "x " + word) == token_count(tokenizer, "x") + 1
+    ]
+    pool = " ".join(pseudo_english(rng, 6)).split()
+    words: list[str] = []
+    for _ in range(10 * num_tokens + 100):
+        count = token_count(tokenizer, " ".join(words))
+        if count == num_tokens:
+            return " ".join(words)
+        if count > num_tokens:  # the last word was too long: drop it, fill with one-token words from now on
+            words.pop()
+            pool = []
+            continue
+        words.append(pool.pop() if pool else rng.choice(single))
+    raise RuntimeError(f"could not build a text of exactly {num_tokens} tokens")
 
 
 def improver_template(settings: Settings) -> str:
@@ -229,20 +357,37 @@ def build_dataset(settings: Settings, tokenizer, num_rows: int):
     if content_length < 1:
         raise ValueError(f"--prompt-length {settings.prompt_length} leaves no room for the chat markup")
     rng = random.Random(settings.seed)
-    alphabet = string.ascii_lowercase + " "
-
-    def text(length: int) -> str:
-        return "".join(rng.choice(alphabet) for _ in range(length))
-
     rows = [
         {
-            "prompt": [{"role": "user", "content": text(content_length)}],
+            "prompt": [{"role": "user", "content": text_of_tokens(tokenizer, rng, content_length)}],
             # The reference has the length of a generated completion (content + EOS = max_new_tokens).
-            "completion": [{"role": "assistant", "content": text(settings.max_new_tokens - 1)}],
+            "completion": [
+                {"role": "assistant", "content": text_of_tokens(tokenizer, rng, settings.max_new_tokens - 1)}
+            ],
         }
         for _ in range(num_rows)
     ]
     return Dataset.from_list(rows)
+
+
+def tokens_per_row(settings: Settings, tokenizer) -> dict[str, int]:
+    """What one row costs in tokens: the policy's prompt, a completion, and what each improver format adds."""
+    from trl_sgpo.config import DEFAULT_IMPROVER_INSTRUCTION
+    from trl_sgpo.improver import next_turn_suffix, render_improver_prompt
+
+    empty = [{"role": "user", "content": ""}]
+    template_turn = render_improver_prompt(improver_template(settings), empty, "", tokenizer, reference="")
+    suffix = next_turn_suffix(DEFAULT_IMPROVER_INSTRUCTION, empty, tokenizer)
+    return {
+        "prompt": settings.prompt_length,
+        "completion": settings.max_new_tokens,
+        # template: a new conversation with the template around the prompt's content and the draft
+        "template_overhead": token_count(tokenizer, template_turn),
+        # next turn: the end of the draft's turn, the instruction turn and the assistant header (the draft's EOS is
+        # already counted with the completion)
+        "next_turn_overhead": token_count(tokenizer, suffix) - 1,
+        "instruction": token_count(tokenizer, DEFAULT_IMPROVER_INSTRUCTION),
+    }
 
 
 def max_length(settings: Settings, tokenizer) -> int:
@@ -268,6 +413,18 @@ def build_model(settings: Settings, tokenizer, meta: bool = False):
             seed=settings.seed,
         )
     return model if meta else model.to(device=settings.device, dtype=settings.dtype)
+
+
+def reward_model(settings: Settings, tokenizer, policy):
+    """A reward model of the policy's own size: a sequence-classification head (one score) on the same config."""
+    from transformers import LlamaForSequenceClassification
+
+    config = copy.deepcopy(policy.config)
+    config.num_labels = 1
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(settings.seed + 1)
+    model = LlamaForSequenceClassification(config)
+    return model.to(device=settings.device, dtype=settings.dtype).eval()
 
 
 def cheap_reward(completions: list, **kwargs: Any) -> list[float]:
@@ -320,12 +477,14 @@ def build_trainer(arm: str, settings: Settings, tokenizer, model, dataset, outpu
     common = common_config(settings, tokenizer, output_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if arm == "online_dpo":
+        if arm in ("online_dpo", REWARD_MODEL_BASELINE):
             from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
+            with_model = arm == REWARD_MODEL_BASELINE
             trainer = OnlineDPOTrainer(
                 model=model,
-                reward_funcs=cheap_reward,
+                reward_funcs=reward_model(settings, tokenizer, model) if with_model else cheap_reward,
+                reward_processing_classes=tokenizer if with_model else None,
                 args=OnlineDPOConfig(**common),
                 train_dataset=dataset,
                 processing_class=tokenizer,
@@ -334,19 +493,18 @@ def build_trainer(arm: str, settings: Settings, tokenizer, model, dataset, outpu
         else:
             from trl_sgpo import SGPOConfig, SGPOTrainer
 
+            expected, improver_format = SGPO_FORMATS[arm]
             schedule = (
                 {"improver_warmup_steps": 0, "improver_steps": 0, "dpo_steps": 1}  # whatever the default warm-up
-                if arm == "sgpo_dpo"
+                if expected == "dpo"
                 else {"improver_warmup_steps": 10**9, "improver_steps": 1, "dpo_steps": 1}
             )
-            trainer = SGPOTrainer(
-                model=model,
-                args=SGPOConfig(**common, **schedule, improver_template=improver_template(settings)),
-                train_dataset=dataset,
-                processing_class=tokenizer,
-                peft_config=peft_config,
+            config = SGPOConfig(
+                **common, **schedule, improver_format=improver_format, improver_template=improver_template(settings)
             )
-            expected = "dpo" if arm == "sgpo_dpo" else "improver"
+            trainer = SGPOTrainer(
+                model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+            )
             if trainer.phase_callback.phase != expected:
                 raise RuntimeError(f"{arm}: the schedule gives a {trainer.phase_callback.phase} step")
     # What `Trainer._prepare_for_training` does on one device: optimizer, then accelerate's wrapping (autocast).
@@ -382,28 +540,37 @@ class StepProbe:
 
     def timed(self, bucket: str, function: Callable, count: Callable | None = None) -> Callable:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            cached = _cached_tokens(args, kwargs)  # before the call, which uses the cache up
             synchronize(self.device)
             start = time.perf_counter()
             result = function(*args, **kwargs)
             synchronize(self.device)
             self.times[bucket] += time.perf_counter() - start
             if count is not None:
-                count(self.work, args, result)
+                count(self.work, args, result, cached)
             return result
 
         return wrapper
 
 
-def _count_sample(work: dict[str, float], args: tuple, completions: list) -> None:
-    """SGPO `_sample(model, texts, prompt_ids, prompt_mask, role)` -> list of `Completion`."""
+def _cached_tokens(args: tuple, kwargs: dict) -> int:
+    """SGPO `_sample(..., role, cache)`: tokens per row already in the drafts' KV cache (not fed again)."""
+    holder = args[5] if len(args) > 5 else kwargs.get("cache")
+    kv = getattr(holder, "cache", None)
+    return kv.get_seq_length() if kv is not None else 0
+
+
+def _count_sample(work: dict[str, float], args: tuple, completions: list, cached: int) -> None:
+    """SGPO `_sample(model, texts, prompt_ids, prompt_mask, role, cache=None)` -> list of `Completion`."""
     prompt_ids = args[2]
     work["generate_calls"] += 1
     work["generated_rows"] += prompt_ids.size(0)
-    work["generation_prompt_tokens"] += prompt_ids.numel()
+    work["generation_prompt_tokens"] += prompt_ids.numel() - cached * prompt_ids.size(0)
+    work["generation_cached_tokens"] += cached * prompt_ids.size(0)
     work["generated_tokens"] += sum(len(c.token_ids) + int(c.ended) for c in completions)
 
 
-def _count_generate(work: dict[str, float], args: tuple, result: tuple) -> None:
+def _count_generate(work: dict[str, float], args: tuple, result: tuple, cached: int) -> None:
     """Upstream `_generate(model, prompts)` -> (prompt ids, prompt mask, completion ids, completion mask, vision)."""
     prompt_ids, _, _, completion_mask, _ = result
     work["generate_calls"] += 1
@@ -412,7 +579,7 @@ def _count_generate(work: dict[str, float], args: tuple, result: tuple) -> None:
     work["generated_tokens"] += int(completion_mask.sum())
 
 
-def _count_forward(work: dict[str, float], args: tuple, result: torch.Tensor) -> None:
+def _count_forward(work: dict[str, float], args: tuple, result: torch.Tensor, cached: int) -> None:
     """`_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)`: tokens in, padding among them."""
     _, prompt_ids, prompt_mask, completion_ids, completion_mask = args[:5]
     tokens = prompt_ids.numel() + completion_ids.numel()
@@ -431,6 +598,8 @@ def instrument(trainer, probe: StepProbe) -> None:
         trainer._generate = probe.timed("generation", trainer._generate, _count_generate)
     trainer._forward = probe.timed("forward_backward", trainer._forward, _count_forward)
     trainer.accelerator.backward = probe.timed("forward_backward", trainer.accelerator.backward)
+    if hasattr(trainer, "_calculate_rewards_from_functions"):  # upstream: the reward model's (or function's) time
+        trainer._calculate_rewards_from_functions = probe.timed("reward", trainer._calculate_rewards_from_functions)
 
 
 def run_step(trainer, batch: dict[str, list], probe: StepProbe) -> dict[str, float]:
@@ -453,13 +622,15 @@ def run_step(trainer, batch: dict[str, list], probe: StepProbe) -> dict[str, flo
     training_step = after_step - start
     generation = probe.times["generation"]
     forward_backward = probe.times["forward_backward"]
+    reward = probe.times["reward"]
     return {
         "step": end - start,
         "training_step": training_step,
         "generation": generation,
         "forward_backward": forward_backward,
+        "reward": reward,
         "optimizer": end - after_step,
-        "rest": training_step - generation - forward_backward,
+        "rest": training_step - generation - forward_backward - reward,
         **{f"work/{key}": value for key, value in probe.work.items()},
     }
 
@@ -516,6 +687,7 @@ def measure_timing(settings: Settings, tokenizer, dataset, workdir: str) -> dict
 def summarize_timing(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     baseline_steps = [s["step"] for s in samples[BASELINE]]
     baseline_median = percentile(baseline_steps, 0.5)
+    rm_steps = [s["step"] for s in samples[REWARD_MODEL_BASELINE]]
     timing = {}
     for arm, arm_samples in samples.items():
         summary = {name: summarize([s[name] for s in arm_samples]) for name in COMPONENTS}
@@ -523,12 +695,15 @@ def summarize_timing(samples: dict[str, list[dict[str, float]]]) -> dict[str, An
         work = {key[len("work/") :]: percentile([s.get(key, 0.0) for s in arm_samples], 0.5) for key in work_keys}
         step_median = summary["step"]["median"]
         paired = [s["step"] / b for s, b in zip(arm_samples, baseline_steps)]
+        paired_rm = [s["step"] / b for s, b in zip(arm_samples, rm_steps)]
         timing[arm] = {
             "samples": [{name: s[name] for name in COMPONENTS} for s in arm_samples],
             "summary": summary,
             "fractions": {name: summary[name]["median"] / step_median for name in COMPONENTS[2:]},
             "ratio_vs_online_dpo": step_median / baseline_median,
             "paired_ratio_vs_online_dpo": summarize(paired),
+            "ratio_vs_online_dpo_rm": step_median / percentile(rm_steps, 0.5),
+            "paired_ratio_vs_online_dpo_rm": summarize(paired_rm),
             "work": work,
         }
     return timing
@@ -566,7 +741,7 @@ def peak_rss_bytes() -> int:
 def memory_probe(settings: Settings, arm: str, mode: str) -> dict[str, float]:
     """Peak memory of ``arm`` with ``mode`` ('full' or 'lora') fine-tuning, in this process (which must be fresh)."""
     import_trainers()  # imported before the baseline: module code is not what is measured
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(settings)
     dataset = build_dataset(settings, tokenizer, num_rows=settings.batch_size * 2)
     model = build_model(settings, tokenizer)
     gc.collect()
@@ -615,10 +790,9 @@ def measure_memory(settings: Settings, argv: list[str]) -> dict[str, dict[str, d
 
 def check_goals(timing: dict[str, Any], memory: dict[str, Any] | None) -> list[dict[str, Any]]:
     values = {
+        "dpo_step_ratio_rm": timing["sgpo_dpo"]["ratio_vs_online_dpo_rm"],
         "dpo_step_ratio": timing["sgpo_dpo"]["ratio_vs_online_dpo"],
         "improver_step_ratio": timing["sgpo_improver"]["ratio_vs_online_dpo"],
-        "rest_fraction_dpo": timing["sgpo_dpo"]["fractions"]["rest"],
-        "rest_fraction_improver": timing["sgpo_improver"]["fractions"]["rest"],
     }
     if memory is not None:
         values["lora_peak_ratio_dpo"] = memory["lora"]["sgpo_dpo"]["ratio_vs_online_dpo"]
@@ -650,6 +824,8 @@ def environment(settings: Settings, tokenizer) -> dict[str, Any]:
     template_tokens = len(tokenizer(improver_template(settings), add_special_tokens=False)["input_ids"])
     return {
         "command": shlex.join(["python", *sys.argv]),
+        "tokenizer": {"kind": settings.tokenizer, "vocab_size": len(tokenizer)},
+        "tokens_per_row": tokens_per_row(settings, tokenizer),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": settings.device,
         "device_name": device_name,
@@ -682,6 +858,12 @@ def markdown_report(results: dict[str, Any]) -> str:
     env, timing, memory, goals = results["environment"], results["timing"], results["memory"], results["goals"]
     s = env["settings"]
     model = env["model"]
+    rows = env["tokens_per_row"]
+    tokenizer = (
+        f"byte-level BPE trained offline on seeded pseudo-English ({env['tokenizer']['vocab_size']} tokens)"
+        if env["tokenizer"]["kind"] == "bpe"
+        else f"character-level tokenizer ({env['tokenizer']['vocab_size']} tokens)"
+    )
     lines = [
         "# Speed: SGPO steps vs TRL's OnlineDPOTrainer step",
         "",
@@ -691,50 +873,68 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"- versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
         f"trl {env['trl']}, peft {env['peft']}, accelerate {env['accelerate']}",
         f"- model: random Llama '{model['size']}' (hidden {model['hidden_size']}, {model['num_layers']} layers, "
-        f"{model['num_heads']} heads, {model['parameters'] / 1e6:.2f}M parameters, {model['dtype']}), "
-        "character-level tokenizer",
-        f"- batch: {s['batch_size']} prompts of {s['prompt_length']} tokens; every completion exactly "
-        f"{s['max_new_tokens']} tokens (OnlineDPO: 2 per prompt; SGPO: 1 draft + 1 rewrite in the DPO phase); "
-        f"improver template '{s['improver_template']}' ({env['improver_template_tokens']} tokens); "
+        f"{model['num_heads']} heads, {model['parameters'] / 1e6:.2f}M parameters, {model['dtype']}); {tokenizer}",
+        f"- batch: {s['batch_size']} prompts; every completion exactly {s['max_new_tokens']} tokens (OnlineDPO: 2 per "
+        "prompt; SGPO: 1 draft + 1 rewrite in the DPO phase); "
         f"max_length {env['max_length']}; gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}",
+        f"- arms: `online_dpo` scores with a free reward (string length); `online_dpo_rm` with a reward model of the "
+        f"policy's size (LlamaForSequenceClassification, same config); `sgpo_*` use improver_format='next_turn' "
+        f"(default instruction), `sgpo_*_template` improver_format='template' (template '{s['improver_template']}')",
         f"- repeats: {s['repeats']} interleaved steps per arm after {s['warmup']} warm-up steps; one step = "
         "`training_step` + clipping + `optimizer.step` + `zero_grad`",
         "",
+        "## Tokens per row",
+        "",
+        "| prompt | completion | next turn adds (instruction turn and markup) | of which the instruction | "
+        "template format adds (template and markup) |",
+        "|---|---|---|---|---|",
+        f"| {rows['prompt']} | {rows['completion']} | {rows['next_turn_overhead']} | {rows['instruction']} | "
+        f"{rows['template_overhead']} |",
+        "",
         "## Time per optimizer step (ms, median ± half IQR)",
         "",
-        "| arm | step | ratio vs online_dpo (paired IQR) | generation | forward/backward | optimizer | rest "
-        "| rest % |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | step | vs online_dpo (paired IQR) | vs online_dpo_rm (paired IQR) | generation | forward/backward "
+        "| reward | optimizer | rest | rest % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
         t = timing[arm]
-        summary, paired = t["summary"], t["paired_ratio_vs_online_dpo"]
+        summary, paired, paired_rm = t["summary"], t["paired_ratio_vs_online_dpo"], t["paired_ratio_vs_online_dpo_rm"]
         lines.append(
             f"| {arm} | {fmt_seconds(summary['step'])} | {t['ratio_vs_online_dpo']:.2f}x "
-            f"({paired['q1']:.2f}–{paired['q3']:.2f}) | {fmt_seconds(summary['generation'])} | "
-            f"{fmt_seconds(summary['forward_backward'])} | {fmt_seconds(summary['optimizer'])} | "
-            f"{fmt_seconds(summary['rest'])} | {100 * t['fractions']['rest']:.1f}% |"
+            f"({paired['q1']:.2f}–{paired['q3']:.2f}) | {t['ratio_vs_online_dpo_rm']:.2f}x "
+            f"({paired_rm['q1']:.2f}–{paired_rm['q3']:.2f}) | {fmt_seconds(summary['generation'])} | "
+            f"{fmt_seconds(summary['forward_backward'])} | {fmt_seconds(summary['reward'])} | "
+            f"{fmt_seconds(summary['optimizer'])} | {fmt_seconds(summary['rest'])} | "
+            f"{100 * t['fractions']['rest']:.1f}% |"
         )
     lines += [
         "",
         "## Work per step (median)",
         "",
-        "| arm | generate calls | rows generated | prompt tokens into generate | tokens generated | "
-        "forward tokens with grad (padding) | forward tokens without grad (padding) |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | generate calls | rows generated | prompt tokens fed to generate | prompt tokens read from the "
+        "draft's cache | tokens generated | forward tokens with grad (padding) | forward tokens without grad "
+        "(padding) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
         w = defaultdict(float, timing[arm]["work"])
         lines.append(
             f"| {arm} | {w['generate_calls']:.0f} | {w['generated_rows']:.0f} | {w['generation_prompt_tokens']:.0f} | "
-            f"{w['generated_tokens']:.0f} | {w['forward_tokens_grad']:.0f} ({w['forward_padding_tokens_grad']:.0f}) | "
-            f"{w['forward_tokens_no_grad']:.0f} ({w['forward_padding_tokens_no_grad']:.0f}) |"
+            f"{w['generation_cached_tokens']:.0f} | {w['generated_tokens']:.0f} | {w['forward_tokens_grad']:.0f} "
+            f"({w['forward_padding_tokens_grad']:.0f}) | {w['forward_tokens_no_grad']:.0f} "
+            f"({w['forward_padding_tokens_no_grad']:.0f}) |"
         )
+    lines.append("")
+    lines.append(
+        "The reward model's forward pass (`online_dpo_rm`) runs inside upstream's reward function and is counted in "
+        "the reward column, not in the forward-token columns."
+    )
     if memory is not None:
         unit = "allocated CUDA memory" if env["device"] == "cuda" else "RSS"
         lines += [
             "",
-            f"## Peak memory ({unit}, MiB above the model alone; absolute peak in brackets)",
+            f"## Peak memory ({unit}, MiB above the model alone; absolute peak in brackets; ratios vs online_dpo)",
             "",
             "| arm | full fine-tuning | ratio | LoRA r=8 | ratio |",
             "|---|---|---|---|---|",
@@ -748,9 +948,10 @@ def markdown_report(results: dict[str, Any]) -> str:
             )
     lines += ["", "## Goals", "", "| goal | target | value | |", "|---|---|---|---|"]
     for goal in goals:
-        value = f"{100 * goal['value']:.1f}%" if "fraction" in goal["name"] else f"{goal['value']:.2f}x"
-        target = f"{100 * goal['target']:.0f}%" if "fraction" in goal["name"] else f"<= {goal['target']:.2f}x"
-        lines.append(f"| {goal['what']} | {target} | {value} | {'met' if goal['met'] else 'MISSED'} |")
+        lines.append(
+            f"| {goal['what']} | <= {goal['target']:.2f}x | {goal['value']:.2f}x | "
+            f"{'met' if goal['met'] else 'MISSED'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -762,7 +963,7 @@ def forwarded_argv(args: argparse.Namespace) -> list[str]:
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
     argv += ["--memory-steps", str(args.memory_steps), "--seed", str(args.seed), "--threads", str(args.threads)]
-    argv += ["--improver-template", args.improver_template]
+    argv += ["--improver-template", args.improver_template, "--tokenizer", args.tokenizer]
     if args.gradient_checkpointing:
         argv.append("--gradient-checkpointing")
     if args.quick:
@@ -782,7 +983,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print(json.dumps(memory_probe(settings, arm, mode)))
         return None
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(settings)
     dataset = build_dataset(settings, tokenizer, num_rows=settings.batch_size * 4)
     with tempfile.TemporaryDirectory() as workdir:
         timing = measure_timing(settings, tokenizer, dataset, workdir)

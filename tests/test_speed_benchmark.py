@@ -11,8 +11,16 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("online_dpo", "sgpo_dpo", "sgpo_improver")
-COMPONENTS = ("step", "training_step", "generation", "forward_backward", "optimizer", "rest")
+ARMS = ("online_dpo", "online_dpo_rm", "sgpo_dpo", "sgpo_improver", "sgpo_dpo_template", "sgpo_improver_template")
+COMPONENTS = ("step", "training_step", "generation", "forward_backward", "reward", "optimizer", "rest")
+# The goals of issue 10, exactly: nothing added, nothing dropped, no target moved.
+GOALS = {
+    "dpo_step_ratio_rm": 1.0,
+    "dpo_step_ratio": 1.3,
+    "improver_step_ratio": 0.7,
+    "lora_peak_ratio_dpo": 1.3,
+    "lora_peak_ratio_improver": 1.3,
+}
 MEMORY_FIELDS = ("baseline_bytes", "peak_bytes", "delta_bytes", "ratio_vs_online_dpo", "peak_ratio_vs_online_dpo")
 
 
@@ -35,23 +43,43 @@ def test_quick_speed_benchmark_writes_complete_results(tmp_path):
 
     results = json.loads((tmp_path / "speed.json").read_text())
     report = (tmp_path / "speed.md").read_text()
-    assert "online_dpo" in report and "Goals" in report
+    assert "online_dpo" in report and "Goals" in report and "Tokens per row" in report
 
     timing = results["timing"]
     assert set(timing) == set(ARMS)
     for arm in ARMS:
         summary = timing[arm]["summary"]
         for component in COMPONENTS:
-            assert _positive(summary[component]["median"]), (arm, component, summary[component])
+            median = summary[component]["median"]
+            if component == "reward":  # only OnlineDPO scores; the reward model takes real time
+                assert median > 0 if arm.startswith("online_dpo") else median == 0, (arm, median)
+                continue
+            assert _positive(median), (arm, component, summary[component])
             assert math.isfinite(summary[component]["iqr"]) and summary[component]["iqr"] >= 0
         assert len(timing[arm]["samples"]) == results["environment"]["settings"]["repeats"]
         assert _positive(timing[arm]["ratio_vs_online_dpo"])
         assert _positive(timing[arm]["paired_ratio_vs_online_dpo"]["median"])
-        for share in timing[arm]["fractions"].values():
-            assert _positive(share) and share < 1
+        assert _positive(timing[arm]["ratio_vs_online_dpo_rm"])
+        for name, share in timing[arm]["fractions"].items():
+            assert 0 <= share < 1 and (share > 0 or name == "reward"), (arm, name, share)
         work = timing[arm]["work"]
         assert _positive(work["generated_tokens"]) and _positive(work["forward_tokens_grad"])
     assert timing["online_dpo"]["ratio_vs_online_dpo"] == 1.0
+    assert timing["online_dpo_rm"]["ratio_vs_online_dpo_rm"] == 1.0
+    assert (
+        timing["online_dpo_rm"]["summary"]["reward"]["median"]
+        > 10 * timing["online_dpo"]["summary"]["reward"]["median"]
+    )
+    # The next-turn DPO step reads the prompt and draft from the draft's cache and scores the draft inside the
+    # improver's pass: fewer tokens fed to generate and fewer forward tokens with gradients than the template format.
+    next_turn, template = timing["sgpo_dpo"]["work"], timing["sgpo_dpo_template"]["work"]
+    assert next_turn["generation_cached_tokens"] > 0 and template["generation_cached_tokens"] == 0
+    assert next_turn["generation_prompt_tokens"] < template["generation_prompt_tokens"]
+    assert next_turn["forward_tokens_grad"] < template["forward_tokens_grad"]
+    # A subword tokenizer: the instruction costs tokens per word, not per character.
+    rows = results["environment"]["tokens_per_row"]
+    assert results["environment"]["tokenizer"]["kind"] == "bpe"
+    assert 0 < rows["instruction"] < 40 and rows["next_turn_overhead"] < rows["template_overhead"]
     # Every arm generates completions of exactly max_new_tokens tokens: the same number of tokens per completion.
     new_tokens = results["environment"]["settings"]["max_new_tokens"]
     for arm in ARMS:
@@ -68,6 +96,8 @@ def test_quick_speed_benchmark_writes_complete_results(tmp_path):
                 assert _positive(entry[key]), (mode, arm, key, entry[key])
 
     goals = {goal["name"]: goal for goal in results["goals"]}
-    assert set(goals) >= {"dpo_step_ratio", "improver_step_ratio", "lora_peak_ratio_dpo", "rest_fraction_dpo"}
+    assert {name: goal["target"] for name, goal in goals.items()} == GOALS
     for goal in goals.values():
         assert _positive(goal["value"]) and isinstance(goal["met"], bool)
+        assert goal["met"] == (goal["value"] <= goal["target"])
+        assert ("| met |" if goal["met"] else "| MISSED |") in report
