@@ -120,6 +120,9 @@ class SGPOTrainer(OnlineDPOTrainer):
     # With improver_format="next_turn", generate the rewrite on the drafts' KV cache (False: re-encode the whole
     # conversation; the rewrites are the same, see tests/test_next_turn.py).
     reuse_draft_cache = True
+    # Score every continuation of a prompt in one packed row, the prompt encoded once (False: separate passes; the
+    # log-probabilities are the same, see tests/test_packing.py). Applies only where `_packable` says it is exact.
+    pack_shared_prefix = True
     _name = "SGPO"
     _paper = {
         "title": "SGPO: Self-Generated Preference Optimization based on Self-Improver",
@@ -229,6 +232,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         self._ref_synced_at_step: int | None = None
         self._rewrite_closer_history: list[float] = []
         self._rewrite_health_checked = False
+        self._rotary_models: dict[int, bool] = {}  # id of a model -> whether it has rotary position embeddings
         self.eval_metric = self._load_eval_metric(eval_metric if eval_metric is not None else args.eval_metric)
         self.dataset_name: str | None = None  # shown in the model card; set it to the Hub id of the training data
         # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
@@ -352,16 +356,21 @@ class SGPOTrainer(OnlineDPOTrainer):
     def _pad_completions(self, completions: list[Completion]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids (content, then EOS if the completion ended) and their mask."""
         width = max(1, *(len(c.token_ids) + int(c.ended) for c in completions))
-        pad, eos = self._tokenizer.pad_token_id, self.eos_token_ids[0]
-        ids = torch.full((len(completions), width), pad, dtype=torch.long)
+        ids = torch.full((len(completions), width), self._tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(completions), width), dtype=torch.long)
         for row, completion in enumerate(completions):
-            end = [completion.end_token if completion.end_token is not None else eos] if completion.ended else []
-            tokens = completion.token_ids + end
+            tokens = self._completion_tokens(completion)
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             mask[row, : len(tokens)] = 1
         device = self.accelerator.device
         return ids.to(device), mask.to(device)
+
+    def _completion_tokens(self, completion: Completion) -> list[int]:
+        """The tokens a completion is scored on: its content, then its EOS if it ended."""
+        if not completion.ended:
+            return list(completion.token_ids)
+        end = completion.end_token if completion.end_token is not None else self.eos_token_ids[0]
+        return [*completion.token_ids, end]
 
     def _split_completions(self, completion_ids: torch.Tensor) -> list[Completion]:
         """Generated rows -> content tokens up to the first EOS, and whether an EOS was sampled at all."""
@@ -393,6 +402,179 @@ class SGPOTrainer(OnlineDPOTrainer):
         targets = torch.cat((prompt_ids[:, prompt_ids.size(1) - prompt_tail :], completion_ids), dim=1)
         output = model(input_ids, attention_mask=attention_mask, logits_to_keep=targets.size(1) + 1)
         return selective_log_softmax(output.logits[:, :-1], targets)
+
+    # ------------------------------------------------------------- packing
+
+    def _packs(self, model, width: int) -> bool:
+        """Whether the continuations of each prompt may be scored in one packed row instead of separate passes.
+
+        ``width``: the widest row the separate passes would forward; past ``max_length`` they cut prompt tokens from
+        the left (differently per pass), which one shared prompt cannot reproduce, so those batches are not packed.
+        """
+        return self.pack_shared_prefix and width <= self.max_length and self._packable(model)
+
+    def _packable(self, model) -> bool:
+        """Whether packing gives exactly the separate passes' log-probabilities for this model (checked each call).
+
+        It needs an attention that takes a custom 4D mask (``sdpa`` or ``eager``; not flash-attention, flex or
+        kernels that build their own masks), rotary position embeddings (a branch's positions restart after the
+        prompt, and only relative positions then match those of the separately padded rows), attention layers only
+        (a recurrent layer would carry state across branches), no sliding window shorter than ``max_length`` (the
+        custom mask replaces the model's own), and no prompt-learning adapter (virtual tokens change the row width).
+        Otherwise the step falls back to the separate passes.
+        """
+        unwrapped = self.accelerator.unwrap_model(model)
+        config = getattr(unwrapped, "config", None)
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+            return False
+        peft_config = getattr(unwrapped, "active_peft_config", None)
+        if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+            return False
+        layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+        if any(layer not in ("full_attention", "sliding_attention") for layer in layer_types):
+            return False
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if window is not None and window < self.max_length:
+            return False
+        rotary = self._rotary_models.get(id(unwrapped))
+        if rotary is None:  # the models a trainer holds live as long as it does
+            rotary = any("rotary" in type(module).__name__.lower() for module in unwrapped.modules())
+            self._rotary_models[id(unwrapped)] = rotary
+        return rotary
+
+    def _pack(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, branches: list[list[list[int]]]) -> "_Packed":
+        """One row per prompt: ``[x | branch 1 | branch 2 | ...]``, each branch a continuation of ``x`` alone.
+
+        ``x`` is the left-padded prompt block as the separate passes feed it; branch ``k`` of row ``i`` is the token
+        list ``branches[k][i]``; the branches follow each other without gaps and the rows are right-padded. Position
+        ids are the columns the separate passes give: the prompt block's own, then ``width(x) + j`` for token ``j``
+        of every branch.
+        """
+        rows, width = prompt_ids.shape
+        lengths = torch.tensor([[len(branch[row]) for branch in branches] for row in range(rows)], dtype=torch.long)
+        total = width + max(1, int(lengths.sum(1).max()))
+        ids = torch.full((rows, total), self._tokenizer.pad_token_id, dtype=torch.long)
+        segments = torch.full((rows, total), -1, dtype=torch.long)
+        positions = torch.arange(total, dtype=torch.long).repeat(rows, 1)
+        starts = torch.zeros_like(lengths)
+        ids[:, :width] = prompt_ids.cpu()
+        segments[:, :width] = torch.where(prompt_mask.cpu().bool(), 0, -1)
+        for row in range(rows):
+            offset = 0
+            for k, branch in enumerate(branches):
+                tokens = branch[row]
+                span = slice(width + offset, width + offset + len(tokens))
+                ids[row, span] = torch.tensor(tokens, dtype=torch.long)
+                segments[row, span] = k + 1
+                positions[row, span] = torch.arange(width, width + len(tokens))
+                starts[row, k] = offset
+                offset += len(tokens)
+        device = self.accelerator.device
+        return _Packed(ids.to(device), positions.to(device), segments.to(device), width, starts, lengths)
+
+    def _packed_forward(self, model, packed: "_Packed") -> list[torch.Tensor]:
+        """Per-token log-probabilities of every branch of `_pack`'s rows, each given ``x`` and its own tokens only.
+
+        Returns one tensor per branch, right-padded with zeros to its longest row (at least one column): the layout
+        `_pad_completions` gives the same tokens. A 4D mask lets a token see the prompt's real tokens and the earlier
+        tokens of its own branch; each padding token sees itself only (no empty rows in the softmax).
+        """
+        segments, width = packed.segments, packed.prompt_width
+        query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+        total = segments.size(1)
+        causal = torch.ones(total, total, dtype=torch.bool, device=segments.device).tril()
+        allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+        allowed |= torch.eye(total, dtype=torch.bool, device=segments.device)
+        unwrapped = self.accelerator.unwrap_model(model)
+        if unwrapped.config._attn_implementation == "eager":  # eager adds the mask to the scores
+            dtype = unwrapped.get_input_embeddings().weight.dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        else:  # sdpa takes a boolean mask, True where attention is allowed
+            mask = allowed
+        output = model(
+            input_ids=packed.input_ids,
+            attention_mask=mask.unsqueeze(1),
+            position_ids=packed.position_ids,
+            logits_to_keep=total - width + 1,
+        )
+        logits = output.logits  # column c predicts the token in column width + c
+        # Each token given the one before it; right for every token but the first of a branch after the first.
+        chained = selective_log_softmax(logits[:, :-1], packed.input_ids[:, width:])
+        starts, lengths = packed.starts.to(logits.device), packed.lengths.to(logits.device)
+        first_index = (width + starts).clamp(max=total - 1)
+        first_tokens = packed.input_ids.gather(1, first_index)
+        branches = starts.size(1)
+        first = selective_log_softmax(logits[:, :1].expand(-1, branches, -1).contiguous(), first_tokens)
+        result = []
+        for k in range(branches):
+            offsets = torch.arange(max(1, int(lengths[:, k].max())), device=logits.device).unsqueeze(0)
+            index = (starts[:, k : k + 1] + offsets).clamp(max=chained.size(1) - 1)
+            logps = torch.where(offsets == 0, first[:, k : k + 1], chained.gather(1, index))
+            result.append(logps * (offsets < lengths[:, k : k + 1]))
+        return result
+
+    @staticmethod
+    def _spans(logps: torch.Tensor, starts: list[int], lengths: list[int]) -> torch.Tensor:
+        """Row ``i``'s ``lengths[i]`` values from ``starts[i]``, right-padded with zeros (one column or more)."""
+        start = torch.tensor(starts, device=logps.device).unsqueeze(1)
+        length = torch.tensor(lengths, device=logps.device).unsqueeze(1)
+        offsets = torch.arange(max(1, *lengths), device=logps.device).unsqueeze(0)
+        index = (start + offsets).clamp(max=logps.size(1) - 1)
+        return logps.gather(1, index) * (offsets < length)
+
+    def _pair_logps(self, model, prompt_ids, prompt_mask, chosen, rejected, completion_ids, completion_mask):
+        """Per-token log-probabilities of ``chosen + rejected`` rows (laid out as ``completion_ids``) under the
+        prompt: one packed row ``[x | chosen | rejected]`` per prompt where `_packs` allows, else 2 rows each."""
+        if self._packs(model, prompt_ids.size(1) + completion_ids.size(1)):
+            branches = [[self._completion_tokens(c) for c in side] for side in (chosen, rejected)]
+            width = completion_ids.size(1)
+            sides = self._packed_forward(model, self._pack(prompt_ids, prompt_mask, branches))
+            return torch.cat([torch.nn.functional.pad(side, (0, width - side.size(1))) for side in sides], dim=0)
+        return self._forward(model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), completion_ids, completion_mask)
+
+    def _packed_scores(
+        self, model, batch: "_Batch", prompts: "_ImproverPrompts", targets: list[Completion], chosen
+    ) -> "_Scores | None":
+        """Next turn: everything the step scores under the policy prompt ``x``, in one packed forward pass.
+
+        One row per prompt, ``[x | y, new turn, target | y' | reference]`` (``y'`` in DPO steps, the reference when
+        ``policy_sft_weight > 0``), gives the draft's and the target's log-probabilities (the fused next-turn pass),
+        the rewrite's (the DPO chosen side) and the reference's (the policy's SFT loss). None where packing does not
+        apply: the template format (its prompt does not continue ``x``), a single branch, or `_packs` says no.
+        """
+        sft = self.args.policy_sft_weight > 0
+        if prompts.rejected_lengths is None or (chosen is None and not sft):
+            return None
+        target_tokens = [self._completion_tokens(t) for t in targets]
+        widths = [prompts.ids.size(1) + max(1, *map(len, target_tokens))]
+        prompt_width = batch.prompt_ids.size(1)
+        if sft:
+            widths.append(prompt_width + max(1, *(len(self._completion_tokens(r)) for r in batch.references)))
+        if chosen is not None:
+            pair = [len(self._completion_tokens(c)) for c in [*chosen, *batch.drafts]]
+            widths.append(prompt_width + max(1, *pair))
+        if not self._packs(model, max(widths)):
+            return None
+        prompt_lengths = batch.prompt_mask.sum(1).tolist()
+        conversations = [
+            row[mask.bool()].tolist()[length:] + target
+            for row, mask, length, target in zip(prompts.ids, prompts.mask, prompt_lengths, target_tokens)
+        ]
+        branches = [conversations]
+        if chosen is not None:
+            branches.append([self._completion_tokens(c) for c in chosen])
+        if sft:
+            branches.append([self._completion_tokens(r) for r in batch.references])
+        logps = self._packed_forward(model, self._pack(batch.prompt_ids, batch.prompt_mask, branches))
+        conversation = logps[0]
+        before_target = [r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths)]
+        return _Scores(
+            rejected=self._spans(conversation, [0] * len(targets), prompts.rejected_lengths),
+            target=self._spans(conversation, before_target, list(map(len, target_tokens))),
+            chosen=logps[1] if chosen is not None else None,
+            reference=logps[-1] if sft else None,
+        )
 
     # ---------------------------------------------------------- generation
 
@@ -561,7 +743,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         ``edit``), rejected = the draft; degenerate pairs dropped; the DPO loss, plus the improver objective weighted
         by ``improver_loss_weight``."""
         loss = torch.zeros((), device=self.accelerator.device)
-        rejected_logps = None
+        scores = None
         if uses_improver(self.args.pair_source):
             prompts = self._improver_prompts(batch)
             if batch.draft_cache is not None:  # next turn: continue from the drafts' cache
@@ -573,10 +755,11 @@ class SGPOTrainer(OnlineDPOTrainer):
             stats.add("sgpo/improved_length", [len(c.token_ids) for c in chosen])
             stats.add("sgpo/improver_eos_rate", [float(c.ended) for c in chosen])
             if self.args.improver_loss_weight > 0:
-                # Next turn: the improver's pass over (x, y, instruction, target) also scores the draft y.
+                # Next turn: the improver's pass over (x, y, instruction, target) also scores the draft y, and,
+                # packed, the rewrite y' too (`_packed_scores`).
                 fused = prompts.rejected_lengths is not None
-                improver_loss, _, _, rejected_logps = self._improver_objective(
-                    model, batch, prompts, scale, stats, score_rejected=fused
+                improver_loss, _, _, scores = self._improver_objective(
+                    model, batch, prompts, scale, stats, score_rejected=fused, chosen=chosen if fused else None
                 )
                 loss = loss + self.args.improver_loss_weight * improver_loss
         elif self.args.pair_source == "edit":
@@ -586,7 +769,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         pairs = filter_pairs(chosen, batch.drafts)
         self._add_pair_stats(stats, chosen, batch.drafts, batch.references, pairs)
         loss = loss + self._dpo_loss(
-            model, batch.prompt_ids, batch.prompt_mask, chosen, batch.drafts, pairs.keep, scale, stats, rejected_logps
+            model, batch.prompt_ids, batch.prompt_mask, chosen, batch.drafts, pairs.keep, scale, stats, scores
         )
         return loss, chosen, [reason or "kept" for reason in pairs.reasons]
 
@@ -605,20 +788,26 @@ class SGPOTrainer(OnlineDPOTrainer):
         scale: float,
         stats: "_StepStats",
         score_rejected: bool = False,
-    ) -> tuple[torch.Tensor, list[Completion], list[bool], torch.Tensor | None]:
+        chosen: list[Completion] | None = None,
+    ) -> tuple[torch.Tensor, list[Completion], list[bool], "_Scores | None"]:
         """The improver's NLL of targets built from the references, plus ``policy_sft_weight`` times the policy's SFT
         loss on the references (which keeps the policy role intact while the shared model learns the improver role).
 
-        ``score_rejected`` (next-turn prompts only): the same forward pass also returns the drafts' per-token
-        log-probabilities, laid out as `_pad_completions(drafts)`, for the DPO loss's rejected side.
+        ``score_rejected`` (next-turn prompts only): the same forward pass also scores the drafts, returned as the
+        ``rejected`` of the scores (laid out as `_pad_completions(drafts)`) for the DPO loss's rejected side.
+        ``chosen`` (DPO steps, next turn): the rewrites, scored in the same packed pass where `_packed_scores`
+        applies (then the scores' ``chosen`` is set). Returns the scores for the DPO loss, or None.
         """
         targets, keep = self._improver_targets(batch.drafts, batch.references, stats)
-        loss, rejected_logps = self._improver_loss(model, prompts, targets, keep, scale, stats, score_rejected)
+        scores = self._packed_scores(model, batch, prompts, targets, chosen)
+        loss, rejected_logps = self._improver_loss(model, prompts, targets, keep, scale, stats, score_rejected, scores)
         if self.args.policy_sft_weight > 0:
             loss = loss + self.args.policy_sft_weight * self._policy_sft_loss(
-                model, batch.prompt_ids, batch.prompt_mask, batch.references, scale, stats
+                model, batch.prompt_ids, batch.prompt_mask, batch.references, scale, stats, scores
             )
-        return loss, targets, keep, rejected_logps
+        if scores is None and rejected_logps is not None:
+            scores = _Scores(rejected=rejected_logps)
+        return loss, targets, keep, scores
 
     def _set_phase_learning_rate(self, phase: str) -> None:
         """Improver steps use ``improver_learning_rate``, scaled by the same schedule as ``learning_rate``.
@@ -822,39 +1011,47 @@ class SGPOTrainer(OnlineDPOTrainer):
         keep: list[bool],
         scale: float,
         stats: "_StepStats",
-        rejected_logps: torch.Tensor | None = None,
+        scores: "_Scores | None" = None,
     ) -> torch.Tensor:
         """The upstream DPO loss on [chosen; rejected] rows under the policy prompt, dropped pairs weighted 0.
 
-        Its own forward pass (not batched with the improver's rows, whose prompts are much longer: padding both to
-        one width wasted most of the compute). The gradient graphs of both passes meet in the step's one backward.
-        ``rejected_logps`` (per-token, as `_pad_completions(rejected)` lays them out): the rejected side was already
-        scored by the fused next-turn pass, so only the chosen rows are forwarded here.
+        Its own forward pass (not batched with the template improver's rows, whose prompts are much longer: padding
+        both to one width wasted most of the compute); the gradient graphs meet in the step's one backward. Where
+        `_packs` allows, each prompt is one packed row ``[x | chosen | rejected]`` (`_pair_logps`), for the policy
+        and the reference model alike. ``scores`` (next turn): the rejected side, per-token as
+        `_pad_completions(rejected)` lays it out, was already scored by the fused pass, and the chosen side too
+        when that pass was packed; whatever is missing is forwarded here.
         """
         batch_size = len(chosen)
         completions = chosen + rejected
         completion_ids, completion_mask = self._pad_completions(completions)
-        if rejected_logps is None:
-            token_logps = self._forward(
-                model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), completion_ids, completion_mask
+        width = completion_ids.size(1)
+
+        def padded(logps: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(logps, (0, width - logps.size(1)))[:, :width]
+
+        if scores is None or scores.rejected is None:
+            token_logps = self._pair_logps(
+                model, prompt_ids, prompt_mask, chosen, rejected, completion_ids, completion_mask
             )
         else:
-            chosen_logps = self._forward(
-                model, prompt_ids, prompt_mask, completion_ids[:batch_size], completion_mask[:batch_size]
-            )
-            width = completion_ids.size(1)
-            rejected_logps = torch.nn.functional.pad(rejected_logps, (0, width - rejected_logps.size(1)))
-            token_logps = torch.cat((chosen_logps, rejected_logps[:, :width]), dim=0)
+            if scores.chosen is not None:
+                chosen_logps = padded(scores.chosen)
+            else:
+                chosen_logps = self._forward(
+                    model, prompt_ids, prompt_mask, completion_ids[:batch_size], completion_mask[:batch_size]
+                )
+            token_logps = torch.cat((chosen_logps, padded(scores.rejected)), dim=0)
         token_logps = token_logps * completion_mask
-        prompt_ids, prompt_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
         sequence_logps = token_logps.sum(1)
         keep = torch.tensor(keep, dtype=sequence_logps.dtype, device=sequence_logps.device)
+        pair = (prompt_ids, prompt_mask, chosen, rejected, completion_ids, completion_mask)
         with torch.no_grad():
             if self.ref_model is not None:
-                ref_logps = self._forward(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+                ref_logps = self._pair_logps(self.ref_model, *pair)
             else:  # PEFT: the reference is the base model with the adapter disabled
                 with self.model.disable_adapter():
-                    ref_logps = self._forward(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+                    ref_logps = self._pair_logps(self.model, *pair)
             ref_sequence_logps = (ref_logps * completion_mask).sum(1)
         chosen_logps, rejected_logps = sequence_logps.split(batch_size)
         chosen_ref_logps, rejected_ref_logps = ref_sequence_logps.split(batch_size)
@@ -885,14 +1082,25 @@ class SGPOTrainer(OnlineDPOTrainer):
         return loss
 
     def _policy_sft_loss(
-        self, model, prompt_ids, prompt_mask, references: list[Completion], scale: float, stats: "_StepStats"
+        self,
+        model,
+        prompt_ids,
+        prompt_mask,
+        references: list[Completion],
+        scale: float,
+        stats: "_StepStats",
+        scores: "_Scores | None" = None,
     ) -> torch.Tensor:
         """The policy's own SFT loss: token-mean NLL of each reference (and its EOS) under the plain prompt.
 
-        Mixed into improver updates so that training the improver role does not erase the policy role.
+        Mixed into improver updates so that training the improver role does not erase the policy role. The
+        references' log-probabilities come from ``scores`` (the packed pass) when it holds them.
         """
         reference_ids, reference_mask = self._pad_completions(references)
-        logps = self._forward(model, prompt_ids, prompt_mask, reference_ids, reference_mask)
+        if scores is not None and scores.reference is not None:
+            logps = scores.reference
+        else:
+            logps = self._forward(model, prompt_ids, prompt_mask, reference_ids, reference_mask)
         nll = -(logps * reference_mask).sum(1) / reference_mask.sum(1).clamp(min=1)
         stats.add("sgpo/policy_sft_loss", nll.detach().tolist())
         return nll.sum() * scale
@@ -906,20 +1114,24 @@ class SGPOTrainer(OnlineDPOTrainer):
         scale: float,
         stats: "_StepStats",
         score_rejected: bool = False,
+        scores: "_Scores | None" = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Supervised loss of the improver role: token-mean NLL of each kept target under its improver prompt.
 
         With ``score_rejected`` (next-turn prompts), the one forward pass also yields the log-probabilities of each
         draft inside the prompt (the policy's own sample, in the policy's own context): returned right-padded like
-        `_pad_completions(drafts)`, else None.
+        `_pad_completions(drafts)`, else None. ``scores``: both already computed by the packed pass.
         """
         target_ids, target_mask = self._pad_completions(targets)
-        tail = 0
-        if score_rejected:  # score from the first draft token to the end of the prompt block
-            tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
-        logps = self._forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
-        rejected_logps = self._rejected_from_tail(logps[:, :tail], prompts) if score_rejected else None
-        logps = logps[:, tail:]
+        if scores is not None:
+            logps, rejected_logps = scores.target, scores.rejected if score_rejected else None
+        else:
+            tail = 0
+            if score_rejected:  # score from the first draft token to the end of the prompt block
+                tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
+            logps = self._forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
+            rejected_logps = self._rejected_from_tail(logps[:, :tail], prompts) if score_rejected else None
+            logps = logps[:, tail:]
         nll = -(logps * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
         keep = torch.tensor(keep, dtype=nll.dtype, device=nll.device)
         stats.add("sgpo/improver_loss", nll.detach()[keep.bool()].tolist())
@@ -1123,6 +1335,33 @@ class _ImproverPrompts:
     after_lengths: list[int] | None = None
     generation_ids: torch.Tensor | None = None
     generation_mask: torch.Tensor | None = None
+
+
+@dataclass
+class _Packed:
+    """Rows of `SGPOTrainer._pack`: ``[x | branch 1 | branch 2 | ...]`` per prompt.
+
+    ``segments``: -1 for padding, 0 for the prompt ``x``, ``k + 1`` for branch ``k``; ``starts`` / ``lengths`` (rows x
+    branches, on the CPU): where each branch begins after the prompt block, and its tokens.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segments: torch.Tensor
+    prompt_width: int
+    starts: torch.Tensor
+    lengths: torch.Tensor
+
+
+@dataclass
+class _Scores:
+    """Per-token log-probabilities from one packed pass, each right-padded like `_pad_completions` of its side:
+    the drafts (DPO rejected), the improver's targets, the rewrites (DPO chosen), the references (policy SFT)."""
+
+    rejected: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    chosen: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
 
 
 @dataclass
