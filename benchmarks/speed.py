@@ -34,15 +34,18 @@ CUDA). The step is split by wrapping methods on the trainer instance:
 
 - generation: time in ``_sample`` (SGPO, both roles) or ``_generate`` (upstream; it also renders and tokenises the
   prompts);
-- forward/backward: time in every ``_forward`` call (policy and reference) plus ``accelerator.backward``;
+- forward/backward: time in every ``_forward`` and ``_packed_forward`` call (policy and reference) plus
+  ``accelerator.backward``;
 - reward: time in upstream's ``_calculate_rewards_from_functions`` (the reward model's forward pass);
 - optimizer: clipping, ``optimizer.step`` and ``zero_grad``;
 - rest: ``training_step`` minus the above: tokenisation, template rendering, edit scripts, the pair filter,
   statistics.
 
 The wrappers also count the work done (generate calls, rows, prompt tokens fed to generate (cached tokens not
-counted), tokens through ``_forward`` with and without gradients, and how many of them are padding), which is the
-first place to look when a ratio is off.
+counted), tokens through ``_forward`` and ``_packed_forward`` with and without gradients, and how many of them are
+padding), which is the first place to look when a ratio is off. SGPO packs every continuation of a prompt into one
+row with the prompt encoded once (``[x | y, instruction, target | y' | reference]``, and ``[x | y' | y]`` for the
+reference model; `SGPOTrainer._packed_forward`) where the model allows it, as the Llama here does.
 
 Arms are interleaved (``for repeat: for arm: one step``, the arm order rotating each repeat) after warm-up steps, so
 that a slow moment of a shared machine hits every arm alike; medians, inter-quartile ranges and the ratios to both
@@ -590,6 +593,17 @@ def _count_forward(work: dict[str, float], args: tuple, result: torch.Tensor, ca
     work[f"forward_padding_tokens_{kind}"] += tokens - real
 
 
+def _count_packed_forward(work: dict[str, float], args: tuple, result: list, cached: int) -> None:
+    """SGPO `_packed_forward(model, packed)` -> a tensor per branch: tokens in the packed rows, padding among them."""
+    packed = args[1]
+    tokens = packed.input_ids.numel()
+    real = int((packed.segments >= 0).sum())
+    kind = "grad" if result[0].requires_grad else "no_grad"
+    work[f"forward_calls_{kind}"] += 1
+    work[f"forward_tokens_{kind}"] += tokens
+    work[f"forward_padding_tokens_{kind}"] += tokens - real
+
+
 def instrument(trainer, probe: StepProbe) -> None:
     """Wrap the generation, forward and backward methods of this trainer instance with the probe's timers."""
     if hasattr(trainer, "_sample"):  # SGPO: both roles go through `_sample`
@@ -597,6 +611,8 @@ def instrument(trainer, probe: StepProbe) -> None:
     else:
         trainer._generate = probe.timed("generation", trainer._generate, _count_generate)
     trainer._forward = probe.timed("forward_backward", trainer._forward, _count_forward)
+    if hasattr(trainer, "_packed_forward"):  # SGPO: the prompt's continuations in one packed row
+        trainer._packed_forward = probe.timed("forward_backward", trainer._packed_forward, _count_packed_forward)
     trainer.accelerator.backward = probe.timed("forward_backward", trainer.accelerator.backward)
     if hasattr(trainer, "_calculate_rewards_from_functions"):  # upstream: the reward model's (or function's) time
         trainer._calculate_rewards_from_functions = probe.timed("reward", trainer._calculate_rewards_from_functions)
@@ -823,7 +839,7 @@ def environment(settings: Settings, tokenizer) -> dict[str, Any]:
     model = build_model(settings, tokenizer, meta=True)
     template_tokens = len(tokenizer(improver_template(settings), add_special_tokens=False)["input_ids"])
     return {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": _command(),
         "tokenizer": {"kind": settings.tokenizer, "vocab_size": len(tokenizer)},
         "tokens_per_row": tokens_per_row(settings, tokenizer),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -953,6 +969,16 @@ def markdown_report(results: dict[str, Any]) -> str:
             f"{'met' if goal['met'] else 'MISSED'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _command() -> str:
+    """The command line as run, with the `taskset -c` it ran under when the process was pinned to fewer cores."""
+    words = ["python", *sys.argv]
+    if hasattr(os, "sched_getaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < (os.cpu_count() or len(cores)):
+            words = ["taskset", "-c", ",".join(map(str, cores)), *words]
+    return shlex.join(words)
 
 
 def forwarded_argv(args: argparse.Namespace) -> list[str]:
