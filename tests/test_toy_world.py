@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from trl.data_utils import is_conversational
 
-from trl_sgpo.toy.build_checkpoint import HELD_OUT, BuildConfig, build_checkpoint, sft_dataset
+from trl_sgpo.toy.build_checkpoint import HELD_OUT, BuildConfig, build_checkpoint, improver_rows, sft_dataset
 from trl_sgpo.toy.checker import check_answer, detect_style, parse_parts
 from trl_sgpo.toy.model import TOY_CHECKPOINT_DIR, load_toy_model, toy_checkpoint_metadata
 from trl_sgpo.toy.tasks import (
@@ -30,6 +31,7 @@ from trl_sgpo.toy.world import (
     generate_completions,
     make_dataset,
     score,
+    slip,
 )
 
 
@@ -58,6 +60,8 @@ def toy_model():
         (Operation("devowel", ("banana",)), "bnn"),
         (Operation("length", ("banana",)), "6"),
         (Operation("vowels", ("banana",)), "3"),
+        (Operation("consonants", ("banana",)), "3"),
+        (Operation("consonants", ("strengths",)), "8"),
     ],
 )
 def test_operation_answers(operation, answer):
@@ -233,8 +237,9 @@ def test_shipped_checkpoint_scores_as_recorded(toy_model):
     recorded = metadata["scores"][regime]
     assert result["exact_match"] == pytest.approx(recorded["exact_match"], abs=0.02)
     assert result["partial_credit"] == pytest.approx(recorded["partial_credit"], abs=0.02)
-    # Deliberately imperfect: room to improve, as for the SFT model of the paper.
-    assert 0.2 <= recorded["exact_match"] <= 0.7
+    # Deliberately imperfect, as the SFT model of the paper: its greedy answers miss some counts, and its samples
+    # copy the slips of its references (the headroom of samples is measured by benchmarks/quality.py).
+    assert 0.5 <= recorded["exact_match"] <= 0.9
 
 
 def test_shipped_checkpoint_stopped_at_its_validation_plateau():
@@ -254,7 +259,51 @@ def test_sft_set_is_the_benchmarks_training_data():
     config = BuildConfig(**metadata["build_config"])
     rows = sft_dataset(config)
     assert len(rows) == metadata["sft_data"]["num_examples"] == config.sft_examples
-    assert rows[0] == make_dataset(config.regime, "train", config.sft_examples, seed=metadata["sft_data"]["seed"])[0]
+    data = metadata["sft_data"]
+    noise = data["reference_noise"]
+    expected = make_dataset(config.regime, "train", config.sft_examples, seed=data["seed"], reference_noise=noise)
+    assert rows[:50] == expected[:50]
+
+
+def test_reference_noise_slips_references_but_never_the_gold():
+    clean = make_dataset("short", "train", 2000, seed=3)
+    noisy = make_dataset("short", "train", 2000, seed=3, reference_noise=0.3)
+    assert noisy["prompt"] == clean["prompt"] and noisy["answer_parts"] == clean["answer_parts"]
+    slipped = 0
+    for row in noisy:
+        gold = [int(part) for part in json.loads(row["answer_parts"])]
+        written = [int(part) for part in row["completion"][0]["content"].split(" | ")]
+        differences = [abs(a - b) for a, b in zip(gold, written)]
+        assert sorted(differences) in ([0, 0], [0, 1])  # at most one part, off by exactly one
+        slipped += sum(differences)
+    assert 0.27 <= slipped / len(noisy) <= 0.33
+    assert noisy.to_list() == make_dataset("short", "train", 2000, seed=3, reference_noise=0.3).to_list()
+    with pytest.raises(ValueError, match="reference_noise must be in"):
+        make_dataset("short", "train", 10, reference_noise=1.5)
+
+
+def test_slip_moves_one_numeric_part_by_one_and_never_below_zero():
+    rng = random.Random(0)
+    for _ in range(200):
+        assert slip(["0", "0"], rng) in (["1", "0"], ["0", "1"])
+        slipped = slip(["abc", "5"], rng)
+        assert slipped[0] == "abc" and slipped[1] in ("4", "6")
+    assert slip(["cba", "XY"], rng) == ["cba", "XY"]  # nothing numeric: unchanged
+
+
+def test_improver_rows_teach_the_role_on_synthetic_drafts():
+    config = BuildConfig(sft_examples=400, improver_share=0.5)
+    rows = improver_rows(config)
+    references = sft_dataset(config)
+    assert len(rows) == 200
+    drafts_off = 0
+    for (prompt, target), reference in zip(rows, references):
+        question = reference["prompt"][-1]["content"]
+        assert target == reference["completion"][0]["content"]  # the SFT reference, slips included
+        draft = prompt[0]["content"].removeprefix(question + "\ndraft: ").removesuffix("\nimprove:")
+        assert prompt[0]["content"] == TOY_IMPROVER_TEMPLATE.format(prompt=question, response=draft)
+        drafts_off += draft != " | ".join(json.loads(reference["answer_parts"]))
+    assert 0.4 <= drafts_off / len(rows) <= 0.6  # half of the drafts carry a slip
 
 
 def test_batched_generation_matches_one_by_one(toy_model):

@@ -3,6 +3,7 @@
 from .model import TOY_CHECKPOINT_DIR, build_tiny_model, load_toy_model, toy_checkpoint_metadata
 from .tokenizer import build_char_tokenizer
 from .world import (
+    TOY_IMPROVER_INSTRUCTION,
     TOY_IMPROVER_TEMPLATE,
     TOY_METRIC_PATH,
     TOY_REFERENCE_AWARE_TEMPLATE,
@@ -16,6 +17,7 @@ from .world import (
 
 __all__ = [
     "TOY_CHECKPOINT_DIR",
+    "TOY_IMPROVER_INSTRUCTION",
     "TOY_IMPROVER_TEMPLATE",
     "TOY_METRIC_PATH",
     "TOY_REFERENCE_AWARE_TEMPLATE",

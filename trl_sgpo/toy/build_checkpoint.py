@@ -26,9 +26,9 @@ import transformers
 from transformers import PreTrainedTokenizerBase
 
 from .model import build_tiny_model
-from .tasks import REGIMES
+from .tasks import REGIMES, format_answer
 from .tokenizer import build_char_tokenizer
-from .world import evaluate_model, make_dataset
+from .world import TOY_IMPROVER_INSTRUCTION, TOY_IMPROVER_TEMPLATE, evaluate_model, make_dataset, slip
 
 
 # The SFT set is drawn with seed ``SFT_SEED_OFFSET + seed``.
@@ -45,6 +45,8 @@ class BuildConfig:
     seed: int = 0
     regime: str = "short"
     sft_examples: int = 64000  # the fixed, finite SFT set
+    reference_noise: float = 0.3  # share of SFT references with a slip (one part off by one), see world.make_dataset
+    improver_share: float = 0.5  # improver-role rows, as a share of the SFT set (see improver_rows)
     hidden_size: int = 128
     num_layers: int = 4
     max_steps: int = 6000  # an upper bound; training stops at the validation plateau
@@ -60,7 +62,42 @@ class BuildConfig:
 
 def sft_dataset(config: BuildConfig):
     """The fixed SFT set of the build (TRL's conversational prompt-completion rows, references as completions)."""
-    return make_dataset(config.regime, "train", config.sft_examples, seed=SFT_SEED_OFFSET + config.seed)
+    return make_dataset(
+        config.regime,
+        "train",
+        config.sft_examples,
+        seed=SFT_SEED_OFFSET + config.seed,
+        reference_noise=config.reference_noise,
+    )
+
+
+def improver_rows(config: BuildConfig) -> list[tuple[list[dict], str]]:
+    """The improver-role rows of the build: ``(improver prompt messages, reference)`` for the first SFT rows.
+
+    The paper starts from instruction-tuned models that can already follow "improve this response"; a tiny model
+    trained from scratch cannot, and SGPO's Step 1 (a few dozen updates) is too short to teach it the role. So the
+    start also learns the role here, in both of SGPO's improver formats, alternating row by row: the single-turn
+    ``TOY_IMPROVER_TEMPLATE`` and the next turn of the conversation (``TOY_IMPROVER_INSTRUCTION``). The drafts are
+    synthetic: the gold answer, with a slip (see :func:`world.slip`) half of the time. The target is the row's SFT
+    reference, slips included. Every arm of the benchmark starts from this same checkpoint.
+    """
+    rng = random.Random(f"trl_sgpo.toy/improver_rows/{config.seed}")
+    rows = sft_dataset(config).select(range(int(config.improver_share * config.sft_examples)))
+    result = []
+    for index, row in enumerate(rows):
+        gold = json.loads(row["answer_parts"])
+        draft = format_answer(slip(gold, rng) if rng.random() < 0.5 else gold, "reference")
+        question = row["prompt"][-1]["content"]
+        if index % 2 == 0:
+            prompt = [{"role": "user", "content": TOY_IMPROVER_TEMPLATE.format(prompt=question, response=draft)}]
+        else:
+            prompt = [
+                *row["prompt"],
+                {"role": "assistant", "content": draft},
+                {"role": "user", "content": TOY_IMPROVER_INSTRUCTION},
+            ]
+        result.append((prompt, row["completion"][0]["content"]))
+    return result
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], answer: str) -> tuple[list[int], list[int]]:
@@ -105,6 +142,7 @@ def build_checkpoint(output_dir: str | Path, config: BuildConfig | None = None, 
     model = build_tiny_model(tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers, seed=config.seed)
     model.train()
     encoded = [_encode(tokenizer, row["prompt"], row["completion"][0]["content"]) for row in sft_dataset(config)]
+    encoded += [_encode(tokenizer, prompt, target) for prompt, target in improver_rows(config)]
     validation = make_dataset(
         config.regime,
         **{k: v for k, v in VALIDATION.items() if k != "num_examples"},
@@ -162,6 +200,12 @@ def build_checkpoint(output_dir: str | Path, config: BuildConfig | None = None, 
             "num_examples": config.sft_examples,
             "seed": SFT_SEED_OFFSET + config.seed,
             "reference_style": "reference",
+            "reference_noise": config.reference_noise,
+        },
+        "improver_rows": {
+            "share": config.improver_share,
+            "template": TOY_IMPROVER_TEMPLATE,
+            "next_turn_instruction": TOY_IMPROVER_INSTRUCTION,
         },
         "best_step": best_step,
         "validation": {**VALIDATION, "best_exact_match": best_score, "trace": trace},

@@ -9,6 +9,7 @@ A dataset row is TRL's conversational prompt-completion format plus what the che
 """
 
 import json
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,9 @@ from .tasks import format_answer, generate_examples
 TOY_METRIC_PATH = str(Path(__file__).parent / "metric" / "toy_accuracy.py")
 # The improver prompt for this world. Every character is a token here, so it is kept short.
 TOY_IMPROVER_TEMPLATE = "{prompt}\ndraft: {response}\nimprove:"
+# The next-turn improver instruction for this world (``improver_format="next_turn"``): one short word, as every
+# character is a token here.
+TOY_IMPROVER_INSTRUCTION = "improve"
 # A reference-aware improver prompt for this world (the improver also sees the SFT reference).
 TOY_REFERENCE_AWARE_TEMPLATE = "{prompt}\ndraft: {response}\nreference: {reference}\nimprove:"
 
@@ -36,27 +40,52 @@ def make_dataset(
     num_examples: int,
     seed: int = 0,
     reference_style: str = "reference",
+    reference_noise: float = 0.0,
 ) -> Dataset:
-    """Build ``num_examples`` rows of ``regime`` (``plain``, ``shifted``) from ``split``'s argument space.
+    """Build ``num_examples`` rows of ``regime`` from ``split``'s argument space.
 
     The completion is written in ``reference_style``: ``reference`` (the SFT references, off the policy's form in
     the ``shifted`` regime) or ``policy`` (the form the starting checkpoint was trained to write). In the
     ``plain`` regime both forms are the same string.
+
+    ``reference_noise`` is the share of completions with a slip (see :func:`slip`): one numeric part off by one,
+    as the author of a real SFT set sometimes is. The gold ``answer_parts``, which the checker scores against,
+    stay right; only the reference is wrong. Which rows slip is fixed by ``(regime, split, seed)``.
     """
+    if not 0.0 <= reference_noise <= 1.0:
+        raise ValueError(f"reference_noise must be in [0, 1], got {reference_noise}")
     examples = generate_examples(regime, split, num_examples, seed=seed)
+    noise_rng = random.Random(f"trl_sgpo.toy/noise/{regime}/{split}/{seed}")
+    references = [
+        format_answer(slip(example.answer_parts, noise_rng), reference_style)
+        if noise_rng.random() < reference_noise
+        else example.answer(reference_style)
+        for example in examples
+    ]
     return Dataset.from_list(
         [
             {
                 "prompt": [{"role": "user", "content": example.prompt}],
-                "completion": [{"role": "assistant", "content": example.answer(reference_style)}],
+                "completion": [{"role": "assistant", "content": reference}],
                 "task": example.task,
                 "regime": example.regime,
                 "answer_parts": json.dumps(example.answer_parts),
                 "operations": json.dumps([op.name for op in example.operations]),
             }
-            for example in examples
+            for example, reference in zip(examples, references)
         ]
     )
+
+
+def slip(parts: Sequence[str], rng: random.Random) -> list[str]:
+    """``parts`` with one numeric part off by one (up or down, never below 0); unchanged if no part is numeric."""
+    numeric = [i for i, part in enumerate(parts) if part.isdigit()]
+    if not numeric:
+        return list(parts)
+    index = rng.choice(numeric)
+    value = int(parts[index])
+    step = 1 if value == 0 or rng.random() < 0.5 else -1
+    return [str(value + step) if i == index else part for i, part in enumerate(parts)]
 
 
 def _mean(values: Sequence[float]) -> float:
