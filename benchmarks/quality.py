@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 from trl_sgpo.toy import (  # noqa: E402
     TOY_CHECKPOINT_DIR,
+    TOY_IMPROVER_INSTRUCTION,
     TOY_IMPROVER_TEMPLATE,
     TOY_REFERENCE_AWARE_TEMPLATE,
     evaluate_model,
@@ -70,10 +71,17 @@ ARMS: dict[str, tuple[str, dict | None]] = {
     "sgpo_no_sft_mix": ("sgpo", {"policy_sft_weight": 0.0}),
     "sgpo_sees_reference": ("sgpo", {"improver_template": TOY_REFERENCE_AWARE_TEMPLATE}),
     "edit_pairs": ("edit_pairs", {"pair_source": "edit"}),
+    "sgpo_next_turn": ("sgpo", {"improver_format": "next_turn", "improver_instruction": TOY_IMPROVER_INSTRUCTION}),
 }
 SEARCHED = ("sft", "spin", "online_dpo_oracle", "sgpo", "edit_pairs")  # the arms whose learning rate is searched
-GATE_POINTS = 8.0  # the oracle must beat the start by this many test exact-match points
-GOAL_POINTS = 5.0  # SGPO's goal over SPIN and over continued SFT, in test exact-match points, beyond 2 sigma
+# The headline metric: exact match of a sampled answer (pass@1, temperature 1, ``eval_samples`` samples per prompt).
+# Greedy exact match changes only when a method changes which answer ranks first; at an SFT plateau none does in a
+# few dozen updates (the oracle gained +0.8 greedy points on the earlier world). On-policy preference methods train
+# the distribution the policy samples from, and the headroom the testbed is built for is headroom of samples
+# (pass@k well above pass@1). Greedy exact match is reported beside it.
+HEADLINE = "sampled_exact_match"
+GATE_POINTS = 8.0  # the oracle must beat the start by this many test points of the headline metric
+GOAL_POINTS = 5.0  # SGPO's goal over SPIN and over continued SFT, in test points of the headline, beyond 2 sigma
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -84,7 +92,7 @@ class Settings:
     checkpoint: str = str(TOY_CHECKPOINT_DIR)  # the start: an SFT checkpoint with its world.json
     steps: int = 60
     batch_size: int = 32
-    learning_rates: tuple[float, ...] = (1e-5, 3e-5, 1e-4)
+    learning_rates: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
     seeds: tuple[int, ...] = (0, 1, 2)
     validation_prompts: int = 400
     test_prompts: int = 800
@@ -122,7 +130,13 @@ class RunResult:
 def sft_set(checkpoint: str):
     """The fixed, finite SFT set the start checkpoint was trained on: every arm trains on these rows."""
     data = toy_checkpoint_metadata(checkpoint)["sft_data"]
-    return make_dataset(data["regime"], "train", data["num_examples"], seed=data["seed"])
+    return make_dataset(
+        data["regime"],
+        "train",
+        data["num_examples"],
+        seed=data["seed"],
+        reference_noise=data.get("reference_noise", 0.0),
+    )
 
 
 def _regime(checkpoint: str) -> str:
@@ -211,8 +225,8 @@ class PairDiagnostics:
             self._gold = [json.loads(parts) for parts in inputs["answer_parts"]]
             return step(model, inputs, *args, **kwargs)
 
-        def sample_and_judge(model, texts, prompt_ids, prompt_mask, role):
-            completions = sample(model, texts, prompt_ids, prompt_mask, role)
+        def sample_and_judge(model, texts, prompt_ids, prompt_mask, role, *args, **kwargs):
+            completions = sample(model, texts, prompt_ids, prompt_mask, role, *args, **kwargs)
             decoded = trainer.processing_class.batch_decode([c.token_ids for c in completions])
             if role == "policy":
                 self._drafts = decoded
@@ -392,9 +406,7 @@ def run_benchmark(settings: Settings, arms: tuple[str, ...], workers: int) -> di
     search = [Job(arm, lr, first_seed, settings) for arm in searched for lr in settings.learning_rates]
     search_results = _run_all(search, workers)
     chosen = {
-        method: max(
-            (r for r in search_results if r.arm == method), key=lambda r: r.validation["exact_match"]
-        ).learning_rate
+        method: max((r for r in search_results if r.arm == method), key=lambda r: r.validation[HEADLINE]).learning_rate
         for method in searched
     }
     kept = [r for r in search_results if r.arm in arms and r.learning_rate == chosen[r.arm]]
@@ -414,12 +426,12 @@ def run_benchmark(settings: Settings, arms: tuple[str, ...], workers: int) -> di
     }
 
 
-def _test_values(report: dict, arm: str, metric: str = "exact_match") -> list[float]:
+def _test_values(report: dict, arm: str, metric: str = HEADLINE) -> list[float]:
     return [100 * r["test"][metric] for r in report["final"] if r["arm"] == arm]
 
 
 def _difference(report: dict, arm: str, other: str) -> tuple[float, float]:
-    """Mean difference of test exact match (points) and its sigma: sqrt(sd_a^2/n_a + sd_b^2/n_b) over seeds."""
+    """Mean difference of the test headline (points) and its sigma: sqrt(sd_a^2/n_a + sd_b^2/n_b) over seeds."""
     a, b = _test_values(report, arm), _test_values(report, other)
     if not a or not b:
         return math.nan, math.nan
@@ -429,7 +441,7 @@ def _difference(report: dict, arm: str, other: str) -> tuple[float, float]:
 
 def summarize(report: dict) -> dict:
     """The headline numbers: the oracle's gain (the gate), and SGPO against SPIN and continued SFT (the goal)."""
-    start = 100 * report["start"]["exact_match"]
+    start = 100 * report["start"][HEADLINE]
     oracle = _test_values(report, "online_dpo_oracle")
     sgpo_minus_spin, sigma_spin = _difference(report, "sgpo", "spin")
     sgpo_minus_sft, sigma_sft = _difference(report, "sgpo", "sft")
@@ -453,7 +465,7 @@ def gate_and_goal_lines(summary: dict) -> list[str]:
         for other in ("spin", "sft")
     )
     return [
-        f"Sensitivity gate: the oracle arm gains {gain:+.1f} test exact-match points over the start "
+        f"Sensitivity gate: the oracle arm gains {gain:+.1f} points of test sampled exact match over the start "
         f"(needs >= {GATE_POINTS:g}): {gate}.",
         f"Goal: SGPO - SPIN = {summary['sgpo_minus_spin']:+.1f} ± {summary['sigma_sgpo_minus_spin']:.1f} and "
         f"SGPO - SFT = {summary['sgpo_minus_sft']:+.1f} ± {summary['sigma_sgpo_minus_sft']:.1f} points "
@@ -487,21 +499,22 @@ def markdown_table(report: dict) -> str:
         "",
         *gate_and_goal_lines(report["summary"]),
         "",
-        "Exact match and partial credit are of greedy answers; *sampled* exact match is that of samples at the "
-        f"training temperature ({settings['eval_samples']} per prompt), the distribution on-policy methods train. "
-        "The oracle's tied pairs are the share of its pairs whose two samples the checker scored the same.",
+        "The headline is *sampled* exact match: the exact match of answers sampled at the training temperature "
+        f"({settings['eval_samples']} per prompt, i.e. pass@1), the distribution on-policy methods train. Greedy "
+        "exact match and partial credit are of greedy answers. The oracle's tied pairs are the share of its pairs "
+        "whose two samples the checker scored the same.",
         "",
-        "| arm | learning rate | test exact match | test partial credit | test sampled exact match "
+        "| arm | learning rate | test sampled exact match | test greedy exact match | test greedy partial credit "
         "| rewrite better / worse (checker) | rewrite closer to reference | seconds per run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| start (shipped checkpoint) | - | {100 * start['exact_match']:.1f} | {100 * start['partial_credit']:.1f} "
-        f"| {100 * start['sampled_exact_match']:.1f} | - | - | - |",
+        f"| start (shipped checkpoint) | - | {100 * start['sampled_exact_match']:.1f} "
+        f"| {100 * start['exact_match']:.1f} | {100 * start['partial_credit']:.1f} | - | - | - |",
     ]
     for arm in report["arms"]:
         runs = [r for r in report["final"] if r["arm"] == arm]
         if not runs:
             continue
-        exact = _mean_std(_test_values(report, arm))
+        exact = _mean_std(_test_values(report, arm, "exact_match"))
         partial = _mean_std(_test_values(report, arm, "partial_credit"))
         sampled = _mean_std(_test_values(report, arm, "sampled_exact_match"))
         diagnostics = {
@@ -517,13 +530,13 @@ def markdown_table(report: dict) -> str:
             judged = "-"
         seconds = statistics.fmean(r["seconds"] for r in runs)
         lines.append(
-            f"| {arm} | {runs[0]['learning_rate']:g} | {exact} | {partial} | {sampled} | {judged} | "
+            f"| {arm} | {runs[0]['learning_rate']:g} | {sampled} | {exact} | {partial} | {judged} | "
             f"{_cell(diagnostics, 'sgpo/rewrite_closer')} | {seconds:.0f} |"
         )
     lines += [
         "",
-        "The validation search (first seed; validation exact match / partial credit, in %; the best exact match "
-        "was kept, ties going to the first value; the SGPO ablations use SGPO's learning rate):",
+        "The validation search (first seed; validation sampled / greedy exact match, in %; the best sampled exact "
+        "match was kept, ties going to the first value; the SGPO ablations use SGPO's learning rate):",
         "",
         "| method | " + " | ".join(f"lr {lr:g}" for lr in settings["learning_rates"]) + " |",
         "| --- | " + " | ".join("---" for _ in settings["learning_rates"]) + " |",
@@ -534,7 +547,7 @@ def markdown_table(report: dict) -> str:
             runs = [r for r in report["search"] if (r["arm"], r["learning_rate"]) == (method, lr)]
             scores = runs[0]["validation"] if runs else {}
             cells.append(
-                f"{100 * scores['exact_match']:.1f} / {100 * scores['partial_credit']:.1f}" if scores else "-"
+                f"{100 * scores['sampled_exact_match']:.1f} / {100 * scores['exact_match']:.1f}" if scores else "-"
             )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -601,7 +614,16 @@ def main(argv: list[str] | None = None) -> dict:
         start=start_scores(settings),
         sgpo_default={
             name: getattr(defaults, name)
-            for name in ("improver_warmup_steps", "policy_sft_weight", "improver_target", "improver_alpha")
+            for name in (
+                "improver_format",
+                "improver_warmup_steps",
+                "improver_steps",
+                "dpo_steps",
+                "improver_target",
+                "improver_drop_unchanged",
+                "improver_loss_weight",
+                "policy_sft_weight",
+            )
         }
         | {"learning_rate": report["chosen_learning_rate"].get("sgpo"), "improver_template": TOY_IMPROVER_TEMPLATE},
         total_seconds=time.perf_counter() - started,
