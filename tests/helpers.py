@@ -96,7 +96,10 @@ def make_config(tmp_path, **overrides) -> SGPOConfig:
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
         max_steps=4,
-        improver_warmup_steps=0,  # tests set their schedule; the default Step 1 has its own tests
+        # Tests set their schedule: alternate from the first step, so a few steps visit both phases. The default
+        # schedule (a short Step 1, then DPO steps only) has its own test in test_method.py.
+        improver_warmup_steps=0,
+        improver_steps=1,
         logging_steps=1,
         max_new_tokens=6,
         learning_rate=1e-3,

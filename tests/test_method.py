@@ -38,24 +38,23 @@ def _gradients(model) -> dict[str, torch.Tensor]:
 
 
 def test_default_run_starts_with_step_1_then_optimizes_preferences(tmp_path, tokenizer):
-    """The default schedule is the paper's Figure 1: improver training (30% of the run), then preference steps."""
-    config = make_config(tmp_path, max_steps=10)
-    del config  # the conftest factory pins the warm-up to 0; build the default one here
+    """The default schedule is the paper's Figure 1: improver training (10% of the run), then preference steps."""
     defaults = SGPOConfig(output_dir=str(tmp_path / "d"), use_cpu=True)
-    assert defaults.improver_warmup_steps == 0.3
+    assert (defaults.improver_warmup_steps, defaults.improver_steps, defaults.dpo_steps) == (0.1, 0, 1)
+    schedule = {name: getattr(defaults, name) for name in ("improver_warmup_steps", "improver_steps", "dpo_steps")}
     trainer = SGPOTrainer(
         model=tiny_model(tokenizer),
-        args=make_config(tmp_path, max_steps=10, improver_warmup_steps=defaults.improver_warmup_steps),
+        # the test factory pins a schedule of its own: give it the defaults
+        args=make_config(tmp_path, max_steps=20, logging_steps=1, **schedule),
         train_dataset=conversational_dataset(8),
         processing_class=tokenizer,
     )
     trainer._sample = rule_sampler(tokenizer)
     trainer.train()
     phases = trainer.phase_callback.phase_history
-    assert phases[:3] == [IMPROVER] * 3  # ceil(0.3 * 10) steps of Step 1 ...
-    assert DPO not in phases[:3] and phases[3] == IMPROVER and phases[4] == DPO  # ... then the (1, 1) cycles
+    assert phases == [IMPROVER] * 2 + [DPO] * 18  # ceil(0.1 * 20) steps of Step 1, then DPO steps only
     logged = [log["sgpo/phase"] for log in trainer.state.log_history if "sgpo/phase" in log]
-    assert logged[:3] == [0.0, 0.0, 0.0]
+    assert logged[:3] == [0.0, 0.0, 1.0]
 
 
 @pytest.mark.parametrize(("value", "max_steps", "steps"), [(0.3, 10, 3), (0.25, 7, 2), (0.01, 5, 1), (4, 100, 4)])
