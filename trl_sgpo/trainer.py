@@ -1,6 +1,7 @@
 """`SGPOTrainer`: TRL's `OnlineDPOTrainer` with SGPO's self-generated pairs and the improver role."""
 
 import copy
+import inspect
 import os
 import textwrap
 from collections import defaultdict
@@ -32,7 +33,6 @@ from trl.experimental.utils import truncate_right
 from trl.extras.profiling import profiling_context
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
-from trl.trainer.utils import selective_log_softmax
 
 from .callbacks import SGPOPhaseCallback
 from .config import SGPOConfig
@@ -123,6 +123,10 @@ class SGPOTrainer(OnlineDPOTrainer):
     # Score every continuation of a prompt in one packed row, the prompt encoded once (False: separate passes; the
     # log-probabilities are the same, see tests/test_packing.py). Applies only where `_packable` says it is exact.
     pack_shared_prefix = True
+    # Run the LM head and the log-softmax only at the positions whose log-probabilities are used (False: at every
+    # position from the first scored one on; the log-probabilities are the same, see tests/test_selective_logits.py).
+    # Applies only where `_selects_logits` says the model supports it.
+    select_logits = True
     _name = "SGPO"
     _paper = {
         "title": "SGPO: Self-Generated Preference Optimization based on Self-Improver",
@@ -382,16 +386,26 @@ class SGPOTrainer(OnlineDPOTrainer):
             completions.append(Completion(tokens[:-1] if ended else tokens, ended, tokens[-1] if ended else None))
         return completions
 
-    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_tail: int = 0):
+    def _forward(
+        self,
+        model,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        prompt_tail: int = 0,
+        tail_mask: torch.Tensor | None = None,
+    ):
         """Per-token log-probabilities of the completion tokens, like the parent's, but cheaper.
 
         The parent computes logits and a full log-softmax for every prompt position too. The improver's prompts are
-        long (template, prompt and draft), so with a real vocabulary that is most of the memory of a step: ask the
-        model for the completion positions only (`logits_to_keep`) and gather without a full log-softmax.
+        long (template, prompt and draft), so with a real vocabulary that is most of the memory of a step: the LM head
+        and the log-softmax run at the scored positions only (`_token_logps`). Padding is not scored (zeros there).
         Like the parent, sequences longer than `max_length` lose prompt tokens from the left.
 
         ``prompt_tail > 0`` also scores the last ``prompt_tail`` prompt tokens (their log-probabilities come first in
-        the result): the fused next-turn pass reads the draft's log-probabilities there.
+        the result): the fused next-turn pass reads the draft's log-probabilities there. ``tail_mask`` (rows x
+        ``prompt_tail``, default: the prompt's mask there) says which of them to score; the others read zero.
         """
         excess = max(prompt_ids.size(1) + completion_ids.size(1) - self.max_length, 0)
         prompt_ids, prompt_mask = prompt_ids[:, excess:], prompt_mask[:, excess:]
@@ -399,9 +413,61 @@ class SGPOTrainer(OnlineDPOTrainer):
             raise ValueError(f"max_length ({self.max_length}) leaves no room for the prompt: raise max_length.")
         input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
         attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
-        targets = torch.cat((prompt_ids[:, prompt_ids.size(1) - prompt_tail :], completion_ids), dim=1)
-        output = model(input_ids, attention_mask=attention_mask, logits_to_keep=targets.size(1) + 1)
-        return selective_log_softmax(output.logits[:, :-1], targets)
+        start = prompt_ids.size(1) - prompt_tail  # column of the first scored token
+        if tail_mask is None:
+            tail_mask = prompt_mask[:, start:]
+        scored = torch.cat((tail_mask.bool(), completion_mask.bool()), dim=1)
+        rows, offsets = scored.nonzero(as_tuple=True)
+        columns = start + offsets  # each token is predicted at the column before it
+        logps = self._token_logps(
+            model,
+            {"input_ids": input_ids, "attention_mask": attention_mask},
+            rows,
+            columns - 1,
+            input_ids[rows, columns],
+        )
+        return torch.zeros(scored.shape, dtype=logps.dtype, device=logps.device).index_put((rows, offsets), logps)
+
+    # ------------------------------------------------------------- selective logits
+
+    def _selects_logits(self, model) -> bool:
+        """Whether the model computes logits at chosen positions only, given a boolean ``logits_to_keep`` (rows x
+        columns; transformers' `slice_logits_to_keep`, which then returns the kept positions flattened).
+
+        It needs a forward that hands ``logits_to_keep`` to `slice_logits_to_keep` (nearly every transformers
+        causal LM since 5.x; checked on the model's class, under PEFT on the base model's) and no prompt-learning
+        adapter (virtual tokens widen the rows the mask is laid on). Otherwise `_token_logps` asks for every
+        position from the first scored one on, as before, and gathers from there: the same log-probabilities.
+        """
+        if not self.select_logits:
+            return False
+        unwrapped = self.accelerator.unwrap_model(model)
+        peft_config = getattr(unwrapped, "active_peft_config", None)
+        if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+            return False
+        return _forward_slices_logits(_base_class(unwrapped))
+
+    def _token_logps(
+        self, model, inputs: dict[str, torch.Tensor], rows: torch.Tensor, columns: torch.Tensor, tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """``log p(tokens[q] | the input up to (rows[q], columns[q]))`` for every query ``q``: one forward pass of
+        ``model(**inputs)`` whose LM head and log-softmax run only at the queried positions where `_selects_logits`
+        allows (a position may be queried several times, for several tokens), else from the first queried column on.
+        """
+        width = inputs["input_ids"].size(1)
+        if self._selects_logits(model):
+            keep = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool, device=rows.device)
+            keep[rows, columns] = True
+            flat = rows * width + columns
+            source = keep.flatten().cumsum(0)[flat] - 1  # kept positions come out flattened, row after row
+            logits = model(**inputs, logits_to_keep=keep).logits
+            if logits.shape[:-1] == (int(keep.sum()),):
+                return _gathered_log_softmax(logits, source, tokens)
+            _SLICES_LOGITS[_base_class(self.accelerator.unwrap_model(model))] = False  # unexpected layout: not again
+        first = int(columns.min()) if columns.numel() else width - 1
+        logits = model(**inputs, logits_to_keep=width - first).logits
+        source = rows * (width - first) + (columns - first)
+        return _gathered_log_softmax(logits.flatten(0, 1), source, tokens)
 
     # ------------------------------------------------------------- packing
 
@@ -472,12 +538,16 @@ class SGPOTrainer(OnlineDPOTrainer):
         device = self.accelerator.device
         return _Packed(ids.to(device), positions.to(device), segments.to(device), width, starts, lengths)
 
-    def _packed_forward(self, model, packed: "_Packed") -> list[torch.Tensor]:
+    def _packed_forward(
+        self, model, packed: "_Packed", scored: "list[torch.Tensor | None] | None" = None
+    ) -> list[torch.Tensor]:
         """Per-token log-probabilities of every branch of `_pack`'s rows, each given ``x`` and its own tokens only.
 
         Returns one tensor per branch, right-padded with zeros to its longest row (at least one column): the layout
         `_pad_completions` gives the same tokens. A 4D mask lets a token see the prompt's real tokens and the earlier
         tokens of its own branch; each padding token sees itself only (no empty rows in the softmax).
+        ``scored[k]`` (rows x that layout's width, boolean; None: all): the tokens of branch ``k`` to score; the
+        others read zero, and the LM head does not run for them (`_token_logps`).
         """
         segments, width = packed.segments, packed.prompt_width
         query, key = segments.unsqueeze(2), segments.unsqueeze(1)
@@ -492,26 +562,29 @@ class SGPOTrainer(OnlineDPOTrainer):
             mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
         else:  # sdpa takes a boolean mask, True where attention is allowed
             mask = allowed
-        output = model(
-            input_ids=packed.input_ids,
-            attention_mask=mask.unsqueeze(1),
-            position_ids=packed.position_ids,
-            logits_to_keep=total - width + 1,
-        )
-        logits = output.logits  # column c predicts the token in column width + c
-        # Each token given the one before it; right for every token but the first of a branch after the first.
-        chained = selective_log_softmax(logits[:, :-1], packed.input_ids[:, width:])
-        starts, lengths = packed.starts.to(logits.device), packed.lengths.to(logits.device)
-        first_index = (width + starts).clamp(max=total - 1)
-        first_tokens = packed.input_ids.gather(1, first_index)
-        branches = starts.size(1)
-        first = selective_log_softmax(logits[:, :1].expand(-1, branches, -1).contiguous(), first_tokens)
+        device = segments.device
+        starts, lengths = packed.starts.to(device), packed.lengths.to(device)
+        queries, shapes = [], []
+        for k in range(starts.size(1)):
+            offsets = torch.arange(max(1, int(lengths[:, k].max())), device=device).unsqueeze(0)
+            wanted = offsets < lengths[:, k : k + 1]
+            if scored is not None and scored[k] is not None:
+                wanted = wanted & scored[k].to(device).bool()
+            rows, offset = wanted.nonzero(as_tuple=True)
+            column = width + starts[rows, k] + offset
+            # A branch's first token follows the prompt's last column; every other token the one before it.
+            queries.append((rows, offset, torch.where(offset == 0, width - 1, column - 1), column))
+            shapes.append(wanted.shape)
+        rows, _, predictors, columns = (torch.cat(parts) for parts in zip(*queries))
+        inputs = {
+            "input_ids": packed.input_ids,
+            "attention_mask": mask.unsqueeze(1),
+            "position_ids": packed.position_ids,
+        }
+        logps = self._token_logps(model, inputs, rows, predictors, packed.input_ids[rows, columns])
         result = []
-        for k in range(branches):
-            offsets = torch.arange(max(1, int(lengths[:, k].max())), device=logits.device).unsqueeze(0)
-            index = (starts[:, k : k + 1] + offsets).clamp(max=chained.size(1) - 1)
-            logps = torch.where(offsets == 0, first[:, k : k + 1], chained.gather(1, index))
-            result.append(logps * (offsets < lengths[:, k : k + 1]))
+        for (rows, offset, _, _), shape, values in zip(queries, shapes, logps.split([len(q[0]) for q in queries])):
+            result.append(torch.zeros(shape, dtype=logps.dtype, device=device).index_put((rows, offset), values))
         return result
 
     @staticmethod
@@ -534,7 +607,13 @@ class SGPOTrainer(OnlineDPOTrainer):
         return self._forward(model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), completion_ids, completion_mask)
 
     def _packed_scores(
-        self, model, batch: "_Batch", prompts: "_ImproverPrompts", targets: list[Completion], chosen
+        self,
+        model,
+        batch: "_Batch",
+        prompts: "_ImproverPrompts",
+        targets: list[Completion],
+        chosen,
+        score_rejected: bool = True,
     ) -> "_Scores | None":
         """Next turn: everything the step scores under the policy prompt ``x``, in one packed forward pass.
 
@@ -542,6 +621,8 @@ class SGPOTrainer(OnlineDPOTrainer):
         ``policy_sft_weight > 0``), gives the draft's and the target's log-probabilities (the fused next-turn pass),
         the rewrite's (the DPO chosen side) and the reference's (the policy's SFT loss). None where packing does not
         apply: the template format (its prompt does not continue ``x``), a single branch, or `_packs` says no.
+        Of the conversation branch only the target, and the draft where ``score_rejected`` (else the scores'
+        ``rejected`` is None), are scored: the new turn's instruction is context, its logits are not computed.
         """
         sft = self.args.policy_sft_weight > 0
         if prompts.rejected_lengths is None or (chosen is None and not sft):
@@ -566,11 +647,19 @@ class SGPOTrainer(OnlineDPOTrainer):
             branches.append([self._completion_tokens(c) for c in chosen])
         if sft:
             branches.append([self._completion_tokens(r) for r in batch.references])
-        logps = self._packed_forward(model, self._pack(batch.prompt_ids, batch.prompt_mask, branches))
-        conversation = logps[0]
         before_target = [r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths)]
+        offsets = torch.arange(max(1, *map(len, conversations))).unsqueeze(0)
+        starts = torch.tensor(before_target).unsqueeze(1)
+        scored = offsets >= starts  # the target
+        if score_rejected:
+            scored |= offsets < torch.tensor(prompts.rejected_lengths).unsqueeze(1)  # the draft
+        packed = self._pack(batch.prompt_ids, batch.prompt_mask, branches)
+        logps = self._packed_forward(model, packed, [scored] + [None] * (len(branches) - 1))
+        conversation = logps[0]
         return _Scores(
-            rejected=self._spans(conversation, [0] * len(targets), prompts.rejected_lengths),
+            rejected=self._spans(conversation, [0] * len(targets), prompts.rejected_lengths)
+            if score_rejected
+            else None,
             target=self._spans(conversation, before_target, list(map(len, target_tokens))),
             chosen=logps[1] if chosen is not None else None,
             reference=logps[-1] if sft else None,
@@ -799,7 +888,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         applies (then the scores' ``chosen`` is set). Returns the scores for the DPO loss, or None.
         """
         targets, keep = self._improver_targets(batch.drafts, batch.references, stats)
-        scores = self._packed_scores(model, batch, prompts, targets, chosen)
+        scores = self._packed_scores(model, batch, prompts, targets, chosen, score_rejected)
         loss, rejected_logps = self._improver_loss(model, prompts, targets, keep, scale, stats, score_rejected, scores)
         if self.args.policy_sft_weight > 0:
             loss = loss + self.args.policy_sft_weight * self._policy_sft_loss(
@@ -1126,10 +1215,16 @@ class SGPOTrainer(OnlineDPOTrainer):
         if scores is not None:
             logps, rejected_logps = scores.target, scores.rejected if score_rejected else None
         else:
-            tail = 0
-            if score_rejected:  # score from the first draft token to the end of the prompt block
+            tail, tail_mask = 0, None
+            if score_rejected:  # score the drafts at the end of the prompt block, not the new turn after them
                 tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
-            logps = self._forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
+                offsets = torch.arange(tail, device=target_ids.device).unsqueeze(0)
+                after = torch.tensor(prompts.after_lengths, device=target_ids.device).unsqueeze(1)
+                rejected = torch.tensor(prompts.rejected_lengths, device=target_ids.device).unsqueeze(1)
+                tail_mask = (offsets >= tail - after - rejected) & (offsets < tail - after)
+            logps = self._forward(
+                model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail, tail_mask=tail_mask
+            )
             rejected_logps = self._rejected_from_tail(logps[:, :tail], prompts) if score_rejected else None
             logps = logps[:, tail:]
         nll = -(logps * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
@@ -1304,6 +1399,75 @@ class SGPOTrainer(OnlineDPOTrainer):
             card = os.path.join(self.args.output_dir, "README.md")
             if output_dir and os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
                 os.replace(card, os.path.join(output_dir, "README.md"))
+
+
+# class of a model (the base model's under PEFT) -> whether its forward slices logits with `slice_logits_to_keep`
+_SLICES_LOGITS: dict[type, bool] = {}
+
+
+def _base_class(unwrapped: nn.Module) -> type:
+    """The class whose forward computes the logits: the base model's under PEFT."""
+    return type(unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped)
+
+
+def _forward_slices_logits(model_class: type) -> bool:
+    """Whether ``model_class.forward`` hands ``logits_to_keep`` to transformers' `slice_logits_to_keep`, and that
+    function keeps the positions of a boolean (rows x columns) mask (the models of transformers 5.x)."""
+    if model_class not in _SLICES_LOGITS:
+        try:
+            from transformers.modeling_utils import slice_logits_to_keep
+
+            source = inspect.getsource(model_class.forward)
+            probe = slice_logits_to_keep(torch.zeros(2, 3, 1), torch.tensor([[True, False, True], [False] * 3]))
+            _SLICES_LOGITS[model_class] = "slice_logits_to_keep(" in source and probe.shape == (2, 1)
+        except (ImportError, OSError, TypeError, IndexError, RuntimeError):
+            _SLICES_LOGITS[model_class] = False
+    return _SLICES_LOGITS[model_class]
+
+
+def _gathered_log_softmax(logits: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits[source[q]])[tokens[q]]`` for every ``q``, from 2D ``logits`` (positions x vocabulary).
+
+    What TRL's `selective_log_softmax` computes (the picked logit minus its row's logsumexp), as one autograd
+    function: the logsumexp is computed once per row (a row may be picked several times), in chunks, and the
+    backward writes the logits' gradient in one buffer (``g * (onehot - softmax)``) instead of a zero-filled buffer
+    per term plus their sum. Positions x vocabulary temporaries are the costly part of a step with a real vocabulary.
+    Half-precision logits are normalised in float32.
+    """
+    return _GatheredLogSoftmax.apply(logits, source, tokens)
+
+
+def _row_chunks(logits: torch.Tensor) -> list[slice]:
+    """Row ranges of about 64K logits each: temporaries small enough for the allocator to reuse from chunk to chunk
+    (a fresh large buffer costs a page fault per page, each time)."""
+    rows = max(1, 2**16 // max(1, logits.size(-1)))
+    return [slice(start, start + rows) for start in range(0, logits.size(0), rows)]
+
+
+class _GatheredLogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        normalisers = torch.empty(logits.size(0), dtype=dtype, device=logits.device)
+        for rows in _row_chunks(logits):
+            torch.logsumexp(logits[rows].to(normalisers.dtype), dim=-1, out=normalisers[rows])
+        ctx.save_for_backward(logits, normalisers, source, tokens)
+        return (logits[source, tokens].to(normalisers.dtype) - normalisers[source]).to(logits.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        logits, normalisers, source, tokens = ctx.saved_tensors
+        grad = grad.to(normalisers.dtype)
+        # d/d logits[i, v] of sum_q grad[q] * (logits[s_q, t_q] - logsumexp(logits[s_q])):
+        # [v == t_q] * grad[q] summed over q with s_q = i, minus softmax(logits[i])[v] * (sum of grad[q] with s_q = i).
+        row_grad = torch.zeros_like(normalisers).index_add_(0, source, grad)
+        logits_grad = torch.empty_like(logits)
+        for rows in _row_chunks(logits):
+            softmax = (logits[rows].to(normalisers.dtype) - normalisers[rows, None]).exp_()
+            logits_grad[rows] = softmax.mul_(-row_grad[rows, None])
+        logits_grad.index_put_((source, tokens), grad.to(logits.dtype), accumulate=True)
+        return logits_grad, None, None
 
 
 @dataclass
