@@ -251,3 +251,26 @@ def test_improver_steps_use_their_own_learning_rate(tmp_path, tokenizer):
     linear = [1e-3 * (6 - step) / 6 for step in range(6)]  # the schedule's value at each step
     expected = [rate * (10 if phase == IMPROVER else 1) for rate, phase in zip(linear, [IMPROVER, DPO, DPO] * 2)]
     assert recorder.rates == pytest.approx(expected, rel=1e-6)
+
+
+def test_sample_table_shows_kept_pairs_first(tmp_path, tokenizer):
+    """The rows worth reading are those where the improver changed the draft: they come first, in batch order."""
+    from trl_sgpo.pairs import Completion
+
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path),
+        train_dataset=conversational_dataset(8),
+        processing_class=tokenizer,
+    )
+    trainer.num_sample_rows = 2
+    texts = ["a", "b", "c", "d"]
+    completions = [Completion(tokenizer(t, add_special_tokens=False).input_ids, True) for t in texts]
+    verdicts = ["identical", "kept", "empty", "kept"]
+    trainer._keep_samples("dpo", [f"prompt {t}" for t in texts], completions, completions, verdicts)
+    assert [(row["prompt"], row["kept"]) for row in trainer.last_samples] == [
+        ("prompt b", "kept"),
+        ("prompt d", "kept"),
+    ]
+    trainer._keep_samples("dpo", [f"prompt {t}" for t in texts], completions, completions, ["identical"] * 4)
+    assert [row["prompt"] for row in trainer.last_samples] == ["prompt a", "prompt b"]

@@ -24,6 +24,7 @@ from .config import SGPOConfig, sgpo_field_names
 from .data_files import load_train_and_eval
 from .output_dir import check_output_dir
 from .preflight import check_eval_data, check_options
+from .toy.world import TOY_IMPROVER_INSTRUCTION
 from .trainer import SGPOTrainer
 
 
@@ -34,7 +35,7 @@ BUILTIN_DEFAULTS = {
     "output_dir": "sgpo-builtin-output",
     "per_device_train_batch_size": 32,
     "max_steps": 60,
-    "learning_rate": 1e-5,
+    "learning_rate": 3e-4,  # SGPO's learning rate chosen on validation by benchmarks/quality.py
     "lr_scheduler_type": "constant_with_warmup",
     "warmup_steps": 0.1,
     "beta": 0.1,
@@ -47,9 +48,6 @@ BUILTIN_DEFAULTS = {
     "report_to": "none",
     "seed": 0,
 }
-# The next-turn improver instruction for the built-in world: its tokenizer is character level, so a long sentence
-# would cost one token per character (the built-in template's counterpart is its "improve:").
-TOY_IMPROVER_INSTRUCTION = "improve"
 
 
 @dataclass
@@ -139,9 +137,23 @@ def _quality_table(before: dict, after: dict, regime: str) -> Table:
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    for metric in ("exact_match", "partial_credit"):
+    for metric in ("sampled_exact_match", "exact_match", "partial_credit"):
         table.add_row(metric, f"{100 * before[metric]:.1f}%", f"{100 * after[metric]:.1f}%")
     return table
+
+
+def _builtin_scores(model, tokenizer, dataset, temperature: float) -> dict[str, float]:
+    """Held-out scores of the built-in world: exact match of sampled answers (4 per prompt, at the training
+    temperature: the distribution SGPO trains, and the headline of benchmarks/quality.py), and of greedy answers."""
+    from .toy import evaluate_model, pass_at_k
+
+    greedy = evaluate_model(model, tokenizer, dataset)
+    sampled = pass_at_k(model, tokenizer, dataset, k=4, temperature=temperature)
+    return {
+        "sampled_exact_match": sampled["sample"],
+        "exact_match": greedy["exact_match"],
+        "partial_credit": greedy["partial_credit"],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -161,7 +173,6 @@ def main(argv: list[str] | None = None) -> dict:
         from .toy import (
             TOY_CHECKPOINT_DIR,
             TOY_IMPROVER_TEMPLATE,
-            evaluate_model,
             make_dataset,
             toy_checkpoint_metadata,
         )
@@ -174,14 +185,22 @@ def main(argv: list[str] | None = None) -> dict:
         model = AutoModelForCausalLM.from_pretrained(TOY_CHECKPOINT_DIR)
         tokenizer = AutoTokenizer.from_pretrained(TOY_CHECKPOINT_DIR)
         regime = script_args.builtin_regime
-        # The paper's regime: preference training on prompts and references of the start's own SFT set.
-        sft_seed = toy_checkpoint_metadata()["sft_data"]["seed"]
-        train_dataset = make_dataset(regime, "train", script_args.builtin_train_prompts, seed=sft_seed)
+        # The paper's regime: preference training on prompts and references of the start's own SFT set (its
+        # references with their slips: the same rows the start was trained on).
+        sft_data = toy_checkpoint_metadata()["sft_data"]
+        train_dataset = make_dataset(
+            regime,
+            "train",
+            script_args.builtin_train_prompts,
+            seed=sft_data["seed"],
+            reference_noise=sft_data.get("reference_noise", 0.0),
+        )
         eval_dataset = make_dataset(regime, "test", script_args.builtin_eval_prompts, seed=0)
-        before = evaluate_model(model, tokenizer, eval_dataset)
+        before = _builtin_scores(model, tokenizer, eval_dataset, training_args.temperature)
         console.print(
             f"Built-in world, {regime} regime: {len(train_dataset)} training prompts, {len(eval_dataset)} held-out. "
-            f"Before: exact match {100 * before['exact_match']:.1f}%"
+            f"Before: sampled exact match {100 * before['sampled_exact_match']:.1f}%, greedy exact match "
+            f"{100 * before['exact_match']:.1f}%"
         )
         eval_for_trainer = None
     else:
@@ -222,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not builtin:
         return result.metrics
-    after = evaluate_model(trainer.model, tokenizer, eval_dataset)
+    after = _builtin_scores(trainer.model, tokenizer, eval_dataset, training_args.temperature)
     console.print(_quality_table(before, after, regime))
     console.print(f"Model, tokenizer and model card saved to {training_args.output_dir}")
     return {"before": before, "after": after}
