@@ -1057,7 +1057,8 @@ class SGPOTrainer(OnlineDPOTrainer):
     def _keep_samples(
         self, phase: str, prompts: list, drafts: list[Completion], improved: list[Completion], verdicts: list[str]
     ) -> None:
-        rows = range(min(self.num_sample_rows, len(prompts)))
+        # Kept pairs (or targets) first: the rows where the improver changed the draft are the ones worth reading.
+        rows = sorted(range(len(prompts)), key=lambda i: verdicts[i] != "kept")[: self.num_sample_rows]
         decode = self.processing_class.decode
         self.last_samples = [
             {
