@@ -123,7 +123,10 @@ def test_fused_forward_equals_the_separate_passes(tmp_path):
     ).sum()
     grads = [torch.autograd.grad(value, list(model.parameters())) for value in (fused_sum, separate_sum)]
     for fused_grad, separate_grad in zip(*grads):
-        torch.testing.assert_close(fused_grad, separate_grad, atol=1e-5, rtol=1e-4)
+        # Relative to each gradient's norm: on the trained checkpoint single entries of the embedding gradient differ
+        # by up to 1e-4 in float32 (the two layouts round differently; the worst relative norm measured was 5e-6),
+        # while a wrong mask or an off-by-one position moves whole gradients (relative differences of 1e-1).
+        assert ((fused_grad - separate_grad).norm() / separate_grad.norm().clamp(min=1e-12)).item() < 1e-4
 
 
 def test_greedy_rewrites_are_the_same_with_and_without_the_drafts_cache(tmp_path):

@@ -25,6 +25,7 @@ from trl_sgpo.toy.tasks import (
 )
 from trl_sgpo.toy.tokenizer import build_char_tokenizer
 from trl_sgpo.toy.world import (
+    TOY_IMPROVER_INSTRUCTION,
     TOY_IMPROVER_TEMPLATE,
     TOY_METRIC_PATH,
     evaluate_model,
@@ -297,11 +298,21 @@ def test_improver_rows_teach_the_role_on_synthetic_drafts():
     references = sft_dataset(config)
     assert len(rows) == 200
     drafts_off = 0
-    for (prompt, target), reference in zip(rows, references):
+    for index, ((prompt, target), reference) in enumerate(zip(rows, references)):
         question = reference["prompt"][-1]["content"]
         assert target == reference["completion"][0]["content"]  # the SFT reference, slips included
-        draft = prompt[0]["content"].removeprefix(question + "\ndraft: ").removesuffix("\nimprove:")
-        assert prompt[0]["content"] == TOY_IMPROVER_TEMPLATE.format(prompt=question, response=draft)
+        if index % 2 == 0:  # the single-turn template ...
+            draft = prompt[0]["content"].removeprefix(question + "\ndraft: ").removesuffix("\nimprove:")
+            assert prompt == [
+                {"role": "user", "content": TOY_IMPROVER_TEMPLATE.format(prompt=question, response=draft)}
+            ]
+        else:  # ... and the next turn of the conversation, row by row
+            draft = prompt[1]["content"]
+            assert prompt == [
+                *reference["prompt"],
+                {"role": "assistant", "content": draft},
+                {"role": "user", "content": TOY_IMPROVER_INSTRUCTION},
+            ]
         drafts_off += draft != " | ".join(json.loads(reference["answer_parts"]))
     assert 0.4 <= drafts_off / len(rows) <= 0.6  # half of the drafts carry a slip
 
