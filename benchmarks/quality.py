@@ -13,11 +13,13 @@ prompts per update (improver updates count as updates):
 - ``online_dpo_oracle``: TRL's OnlineDPOTrainer ranking its two samples per prompt with the world's checker as
   reward, tied pairs (both samples scored the same) made identical so that they carry no gradient, and counted. An
   oracle: it uses a reward SGPO does not have. It is the sensitivity gate: if it cannot beat the start by
-  ``GATE_POINTS`` exact-match points, the testbed cannot tell methods apart, and the world must change;
-- ``sgpo``: SGPO with the package's defaults (Step 1 first, the policy's SFT loss mixed into improver updates);
+  ``GATE_POINTS`` points of the headline metric, the testbed cannot tell methods apart, and the world must change;
+- ``sgpo``: SGPO with the package's defaults (a short Step 1, then DPO steps; ``improver_format="auto"``, which is the
+  next turn of the conversation on this world);
 - ablations of SGPO, each changing one thing: ``sgpo_no_step1`` (no warm-up improver phase), ``sgpo_no_sft_mix``
-  (``policy_sft_weight=0``), ``sgpo_sees_reference`` (the improver's template also shows the reference), and
-  ``edit_pairs`` (chosen = the draft with half of its edits toward the reference applied by arithmetic, no model).
+  (``policy_sft_weight=0``), ``sgpo_sees_reference`` (the improver's instruction also shows the reference),
+  ``sgpo_template`` (the single-turn template format), and ``edit_pairs`` (chosen = the draft with half of its edits
+  toward the reference applied by arithmetic, no model).
 
 The learning rate of each method is chosen on the validation split from one grid (first seed); the SGPO ablations
 use SGPO's. The chosen settings then run with every seed and are reported on the held-out test split, which plays no
@@ -52,7 +54,6 @@ from trl_sgpo.toy import (  # noqa: E402
     TOY_CHECKPOINT_DIR,
     TOY_IMPROVER_INSTRUCTION,
     TOY_IMPROVER_TEMPLATE,
-    TOY_REFERENCE_AWARE_TEMPLATE,
     evaluate_model,
     make_dataset,
     toy_checkpoint_metadata,
@@ -69,9 +70,9 @@ ARMS: dict[str, tuple[str, dict | None]] = {
     "sgpo": ("sgpo", {}),
     "sgpo_no_step1": ("sgpo", {"improver_warmup_steps": 0}),
     "sgpo_no_sft_mix": ("sgpo", {"policy_sft_weight": 0.0}),
-    "sgpo_sees_reference": ("sgpo", {"improver_template": TOY_REFERENCE_AWARE_TEMPLATE}),
+    "sgpo_sees_reference": ("sgpo", {"improver_instruction": "reference: {reference}\nimprove"}),
     "edit_pairs": ("edit_pairs", {"pair_source": "edit"}),
-    "sgpo_next_turn": ("sgpo", {"improver_format": "next_turn", "improver_instruction": TOY_IMPROVER_INSTRUCTION}),
+    "sgpo_template": ("sgpo", {"improver_format": "template"}),
 }
 SEARCHED = ("sft", "spin", "online_dpo_oracle", "sgpo", "edit_pairs")  # the arms whose learning rate is searched
 # The headline metric: exact match of a sampled answer (pass@1, temperature 1, ``eval_samples`` samples per prompt).
@@ -260,6 +261,7 @@ def _run_sgpo(job: Job, model, tokenizer, dataset, overrides: dict) -> dict[str,
             **_shared_settings(job, output_dir),
             "overwrite_output_dir": True,
             "improver_template": TOY_IMPROVER_TEMPLATE,
+            "improver_instruction": TOY_IMPROVER_INSTRUCTION,  # the next turn ("auto" picks it on this world)
             "improver_temperature": 0.0,  # greedy rewrites: the improver's best guess, not a sample
             **overrides,
         }

@@ -105,6 +105,7 @@ def make_config(tmp_path, **overrides) -> SGPOConfig:
         learning_rate=1e-3,
         report_to="none",
         save_strategy="no",
+        improver_format="template",  # tests that exercise the next turn (or "auto") ask for it
         improver_template=SHORT_TEMPLATE,
         generation_kwargs={"forced_eos_token_id": SPECIAL_TOKENS.index("</s>")},
         seed=0,

@@ -12,7 +12,7 @@ import torch
 from trl_sgpo import SGPOConfig, SGPOTrainer
 from trl_sgpo.improver import next_turn_suffix
 from trl_sgpo.schedule import DPO, IMPROVER
-from trl_sgpo.toy import load_toy_model, make_dataset
+from trl_sgpo.toy import build_char_tokenizer, load_toy_model, make_dataset
 
 from .helpers import conversational_dataset, make_config, standard_dataset, tiny_model
 from .test_training import SGPO_STATS, TRL_STATS
@@ -242,7 +242,10 @@ def test_the_instruction_may_show_the_reference(tmp_path, tokenizer):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"improver_format": "next-turn"}, "improver_format 'next-turn': choose one of ['template', 'next_turn']"),
+        (
+            {"improver_format": "next-turn"},
+            "improver_format 'next-turn': choose one of ['auto', 'template', 'next_turn']",
+        ),
         ({"improver_format": "next_turn", "improver_instruction": "fix {response}"}, "improver_instruction shows"),
         ({"improver_format": "next_turn", "improver_instruction": "{prompt}"}, "{prompt}"),
         ({"improver_format": "next_turn", "improver_instruction": "  "}, "improver_instruction must be a non-empty"),
@@ -294,3 +297,36 @@ def test_the_builtin_command_uses_the_short_instruction(tmp_path):
     assert set(result) == {"before", "after"}
     config = (tmp_path / "run" / "README.md").read_text()
     assert "next_turn" in config
+
+
+# ------------------------------------------------------------------------------------------ improver_format="auto"
+
+
+def _built_format(tmp_path, tokenizer, dataset) -> str:
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer),
+        args=make_config(tmp_path, improver_format="auto", improver_instruction=INSTRUCTION),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    return trainer.args.improver_format
+
+
+def test_auto_is_the_default_and_resolves_when_the_trainer_is_built(tmp_path):
+    assert SGPOConfig(output_dir=str(tmp_path), use_cpu=True).improver_format == "auto"
+    tokenizer = build_char_tokenizer()
+    # conversational data, and a chat template that continues the policy's prompt: the next turn
+    assert _built_format(tmp_path / "a", tokenizer, conversational_dataset(8)) == "next_turn"
+    # plain-text prompts: the template
+    assert _built_format(tmp_path / "b", tokenizer, standard_dataset(8)) == "template"
+
+
+def test_auto_falls_back_to_the_template_when_the_chat_template_rewrites_earlier_turns(tmp_path):
+    """A chat template that writes a past assistant turn differently from the generation prompt (as templates that
+    drop a past turn's reasoning do) would break the draft's prefix: "auto" then takes the single-turn template."""
+    tokenizer = build_char_tokenizer()
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "{% elif message['role'] == 'assistant' %}<|assistant|>", "{% elif message['role'] == 'assistant' %}<|user|>"
+    )
+    assert "<|user|>{{ message['content'] }}</s>" in tokenizer.chat_template  # the edit took
+    assert _built_format(tmp_path, tokenizer, conversational_dataset(8)) == "template"

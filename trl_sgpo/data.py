@@ -220,6 +220,26 @@ def check_next_turn_conversation(
         )
 
 
+def resolve_improver_format(
+    instruction: str, dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase
+) -> tuple[str, str]:
+    """For improver_format='auto': the format to use for this data and tokenizer, and why.
+
+    "next_turn" where the prompts are conversational and the chat template writes an earlier assistant turn as the
+    policy's generation prompt followed by the draft (`check_next_turn_conversation` on the first row); "template"
+    for plain-text prompts, or when the chat template rewrites earlier turns (some templates drop a past turn's
+    reasoning, for example), since the draft would then not continue what the policy saw.
+    """
+    row = next(iter(dataset))
+    if not isinstance(row["prompt"], list) or getattr(tokenizer, "chat_template", None) is None:
+        return "template", "the prompts are plain text"
+    try:
+        check_next_turn_conversation(instruction, dataset, tokenizer)
+    except ValueError as error:
+        return "template", f"the chat template does not continue the policy's prompt ({error})"
+    return "next_turn", "the chat template continues the policy's conversation"
+
+
 def _rename_hint(columns: list[str], missing: list[str]) -> str:
     """A rename that could fix the columns, built from the data set's own column names."""
     others = [column for column in columns if column not in REQUIRED_COLUMNS]

@@ -190,8 +190,9 @@ def select_targets(
 # How the improver is prompted: a single user turn built from a template around (x, y) (ours), or the next turn of the
 # policy's own conversation, [user: x] [assistant: y] [user: instruction] [assistant: y'] (ours too: the paper does
 # not publish its improver prompt). With "next_turn" the policy's prompt and draft are a prefix of the improver's
-# prompt, so the rewrite is generated on the draft's cache and one forward pass scores both.
-IMPROVER_FORMATS = ("template", "next_turn")
+# prompt, so the rewrite is generated on the draft's cache and one forward pass scores both. "auto" picks "next_turn"
+# where the data is conversational and the chat template continues the policy's prompt, "template" elsewhere.
+IMPROVER_FORMATS = ("auto", "template", "next_turn")
 _DRAFT_MARK = "\x00SGPO-DRAFT\x00"
 
 

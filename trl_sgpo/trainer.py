@@ -43,6 +43,7 @@ from .data import (
     check_prompt_lengths,
     messages_to_prompt_completion,
     reference_text,
+    resolve_improver_format,
     validate_prompt_completion_dataset,
 )
 from .improver import (
@@ -200,6 +201,12 @@ class SGPOTrainer(OnlineDPOTrainer):
         # Reject bad data before the model is loaded or anything is generated.
         train_dataset = messages_to_prompt_completion(train_dataset, "train_dataset")
         validate_prompt_completion_dataset(train_dataset, processing_class, "train_dataset")
+        if args.improver_format == "auto" and uses_improver(args.pair_source):
+            # Resolved once, here, into the args (so checkpoints, logs and the model card record the format used).
+            args.improver_format, reason = resolve_improver_format(
+                args.improver_instruction, train_dataset, processing_class
+            )
+            logger.info(f"improver_format='auto': using {args.improver_format!r}, as {reason}.")
         check_prompt_lengths(train_dataset, processing_class, self._max_prompt_tokens(args, processing_class))
         if args.pair_source == "sgpo" and args.improver_format == "next_turn":
             check_next_turn_conversation(args.improver_instruction, train_dataset, processing_class)
