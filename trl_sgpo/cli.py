@@ -35,7 +35,7 @@ BUILTIN_DEFAULTS = {
     "output_dir": "sgpo-builtin-output",
     "per_device_train_batch_size": 32,
     "max_steps": 60,
-    "learning_rate": 3e-4,  # SGPO's learning rate chosen on validation by benchmarks/quality.py
+    "learning_rate": 1e-4,  # SGPO's learning rate chosen on validation by benchmarks/quality.py
     "lr_scheduler_type": "constant_with_warmup",
     "warmup_steps": 0.1,
     "beta": 0.1,
@@ -78,7 +78,9 @@ class SGPOScriptArguments(ScriptArguments):
         },
     )
     builtin_train_prompts: int = field(default=2000, metadata={"help": "Training prompts drawn from the world."})
-    builtin_eval_prompts: int = field(default=300, metadata={"help": "Held-out prompts scored before and after."})
+    builtin_eval_prompts: int = field(
+        default=800, metadata={"help": "Held-out prompts scored before and after (the quality benchmark's test set)."}
+    )
     sample_every_n_steps: int = field(default=20, metadata={"help": "Show sample rows every N steps (0: never)."})
     sample_rows: int = field(default=3, metadata={"help": "Number of sample rows shown."})
 
