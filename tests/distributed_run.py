@@ -42,6 +42,10 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
         per_device_train_batch_size=per_device_batch_size,
         max_steps=4,
         improver_warmup_steps=0,  # alternate from the first step, so both phases run under DDP in 4 steps
+        improver_steps=1,  # (the default format, "auto", is the next turn here: packed scoring under DDP too)
+        # The outlier filter acts per micro-batch (documented): 2 rows per process are never filtered, 4 in one
+        # process can be, so it would make the two runs differ by design rather than by a bug.
+        improver_filter_outliers=False,
         logging_steps=1,
         learning_rate=1e-3,
         max_new_tokens=6,
@@ -74,3 +78,8 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    # Exit at once, files written and the group destroyed: on a 2-core CI machine a rank once finished training,
+    # printed its last log and then never exited (a gloo or OpenMP thread holding interpreter shutdown).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

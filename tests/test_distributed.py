@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).with_name("distributed_run.py")
 
 def _run(command: list[str], output_dir: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     summary = json.loads((output_dir / "summary.json").read_text())
     summary["weights"] = torch.load(output_dir / "final_weights.pt")

@@ -19,6 +19,7 @@ ARMS = {
     "sgpo_no_step1",
     "sgpo_no_sft_mix",
     "sgpo_sees_reference",
+    "sgpo_template",
     "edit_pairs",
 }
 SUMMARY_KEYS = {
