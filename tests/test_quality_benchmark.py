@@ -53,21 +53,22 @@ def test_quick_quality_benchmark_reports_every_arm_gate_and_goal(tmp_path):
             for metric in ("exact_match", "partial_credit", "sampled_exact_match"):
                 assert 0.0 <= run[split][metric] <= 1.0 and math.isfinite(run[split][metric])
         assert run["seconds"] > 0
-    for arm in ("sgpo", "sgpo_no_step1", "sgpo_no_sft_mix", "sgpo_sees_reference"):  # the checker's verdicts
+    for arm in ("sgpo", "sgpo_no_step1", "sgpo_no_sft_mix", "sgpo_sees_reference", "sgpo_template"):  # verdicts
         diagnostics = final[arm]["diagnostics"]
         shares = [diagnostics[f"rewrite_{key}"] for key in ("better", "worse", "same_score", "identical")]
         assert sum(shares) == pytest.approx(1.0)
         assert 0.0 <= diagnostics["sgpo/rewrite_closer"] <= 1.0
     assert 0.0 <= final["online_dpo_oracle"]["diagnostics"]["tied_pairs"] <= 1.0
-    # The summary: gate and goal numbers, in exact-match points, consistent with the runs.
+    # The summary: gate and goal numbers, in points of the headline (sampled exact match), consistent with the runs.
     summary = report["summary"]
     assert set(summary) == SUMMARY_KEYS
-    start = 100 * report["start"]["exact_match"]
+    start = 100 * report["start"]["sampled_exact_match"]
     assert summary["start"] == pytest.approx(start)
-    assert summary["oracle_gain"] == pytest.approx(100 * final["online_dpo_oracle"]["test"]["exact_match"] - start)
-    sgpo, spin = (100 * final[arm]["test"]["exact_match"] for arm in ("sgpo", "spin"))
+    oracle = 100 * final["online_dpo_oracle"]["test"]["sampled_exact_match"]
+    assert summary["oracle_gain"] == pytest.approx(oracle - start)
+    sgpo, spin = (100 * final[arm]["test"]["sampled_exact_match"] for arm in ("sgpo", "spin"))
     assert summary["sgpo_minus_spin"] == pytest.approx(sgpo - spin)
-    assert summary["sgpo_default"]["improver_warmup_steps"] == 0.3
+    assert summary["sgpo_default"]["improver_warmup_steps"] == 0.1 and summary["sgpo_default"]["improver_steps"] == 0
     headroom = report["start"]["validation_headroom"]
     assert headroom["greedy"] <= headroom["pass_at_k"] + 1e-9 and headroom["k"] == 8
     table = (tmp_path / "quality.md").read_text()
