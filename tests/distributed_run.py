@@ -74,12 +74,12 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
     trainer.accelerator.wait_for_everyone()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    # Exit here, before the locals are freed: freeing the DDP reducer destroys its gloo group, whose destructor joins
+    # a gloo thread that waits for the GIL the freeing thread holds (seen with gdb on a rank that never exited).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
-    # Exit at once, files written and the group destroyed: on a 2-core CI machine a rank once finished training,
-    # printed its last log and then never exited (a gloo or OpenMP thread holding interpreter shutdown).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
