@@ -1,7 +1,11 @@
-"""Train a few SGPO steps and save the final weights and logged losses; run by tests/test_distributed.py.
+"""Train a few SGPO steps in float64 with plain SGD and save what the trainer determined; run by test_distributed.py.
 
 Usage: python tests/distributed_run.py OUTPUT_DIR PER_DEVICE_BATCH_SIZE (directly, or under torchrun for several
 processes). Generation is greedy so that runs with different process counts sample the same responses.
+
+Saved (by rank 0): ``gradients.pt``, the gradient of every step's global batch after the all-reduce and before the
+optimizer; ``weights.pt``, the initial and final weights; ``summary.json``, the logged metrics. Why float64 and SGD
+(not Adam): see tests/test_distributed.py.
 """
 
 import json
@@ -13,6 +17,8 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding  # noqa: E402
 
 from trl_sgpo import SGPOConfig, SGPOTrainer  # noqa: E402
 from trl_sgpo.toy import build_char_tokenizer, build_tiny_model  # noqa: E402
@@ -21,13 +27,42 @@ from trl_sgpo.toy import build_char_tokenizer, build_tiny_model  # noqa: E402
 WORDS = ["abc", "hello", "world", "qwerty", "zyx", "mnop", "abcd", "xyz"]
 
 
+class GradientRecorder(TrainerCallback):
+    """Keeps each step's gradient as the optimizer will see it (under DDP: already averaged over processes)."""
+
+    def __init__(self):
+        self.gradients: list[dict[str, torch.Tensor]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model = getattr(model, "module", model)  # the DDP wrapper's parameters are the module's
+        self.gradients.append(
+            {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+        )
+
+
+class Float64RotaryEmbedding(LlamaRotaryEmbedding):
+    """Llama's rotary embedding with its angles in float64.
+
+    transformers computes ``position * inv_freq`` and its cos/sin in float32 whatever the model's dtype. Left padding
+    shifts a row's absolute positions by the padding of its batch, which differs between 1 and 2 processes by design;
+    RoPE is shift-invariant only in exact arithmetic, so float32 angles alone move the runs apart by ~1e-7 relative.
+    """
+
+    def forward(self, x, position_ids):
+        freqs = position_ids[..., None].double() * self.inv_freq.to(device=x.device, dtype=torch.float64)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+
 def main(output_dir: str, per_device_batch_size: int) -> None:
     torch.set_num_threads(1)
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0).double()
     with torch.no_grad():  # larger weights: greedy outputs then depend on the prompt, so pairs differ
         for parameter in model.parameters():
             parameter.mul_(8.0)
+    model.model.rotary_emb.__class__ = Float64RotaryEmbedding
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
     dataset = Dataset.from_list(
         [
             {
@@ -47,7 +82,9 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
         # process can be, so it would make the two runs differ by design rather than by a bug.
         improver_filter_outliers=False,
         logging_steps=1,
+        optim="sgd",  # an update proportional to the gradient: weights stay as close as the gradients are
         learning_rate=1e-3,
+        max_grad_norm=0.0,  # no clipping: a gradient twice too large must show in the weights as well
         max_new_tokens=6,
         improver_template="{prompt}\ndraft: {response}\nfix:",
         generation_kwargs={"do_sample": False, "forced_eos_token_id": tokenizer.eos_token_id},
@@ -55,16 +92,21 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
         report_to="none",
         save_strategy="no",
         seed=0,
+        bf16=False,
         ddp_find_unused_parameters=False,
         use_cpu=True,  # torchrun on a CPU machine: gloo, one process per worker
     )
-    trainer = SGPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    recorder = GradientRecorder()
+    trainer = SGPOTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[recorder]
+    )
     trainer.train()
     if trainer.is_world_process_zero():
-        weights = {
+        final = {
             name: p.detach().cpu() for name, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()
         }
-        torch.save(weights, os.path.join(output_dir, "final_weights.pt"))
+        torch.save({"initial": initial, "final": final}, os.path.join(output_dir, "weights.pt"))
+        torch.save(recorder.gradients, os.path.join(output_dir, "gradients.pt"))
         logs = [log for log in trainer.state.log_history if "loss" in log]
         summary = {"num_processes": trainer.accelerator.num_processes, "logs": logs}
         with open(os.path.join(output_dir, "summary.json"), "w") as handle:

@@ -114,3 +114,22 @@ def make_config(tmp_path, **overrides) -> SGPOConfig:
     )
     settings.update(overrides)
     return SGPOConfig(**settings)
+
+
+# How far two float32 computations of the same gradient may part when only the order of their sums differs (a batch
+# split in two, a loss summed before or after backward). Reassociating a sum of n terms moves it by at most
+# (n - 1) * u * sum(|x_i|) (Higham, Accuracy and Stability of Numerical Algorithms, 4.2), u = 2**-24; the longest
+# reductions of the tiny test models (a dot product over a few hundred features per layer, a batch mean over a few
+# thousand tokens) give a worst case of ~3.6e3 * u ~ 2e-4. A real defect moves a gradient by a sizeable fraction of
+# itself (a sum instead of a mean: 100%). Compared in relative norm per tensor: one element's rounding can cancel.
+FLOAT32_REASSOCIATION_RTOL = 2e-4
+
+
+def assert_gradients_close(actual: dict, expected: dict, rtol: float = FLOAT32_REASSOCIATION_RTOL) -> None:
+    """Each tensor of ``actual`` within ``rtol`` of ``expected`` in relative norm (see FLOAT32_REASSOCIATION_RTOL)."""
+    assert actual.keys() == expected.keys()
+    total = torch.stack([value.norm() for value in expected.values()]).norm()
+    for name, value in expected.items():
+        difference = (actual[name] - value).norm()
+        # tensors whose gradient is ~0 are held to the scale of the whole gradient instead
+        assert difference <= rtol * max(value.norm(), 1e-3 * total), f"{name}: relative {difference / total:.2e}"
