@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForCausalLM
 
+from trl_sgpo import SGPOConfig
 from trl_sgpo.cli import BUILTIN_DEFAULTS, make_parser, parse_args
 from trl_sgpo.config import sgpo_field_names
 
@@ -22,16 +24,63 @@ def test_help_lists_the_sgpo_options_under_their_own_heading():
     assert "--learning_rate" not in section  # parent options stay in their own list
 
 
-def test_builtin_defaults_apply_only_without_model_and_data(tmp_path):
-    _, builtin, _ = parse_args([])
-    assert builtin.learning_rate == BUILTIN_DEFAULTS["learning_rate"]
-    assert builtin.output_dir == BUILTIN_DEFAULTS["output_dir"]
-    _, overridden, _ = parse_args(["--learning_rate", "3e-6"])
-    assert overridden.learning_rate == 3e-6  # a flag beats the built-in default
-    _, real, model_args = parse_args(
-        ["--model_name_or_path", "org/model", "--dataset_name", "org/data", "--output_dir", str(tmp_path)]
+def _real_run_settings(training_args) -> tuple:
+    return (
+        training_args.learning_rate,
+        training_args.max_steps,
+        training_args.per_device_train_batch_size,
+        training_args.max_new_tokens,
+        str(training_args.save_strategy),
     )
-    assert real.learning_rate == 5e-7 and model_args.model_name_or_path == "org/model"  # TRL's default
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["underscores", "hyphens", "equals", "config file"],
+)
+def test_a_model_and_data_get_the_real_defaults_whatever_the_spelling(tmp_path, spelling):
+    """The built-in world's settings (lr 1e-4, 60 steps, no checkpoints) never reach a run on the user's model."""
+    if spelling == "config file":
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text("model_name_or_path: org/model\ndataset_name: data.jsonl\n")
+        argv = ["--config", str(recipe)]
+    else:
+        flags = {
+            "underscores": ["--model_name_or_path", "org/model", "--dataset_name", "data.jsonl"],
+            "hyphens": ["--model-name-or-path", "org/model", "--dataset-name", "data.jsonl"],
+            "equals": ["--model-name-or-path=org/model", "--dataset_name=data.jsonl"],
+        }
+        argv = flags[spelling]
+    script_args, training_args, model_args = parse_args(argv)
+    assert (model_args.model_name_or_path, script_args.dataset_name) == ("org/model", "data.jsonl")
+    defaults = SGPOConfig(output_dir=str(tmp_path))
+    assert _real_run_settings(training_args) == _real_run_settings(defaults)
+    assert training_args.learning_rate != BUILTIN_DEFAULTS["learning_rate"]
+    assert training_args.output_dir != BUILTIN_DEFAULTS["output_dir"]
+
+
+@pytest.mark.parametrize("argv", [[], ["--learning-rate", "3e-6"], ["--learning_rate=3e-6"], ["--config", "RECIPE"]])
+def test_the_builtin_world_keeps_its_defaults_under_the_users_flags(tmp_path, argv):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 3.0e-6\n")
+    _, training_args, _ = parse_args([str(recipe) if arg == "RECIPE" else arg for arg in argv])
+    assert training_args.learning_rate == (3e-6 if argv else BUILTIN_DEFAULTS["learning_rate"])  # a flag wins
+    assert training_args.max_steps == BUILTIN_DEFAULTS["max_steps"]
+    assert training_args.output_dir == BUILTIN_DEFAULTS["output_dir"]
+
+
+def test_help_shows_the_real_runs_defaults_and_names_the_builtin_ones_apart():
+    text = " ".join(make_parser().format_help().split())
+    real = SGPOConfig(output_dir="x")
+    for flag, value in (
+        ("--learning-rate LEARNING_RATE", real.learning_rate),
+        ("--max-new-tokens", real.max_new_tokens),
+    ):
+        entry = text[text.index(flag) :]  # the option's entry in the list (the usage line has only underscores)
+        assert entry[: entry.index(")") + 1].endswith(f"(default: {value})"), flag
+    builtin = text[text.index("Without --model_name_or_path and --dataset_name the built-in world runs") :]
+    assert f"learning_rate={BUILTIN_DEFAULTS['learning_rate']}" in builtin
+    assert f"max_new_tokens={BUILTIN_DEFAULTS['max_new_tokens']}" in builtin
 
 
 def test_console_command_is_installed():

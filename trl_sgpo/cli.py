@@ -85,8 +85,16 @@ class SGPOScriptArguments(ScriptArguments):
     sample_rows: int = field(default=3, metadata={"help": "Number of sample rows shown."})
 
 
+def _builtin_settings_text() -> str:
+    settings = ", ".join(f"{name}={value}" for name, value in BUILTIN_DEFAULTS.items())
+    return (
+        "The defaults shown are those of a run on your own model and data. Without --model_name_or_path and "
+        f"--dataset_name the built-in world runs instead, with these defaults (any flag still wins): {settings}."
+    )
+
+
 def make_parser() -> TrlParser:
-    parser = TrlParser((SGPOScriptArguments, SGPOConfig, ModelConfig))
+    parser = TrlParser((SGPOScriptArguments, SGPOConfig, ModelConfig), epilog=_builtin_settings_text())
     # `--help` lists several hundred options; show SGPO's own together, under their own heading.
     group = parser.add_argument_group("SGPO options", "What SGPO adds to TRL's OnlineDPOConfig (docs: Configuration).")
     names = set(sgpo_field_names())
@@ -99,18 +107,25 @@ def make_parser() -> TrlParser:
     return parser
 
 
-def _uses_builtin_world(argv: list[str]) -> bool:
-    named = {arg.split("=")[0] for arg in argv}
-    return not named & {"--model_name_or_path", "--dataset_name", "--config"}
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[SGPOScriptArguments, SGPOConfig, ModelConfig]:
+    """Parse the command line (and ``--config`` file); the built-in world's defaults only when it is what runs.
+
+    Whether it runs is read from the parsed arguments (no model and no data set, from any spelling of the flags or
+    from the config file), so the first parse uses the real defaults. For the built-in world the arguments are parsed
+    again with its defaults underneath: every flag and config value the user gave still wins.
+    """
     argv = sys.argv[1:] if argv is None else argv
-    parser = make_parser()
-    if _uses_builtin_world(argv):
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    if uses_builtin_world(script_args, model_args):
+        parser = make_parser()
         parser.set_defaults(**BUILTIN_DEFAULTS)
-    script_args, training_args, model_args = parser.parse_args_and_config(argv)
+        script_args, training_args, model_args = parser.parse_args_and_config(argv)
     return script_args, training_args, model_args
+
+
+def uses_builtin_world(script_args: SGPOScriptArguments, model_args: ModelConfig) -> bool:
+    """The built-in world runs when neither a model nor a data set was given."""
+    return script_args.dataset_name is None and model_args.model_name_or_path is None
 
 
 def load_model(model_args: ModelConfig, training_args: SGPOConfig) -> tuple[AutoModelForCausalLM, AutoTokenizer]:
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run SGPO; returns the held-out scores (built-in world) or the training metrics."""
     script_args, training_args, model_args = parse_args(argv)
     console = Console()
-    builtin = script_args.dataset_name is None and model_args.model_name_or_path is None
+    builtin = uses_builtin_world(script_args, model_args)
     check_options(script_args, training_args, model_args)
     if str(training_args.resume_from_checkpoint).lower() in ("true", "yes", "1"):  # `true`: the latest checkpoint
         training_args.resume_from_checkpoint = True
