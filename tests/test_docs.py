@@ -137,7 +137,7 @@ def test_mkdocs_build_strict(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml")]
         + ["--site-dir", str(site)],
-        cwd=ROOT,
+        cwd=tmp_path,  # from another folder: every path in mkdocs.yml must be relative to the file, not the cwd
         env=env,
         capture_output=True,
         text=True,
