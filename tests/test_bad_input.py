@@ -61,6 +61,27 @@ CASES = {
         "must be a dict with 'role' and 'content'",
         "'content'",
     ),
+    "message with 'text' instead of 'content'": (
+        dict(
+            rows=[{"prompt": [{"role": "user", "text": "a"}], "completion": [{"role": "assistant", "content": "b"}]}]
+        ),
+        ValueError,
+        "under 'text' instead of 'content'",
+        "Rename the key to 'content'",
+    ),
+    "message with 'text', loaded from JSON (content None)": (
+        dict(
+            rows=[
+                {
+                    "prompt": [{"role": "user", "content": None, "text": "a"}],
+                    "completion": [{"role": "assistant", "content": "b", "text": None}],
+                }
+            ]
+        ),
+        ValueError,
+        "under 'text' instead of 'content'",
+        "Rename the key to 'content'",
+    ),
     "mixed formats": (
         dict(rows=[{"prompt": "a", "completion": "b"}]),  # replaced below by a two-format dataset
         ValueError,

@@ -280,6 +280,16 @@ def _check_messages(messages: list, where: str, roles: tuple[str, ...]) -> None:
     if not messages:
         raise ValueError(f"{where} is an empty message list. Give at least one message.")
     for message in messages:
+        if isinstance(message, dict) and message.get("content") is None:
+            # A JSON file whose messages say "text" (or another key) loads with content None in every row.
+            other = [
+                key for key, value in message.items() if key not in ("role", "content") and isinstance(value, str)
+            ]
+            if other:
+                raise ValueError(
+                    f"{where}: the message has its text under {other[0]!r} instead of 'content' ({message!r}). "
+                    f"Rename the key to 'content', e.g. `dataset.map(...)` or in the data file."
+                )
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise ValueError(f"{where}: every message must be a dict with 'role' and 'content', got {message!r}.")
         if message["role"] not in roles:
