@@ -17,8 +17,8 @@ Every `SGPOConfig` and `ModelConfig` option is a flag (`--help` lists them), and
 from a file. The `trl-sgpo` command installed with the package runs the same program.
 """
 
-from trl_sgpo.cli import main
+from trl_sgpo.cli import run
 
 
 if __name__ == "__main__":
-    main()
+    run()

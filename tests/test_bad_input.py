@@ -13,6 +13,7 @@ import pytest
 from datasets import Dataset
 
 from trl_sgpo import SGPOConfig, SGPOTrainer, cli
+from trl_sgpo.toy import build_char_tokenizer
 
 from .helpers import conversational_dataset, make_config, tiny_model
 
@@ -310,6 +311,36 @@ CLI_CASES = {
         "needs eval data",
         "--eval_dataset_name",
     ),
+    "generated tokens over max_length": (
+        [MODEL, "{model}", DATA, "{data}", "--max_new_tokens", "600", "--max_length", "512"],
+        ValueError,
+        "max_length 512 - max_new_tokens 600 - improver_max_new_tokens 600 = -688",
+        "Raise max_length",
+    ),
+    "max_length with no room for the improver template": (
+        [MODEL, "{model}", DATA, "{data}", "--max_length", "140", "--max_new_tokens", "30"],
+        ValueError,
+        "max_length leaves no room for any prompt: max_length 140 - improver template",
+        "shorten improver_template",
+    ),
+    "a prompt too long for max_length": (
+        [MODEL, "{model}", DATA, "{long}", "--max_length", "400", "--max_new_tokens", "30"],
+        ValueError,
+        "train_dataset row 1: the prompt has",
+        "long_prompts='drop'",
+    ),
+    "a messages row ending on a user turn": (
+        [MODEL, "{model}", DATA, "{user_last}"],
+        ValueError,
+        "ends on a 'user' turn",
+        "Drop the trailing turns",
+    ),
+    "a message with 'text' instead of 'content'": (
+        [MODEL, "{model}", DATA, "{text_key}"],
+        ValueError,
+        "under 'text' instead of 'content'",
+        "Rename the key to 'content'",
+    ),
     "--eval_dataset_name without an eval strategy": (
         [MODEL, "{model}", DATA, "{data}", "--eval_dataset_name", "{data}"],
         ValueError,
@@ -322,13 +353,22 @@ CLI_CASES = {
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_command_line_options_that_cannot_work_fail_before_any_model_is_loaded(tmp_path, monkeypatch, case):
     argv, error, problem, fix = CLI_CASES[case]
-    (tmp_path / "model").mkdir()
+    build_char_tokenizer().save_pretrained(tmp_path / "model")  # the data checks need the tokenizer, not the model
     (tmp_path / "model" / "config.json").write_text("{}")  # a folder that passes the early checks
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("not data")
     rows = [{"prompt": "reverse abc =", "completion": " cba"}] * 4
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     paths = {"model": tmp_path / "model", "data": tmp_path / "data.jsonl", "txt": tmp_path / "notes.txt"}
+    files = {
+        "long": [rows[0], {"prompt": "x" * 400, "completion": " cba"}],
+        "user_last": [{"messages": [turn("user", "a"), turn("assistant", "b")]}] * 2
+        + [{"messages": [turn("user", "a"), turn("assistant", "b"), turn("user", "c")]}],
+        "text_key": [{"messages": [{"role": "user", "text": "a"}, {"role": "assistant", "text": "b"}]}],
+    }
+    for name, file_rows in files.items():
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(row) + "\n" for row in file_rows))
     paths["empty"] = tmp_path / "empty"
     argv = [arg.format(**paths) for arg in argv if arg != "--fake_bitsandbytes"]
     if "--fake_bitsandbytes" in CLI_CASES[case][0]:

@@ -117,3 +117,21 @@ def test_short_builtin_run_prints_samples_and_quality_and_saves_a_loadable_model
     assert "- sgpo" in card and "## SGPO configuration" in card
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert rerun.returncode != 0 and "is not empty" in rerun.stderr  # never writes over the first run
+
+
+def test_a_refused_run_prints_one_line_without_a_traceback(tmp_path):
+    """The command line's refusals are one line naming the problem and the fix, exit status 2, nothing loaded."""
+    from trl_sgpo.toy import build_char_tokenizer
+
+    build_char_tokenizer().save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "config.json").write_text("{}")  # no weights: loading the model would fail otherwise
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"messages": [{"role": "user", "text": "a"}, {"role": "assistant", "text": "b"}]}\n')
+    command = ["trl-sgpo", "--model-name-or-path", str(tmp_path / "model"), "--dataset-name", str(data)]
+    completed = subprocess.run(
+        [*command, "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    lines = [line for line in completed.stderr.splitlines() if line.startswith("trl-sgpo: error:")]
+    assert len(lines) == 1 and "under 'text' instead of 'content'" in lines[0], completed.stderr[-2000:]
+    assert "Traceback" not in completed.stderr

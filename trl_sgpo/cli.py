@@ -21,6 +21,7 @@ from trl.trainer.callbacks import RichProgressCallback
 
 from .callbacks import SGPOSampleTableCallback
 from .config import SGPOConfig, sgpo_field_names
+from .data import prepare_training_data
 from .data_files import load_train_and_eval
 from .output_dir import check_output_dir
 from .preflight import check_eval_data, check_options
@@ -128,8 +129,17 @@ def uses_builtin_world(script_args: SGPOScriptArguments, model_args: ModelConfig
     return script_args.dataset_name is None and model_args.model_name_or_path is None
 
 
-def load_model(model_args: ModelConfig, training_args: SGPOConfig) -> tuple[AutoModelForCausalLM, AutoTokenizer]:
-    """Load the model and tokenizer as TRL's example scripts do (dtype, attention, quantization)."""
+def load_tokenizer(model_args: ModelConfig, training_args: SGPOConfig) -> AutoTokenizer:
+    """The tokenizer alone: enough to check the data against the chat template and the length budget."""
+    return AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+
+
+def load_model(model_args: ModelConfig, training_args: SGPOConfig) -> AutoModelForCausalLM:
+    """Load the model as TRL's example scripts do (dtype, attention, quantization)."""
     quantization_config = get_quantization_config(model_args)
     model_kwargs = dict(
         revision=model_args.model_revision,
@@ -140,13 +150,7 @@ def load_model(model_args: ModelConfig, training_args: SGPOConfig) -> tuple[Auto
         device_map={"": PartialState().local_process_index} if quantization_config is not None else None,
         quantization_config=quantization_config,
     )
-    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **model_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    return model, tokenizer
+    return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **model_kwargs)
 
 
 def _quality_table(before: dict, after: dict, regime: str) -> Table:
@@ -173,10 +177,35 @@ def _builtin_scores(model, tokenizer, dataset, temperature: float) -> dict[str, 
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run SGPO; returns the held-out scores (built-in world) or the training metrics."""
+# What the checks before the model loads raise; the command line prints them as one line (`run`).
+INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError)
+
+
+class InputRefused(SystemExit):
+    """A check before the model loads refused the run: the message says the problem and the fix."""
+
+
+def main(argv: list[str] | None = None, one_line_errors: bool = False) -> dict:
+    """Run SGPO; returns the held-out scores (built-in world) or the training metrics.
+
+    Everything that can be checked without the model is checked first: options, output folder, data files, and the
+    data against the tokenizer (formats, chat template, prompt lengths). With ``one_line_errors`` (the command line)
+    such a refusal is printed as ``trl-sgpo: error: ...`` and exits with status 2, without a traceback; as a
+    library call it raises the original exception.
+    """
+    try:
+        script_args, training_args, model_args, data = _checked_inputs(argv)
+    except INPUT_ERRORS as error:
+        if not one_line_errors:
+            raise
+        print(f"trl-sgpo: error: {error}", file=sys.stderr)
+        raise InputRefused(2) from error
+    return _train(script_args, training_args, model_args, data)
+
+
+def _checked_inputs(argv: list[str] | None) -> tuple:
+    """Parse and check everything that needs no model; load the data and the tokenizer (not the model)."""
     script_args, training_args, model_args = parse_args(argv)
-    console = Console()
     builtin = uses_builtin_world(script_args, model_args)
     check_options(script_args, training_args, model_args)
     if str(training_args.resume_from_checkpoint).lower() in ("true", "yes", "1"):  # `true`: the latest checkpoint
@@ -186,6 +215,28 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir
     )
 
+    if builtin:
+        return script_args, training_args, model_args, None
+    # The data first: a bad name or split fails in seconds, not after the model has loaded.
+    train_dataset, eval_dataset = load_train_and_eval(
+        script_args.dataset_name,
+        script_args.eval_dataset_name,
+        script_args.dataset_train_split,
+        script_args.dataset_test_split,
+        script_args.dataset_config,
+        script_args.dataset_streaming,
+    )
+    if training_args.eval_strategy == "no":
+        eval_dataset = None
+    check_eval_data(eval_dataset, script_args, training_args)
+    tokenizer = load_tokenizer(model_args, training_args)
+    train_dataset, eval_dataset = prepare_training_data(training_args, tokenizer, train_dataset, eval_dataset)
+    return script_args, training_args, model_args, (train_dataset, eval_dataset, tokenizer)
+
+
+def _train(script_args, training_args, model_args, data) -> dict:
+    console = Console()
+    builtin = data is None
     if builtin:
         from .toy import (
             TOY_CHECKPOINT_DIR,
@@ -221,19 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         eval_for_trainer = None
     else:
-        # The data first: a bad name or split fails in seconds, not after the model has loaded.
-        train_dataset, eval_for_trainer = load_train_and_eval(
-            script_args.dataset_name,
-            script_args.eval_dataset_name,
-            script_args.dataset_train_split,
-            script_args.dataset_test_split,
-            script_args.dataset_config,
-            script_args.dataset_streaming,
-        )
-        if training_args.eval_strategy == "no":
-            eval_for_trainer = None
-        check_eval_data(eval_for_trainer, script_args, training_args)
-        model, tokenizer = load_model(model_args, training_args)
+        train_dataset, eval_for_trainer, tokenizer = data
+        model = load_model(model_args, training_args)
 
     trainer = SGPOTrainer(
         model=model,
@@ -265,8 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run() -> None:
-    """The `trl-sgpo` console command: `main` without its return value (a returned dict would be the exit status)."""
-    main()
+    """The `trl-sgpo` console command (and examples/sgpo.py): `main` with one-line errors, without its return value
+    (a returned dict would be the exit status)."""
+    main(one_line_errors=True)
 
 
 if __name__ == "__main__":

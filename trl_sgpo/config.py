@@ -13,6 +13,7 @@ from trl.import_utils import is_vllm_available
 from .improver import IMPROVER_FORMATS, TARGET_STRATEGIES, validate_instruction, validate_template
 from .losses import LOSS_TYPES
 from .pairs import PAIR_SOURCES, uses_improver
+from .prompt_lengths import LONG_PROMPT_MODES
 from .schedule import PhaseSchedule
 
 
@@ -97,6 +98,12 @@ class SGPOConfig(OnlineDPOConfig):
             Sampling temperature of the improver; `0` means greedy. Defaults to `temperature`.
         improver_top_p (`float`, *optional*):
             Top-p of the improver's sampling. Defaults to `top_p`.
+        long_prompts (`str`, *optional*, defaults to `"error"`):
+            What to do with rows whose rendered prompt leaves no room, within `max_length`, for the improver
+            template, a draft and a rewrite: `"error"` refuses the data set before training (naming the row and the
+            arithmetic), `"drop"` skips those rows, `"truncate"` cuts their prompts from the left (earliest turns
+            first, a leading system message kept), the reference always whole. Dropped or cut rows are counted and
+            said once, before training. The default asks for consent: both other modes change what is trained on.
 
         > Pairs and loss
 
@@ -222,6 +229,24 @@ class SGPOConfig(OnlineDPOConfig):
     improver_top_p: float | None = field(
         default=None,
         metadata={"help": "Top-p of the improver's sampling. Defaults to top_p."},
+    )
+    long_prompts: str = field(
+        default="error",
+        metadata={
+            "help": "Rows whose prompt does not fit in max_length with the improver template, a draft and a rewrite: "
+            "'error' (refuse the data before training), 'drop' (skip them) or 'truncate' (cut the prompt from the "
+            "left, earliest turns first; the reference stays whole). Dropped or cut rows are counted up front.",
+            "choices": list(LONG_PROMPT_MODES),
+        },
+    )
+    # TRL's help says the leftmost tokens are truncated; SGPO measures every prompt before training instead.
+    max_length: int | None = field(
+        default=512,
+        metadata={
+            "help": "Maximum tokens of any sequence SGPO scores; the longest is the improver's (its template, the "
+            "prompt, a draft of max_new_tokens, a rewrite of improver_max_new_tokens). Every prompt is measured "
+            "before training against what is left; rows that do not fit are handled by long_prompts."
+        },
     )
     pair_source: str = field(
         default="sgpo",
@@ -381,6 +406,8 @@ class SGPOConfig(OnlineDPOConfig):
             )
         if self.improver_max_new_tokens is not None and self.improver_max_new_tokens < 1:
             raise ValueError(f"improver_max_new_tokens must be >= 1, got {self.improver_max_new_tokens}.")
+        if self.long_prompts not in LONG_PROMPT_MODES:
+            raise ValueError(f"long_prompts must be one of {list(LONG_PROMPT_MODES)}, got {self.long_prompts!r}.")
         if self.improver_temperature is not None and self.improver_temperature < 0:
             raise ValueError(f"improver_temperature must be >= 0 (0 = greedy), got {self.improver_temperature}.")
         self._check_length_budget()

@@ -8,49 +8,27 @@ row, the problem and the fix.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging
 
 from .improver import next_turn_suffix, render_improver_prompt
+from .pairs import uses_improver
+from .prompt_lengths import ROWS_CHECKED_IN_STREAMS, fit_prompts, prompt_budget
 
 
 REQUIRED_COLUMNS = ("prompt", "completion")
 PROMPT_ROLES = ("system", "user", "assistant", "tool")
-ROWS_CHECKED_IN_STREAMS = 100  # an IterableDataset is only sampled: reading it whole could take hours
 FORMAT_HINT = (
     "SGPO expects TRL's prompt-completion format: a 'prompt' and a 'completion' column, both strings or both lists "
     "of {'role', 'content'} messages (the completion is the SFT reference answer), or a 'messages' column of "
     "conversations that end with an assistant turn (the reference)."
 )
 
-
-@dataclass(frozen=True)
-class PromptBudget:
-    """How many tokens a rendered prompt may have: `max_length` minus what the improver's sequence adds to it.
-
-    The longest sequence SGPO scores is the improver's: its template around the prompt and a draft of
-    `max_new_tokens`, then a rewrite of up to `improver_tokens` (0 with pair_source='spin', which has no improver).
-    """
-
-    max_length: int
-    template_tokens: int
-    max_new_tokens: int
-    improver_tokens: int
-
-    @property
-    def available(self) -> int:
-        return self.max_length - self.template_tokens - self.max_new_tokens - self.improver_tokens
-
-    def arithmetic(self) -> str:
-        """The sum spelled out, e.g. 'max_length 512 - template 220 - max_new_tokens 64 - improver 64 = 164'."""
-        return (
-            f"max_length {self.max_length} - improver template {self.template_tokens} - max_new_tokens "
-            f"{self.max_new_tokens} - improver_max_new_tokens {self.improver_tokens} = {self.available}"
-        )
+logger = logging.get_logger(__name__)
 
 
 def messages_to_prompt_completion(dataset: Any, name: str = "train_dataset") -> Any:
@@ -139,37 +117,6 @@ def validate_prompt_completion_dataset(
             f"{name} is conversational but the tokenizer has no chat template. Set `tokenizer.chat_template`, or "
             "use a chat model's tokenizer, or pass standard (string) prompts and completions."
         )
-
-
-def check_prompt_lengths(
-    dataset: Dataset | IterableDataset,
-    tokenizer: PreTrainedTokenizerBase,
-    budget: PromptBudget,
-    name: str = "train_dataset",
-) -> None:
-    """Reject prompts longer than ``budget.available`` tokens once rendered (chat template included).
-
-    Log-probabilities are computed on at most `max_length` tokens, cut from the left. The longest sequence SGPO
-    scores is the improver's: the template with the prompt and a draft, then the improved response. A prompt that
-    does not leave room for them would lose its beginning, the task statement, without a word; we refuse it instead.
-    """
-    if budget.available < 1:
-        raise ValueError(
-            f"max_length leaves no room for any prompt: {budget.arithmetic()}. Raise max_length, or lower "
-            "max_new_tokens / improver_max_new_tokens, or shorten improver_template."
-        )
-    rows = islice(dataset, ROWS_CHECKED_IN_STREAMS) if isinstance(dataset, IterableDataset) else dataset
-    for index, row in enumerate(rows):
-        prompt = row["prompt"]
-        if isinstance(prompt, list):
-            prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        if length > budget.available:
-            raise ValueError(
-                f"{name} row {index}: the prompt has {length} tokens, more than the {budget.available} that fit "
-                f"({budget.arithmetic()}). Raise max_length, lower max_new_tokens / improver_max_new_tokens, or "
-                "drop long prompts, e.g. `dataset.filter(lambda row: ...)`."
-            )
 
 
 def check_improver_template(
@@ -301,3 +248,32 @@ def _check_messages(messages: list, where: str, roles: tuple[str, ...]) -> None:
             )
     if where.endswith("prompt") and not messages[-1]["content"].strip():
         raise ValueError(f"{where}: the last user message is empty. Remove empty rows.")
+
+
+def prepare_training_data(
+    args: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Any,
+    eval_dataset: Any = None,
+) -> tuple[Any, Any]:
+    """Every check of the data against the config and tokenizer, in the order a run meets them; no model needed.
+
+    `SGPOTrainer.__init__` calls it, and the command line calls it after loading only the tokenizer, so bad data is
+    refused before the model loads. Returns the data sets as SGPO trains on them: `messages` converted to
+    prompt-completion, long prompts handled by ``args.long_prompts``. ``improver_format='auto'`` is resolved into
+    ``args`` here (so checkpoints, logs and the model card record the format used) and said at warning level.
+    """
+    train_dataset = messages_to_prompt_completion(train_dataset, "train_dataset")
+    validate_prompt_completion_dataset(train_dataset, tokenizer, "train_dataset")
+    if args.improver_format == "auto" and uses_improver(args.pair_source):
+        args.improver_format, reason = resolve_improver_format(args.improver_instruction, train_dataset, tokenizer)
+        logger.info(f"improver_format='auto': using {args.improver_format!r}, as {reason}.")
+    train_dataset = fit_prompts(train_dataset, tokenizer, prompt_budget(args, tokenizer), args.long_prompts)
+    if args.pair_source == "sgpo" and args.improver_format == "next_turn":
+        check_next_turn_conversation(args.improver_instruction, train_dataset, tokenizer)
+    elif args.pair_source == "sgpo":
+        check_improver_template(args.improver_template, train_dataset, tokenizer)
+    if eval_dataset is not None:
+        eval_dataset = messages_to_prompt_completion(eval_dataset, "eval_dataset")
+        validate_prompt_completion_dataset(eval_dataset, tokenizer, "eval_dataset")
+    return train_dataset, eval_dataset

@@ -36,16 +36,7 @@ from trl.trainer.callbacks import SyncRefModelCallback
 
 from .callbacks import SGPOPhaseCallback
 from .config import SGPOConfig
-from .data import (
-    PromptBudget,
-    check_improver_template,
-    check_next_turn_conversation,
-    check_prompt_lengths,
-    messages_to_prompt_completion,
-    reference_text,
-    resolve_improver_format,
-    validate_prompt_completion_dataset,
-)
+from .data import prepare_training_data, reference_text
 from .improver import (
     edit_distance,
     improver_target,
@@ -199,22 +190,7 @@ class SGPOTrainer(OnlineDPOTrainer):
                 "with the adapter disabled. Set sync_ref_model_each_dpo_phase=False or train without PEFT."
             )
         # Reject bad data before the model is loaded or anything is generated.
-        train_dataset = messages_to_prompt_completion(train_dataset, "train_dataset")
-        validate_prompt_completion_dataset(train_dataset, processing_class, "train_dataset")
-        if args.improver_format == "auto" and uses_improver(args.pair_source):
-            # Resolved once, here, into the args (so checkpoints, logs and the model card record the format used).
-            args.improver_format, reason = resolve_improver_format(
-                args.improver_instruction, train_dataset, processing_class
-            )
-            logger.info(f"improver_format='auto': using {args.improver_format!r}, as {reason}.")
-        check_prompt_lengths(train_dataset, processing_class, self._max_prompt_tokens(args, processing_class))
-        if args.pair_source == "sgpo" and args.improver_format == "next_turn":
-            check_next_turn_conversation(args.improver_instruction, train_dataset, processing_class)
-        elif args.pair_source == "sgpo":
-            check_improver_template(args.improver_template, train_dataset, processing_class)
-        if eval_dataset is not None:
-            eval_dataset = messages_to_prompt_completion(eval_dataset, "eval_dataset")
-            validate_prompt_completion_dataset(eval_dataset, processing_class, "eval_dataset")
+        train_dataset, eval_dataset = prepare_training_data(args, processing_class, train_dataset, eval_dataset)
 
         callbacks = list(callbacks or [])
         if not any(isinstance(callback, SGPOPhaseCallback) for callback in callbacks):
@@ -258,23 +234,6 @@ class SGPOTrainer(OnlineDPOTrainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------ set-up
-
-    @staticmethod
-    def _max_prompt_tokens(args: SGPOConfig, tokenizer: PreTrainedTokenizerBase) -> PromptBudget:
-        """Longest prompt that leaves room for the improver's template, a draft and a rewrite within max_length."""
-        if not uses_improver(args.pair_source):
-            return PromptBudget(args.max_length, 0, args.max_new_tokens, 0)
-        try:  # the template's own tokens, chat markup included (counted twice with the prompt's: a safe margin)
-            if args.improver_format == "next_turn":  # what follows the draft: end of turn, instruction, header
-                empty = "" if getattr(tokenizer, "chat_template", None) is None else [{"role": "user", "content": ""}]
-                template = next_turn_suffix(args.improver_instruction, empty, tokenizer, reference="")
-            else:
-                template = render_improver_prompt(args.improver_template, "", "", tokenizer, reference="")
-            template_tokens = len(tokenizer(template, add_special_tokens=False)["input_ids"])
-        except Exception:  # a callable template may not accept empty texts; then only the lengths are reserved
-            template_tokens = 0
-        improver_tokens = args.improver_max_new_tokens or args.max_new_tokens
-        return PromptBudget(args.max_length, template_tokens, args.max_new_tokens, improver_tokens)
 
     def _setup_generation(self, args: SGPOConfig) -> None:
         """Sampling settings of both roles (the parent's are built for two samples per prompt)."""

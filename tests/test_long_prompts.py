@@ -1,0 +1,101 @@
+"""Rows whose prompt does not fit (`long_prompts`): refused, dropped or cut from the left, counted before training."""
+
+import pytest
+from datasets import Dataset, IterableDataset
+from transformers.testing_utils import CaptureLogger
+
+from trl_sgpo import SGPOTrainer
+from trl_sgpo.data import prepare_training_data
+from trl_sgpo.prompt_lengths import PromptBudget, fit_prompts, logger, prompt_budget, prompt_tokens, truncate_prompt
+
+from .helpers import make_config, tiny_model
+
+
+BUDGET = PromptBudget(max_length=120, template_tokens=20, max_new_tokens=30, improver_tokens=30)  # 40 tokens
+
+
+def _rows(prompts: list) -> Dataset:
+    completion = [{"role": "assistant", "content": "cba"}] if isinstance(prompts[0], list) else " cba"
+    return Dataset.from_list([{"prompt": prompt, "completion": completion} for prompt in prompts])
+
+
+def _chat(*contents: str, system: str | None = None) -> list[dict]:
+    roles = ["user", "assistant"] * len(contents)
+    messages = [{"role": role, "content": text} for role, text in zip(roles, contents)]
+    return ([{"role": "system", "content": system}] if system else []) + messages
+
+
+def test_the_default_refuses_and_names_the_row_the_arithmetic_and_the_options(tokenizer):
+    dataset = _rows(["reverse abc", "x" * 80, "reverse ab", "y" * 90])
+    with pytest.raises(ValueError) as caught:
+        fit_prompts(dataset, tokenizer, BUDGET)
+    message = str(caught.value)
+    assert "train_dataset row 1: the prompt has 80 tokens, more than the 40 that fit" in message
+    assert BUDGET.arithmetic() in message and "2 of 4 rows are that long" in message
+    assert "long_prompts='drop'" in message and "long_prompts='truncate'" in message
+
+
+def test_drop_skips_exactly_the_long_rows_and_says_how_many(tokenizer):
+    prompts = ["reverse abc", "x" * 80, "reverse ab", "y" * 90, "z" * 40]  # 40 tokens is exactly what fits
+    with CaptureLogger(logger) as captured:
+        kept = fit_prompts(_rows(prompts), tokenizer, BUDGET, mode="drop")
+    assert kept["prompt"] == ["reverse abc", "reverse ab", "z" * 40]
+    assert "2 of 5 train_dataset rows have prompts over the 40 tokens" in captured.out
+    assert "longest 90: dropped" in captured.out
+
+
+def test_truncate_drops_the_earliest_turns_first_and_keeps_the_system_message_and_the_reference(tokenizer):
+    long_chat = _chat("a" * 30, "b" * 30, "reverse abc", system="sys")
+    dataset = _rows([long_chat, _chat("reverse ab")])
+    with CaptureLogger(logger) as captured:
+        fitted = fit_prompts(dataset, tokenizer, BUDGET, mode="truncate")
+    assert "1 of 2 train_dataset rows" in captured.out and "cut from the left" in captured.out
+    assert fitted[0]["prompt"] == [long_chat[0], long_chat[-1]]  # system message and the last user turn
+    assert prompt_tokens(fitted[0]["prompt"], tokenizer) <= BUDGET.available
+    assert fitted[1]["prompt"] == _chat("reverse ab")  # rows that fit are untouched
+    assert fitted["completion"] == dataset["completion"]
+
+
+def test_truncate_cuts_a_single_long_message_from_the_left_to_exactly_what_fits(tokenizer):
+    text = "".join(chr(ord("a") + i % 26) for i in range(100))
+    for prompt in (text, _chat(text)):
+        cut = truncate_prompt(prompt, tokenizer, BUDGET.available)
+        cut_text = cut if isinstance(cut, str) else cut[0]["content"]
+        assert text.endswith(cut_text) and cut_text  # the end of the prompt, where the question usually is
+        assert prompt_tokens(cut, tokenizer) <= BUDGET.available
+        one_more = text[-len(cut_text) - 1 :]  # a character-level tokenizer: one more token would not fit
+        longer = one_more if isinstance(prompt, str) else _chat(one_more)
+        assert prompt_tokens(longer, tokenizer) > BUDGET.available
+
+
+def test_a_stream_is_dropped_or_cut_as_it_is_read(tokenizer):
+    prompts = ["reverse abc", "x" * 80, "reverse ab"]
+    stream = IterableDataset.from_generator(lambda: iter(_rows(prompts)))
+    assert [row["prompt"] for row in fit_prompts(stream, tokenizer, BUDGET, mode="drop")] == [prompts[0], prompts[2]]
+    cut = [row["prompt"] for row in fit_prompts(stream, tokenizer, BUDGET, mode="truncate")]
+    assert cut[1] == "x" * BUDGET.available and cut[0] == prompts[0]
+    with pytest.raises(ValueError, match="row 1: the prompt has 80 tokens"):
+        fit_prompts(stream, tokenizer, BUDGET)
+
+
+def test_the_trainer_trains_on_the_fitted_rows(tmp_path, tokenizer):
+    rows = [{"prompt": p, "completion": " cba"} for p in ["reverse abc =", "x" * 300, "reverse ab =", "reverse a ="]]
+    args = make_config(tmp_path, long_prompts="drop", max_length=160, max_steps=1, per_device_train_batch_size=2)
+    budget = prompt_budget(args, tokenizer)
+    assert budget.available < 300 < budget.max_length + 200
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    assert trainer.train_dataset["prompt"] == ["reverse abc =", "reverse ab =", "reverse a ="]
+    trainer.train()
+
+
+def test_prepare_training_data_needs_no_model_and_resolves_auto(tmp_path, tokenizer):
+    args = make_config(tmp_path, improver_format="auto", improver_instruction="fix it")
+    train, _ = prepare_training_data(args, tokenizer, Dataset.from_list([{"messages": _chat("reverse abc", "cba")}]))
+    assert train.column_names == ["prompt", "completion"] and args.improver_format in ("next_turn", "template")
+
+
+def test_an_unknown_mode_is_refused_when_the_config_is_built(tmp_path):
+    with pytest.raises(ValueError, match="long_prompts must be one of"):
+        make_config(tmp_path, long_prompts="cut")
