@@ -103,13 +103,14 @@ def test_short_builtin_run_prints_samples_and_quality_and_saves_a_loadable_model
         "64",
         "--builtin_eval_prompts",
         "16",
-        "--sample_every_n_steps",
-        "2",
+        "--logging_steps",
+        "2",  # the built-in world logs completions (log_completions) at each log
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "160"}
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "SGPO samples, step 2" in completed.stdout and "improved response" in completed.stdout
+    assert "SGPO samples, step 4" in completed.stdout and "reference" in completed.stdout
     assert "Held-out quality" in completed.stdout and "before" in completed.stdout
     model = AutoModelForCausalLM.from_pretrained(output_dir)
     assert model.num_parameters() > 0

@@ -287,8 +287,8 @@ def test_the_builtin_command_uses_the_short_instruction(tmp_path):
             "16",
             "--builtin_eval_prompts",
             "8",
-            "--sample_every_n_steps",
-            "0",
+            "--log_completions",
+            "false",
             "--improver_warmup_steps",
             "1",
         ]

@@ -15,6 +15,8 @@ The phase of a step is a pure function of the global step, so a resumed run cont
 callback also saves the phases already run (run-length encoded) in the checkpoint's trainer state.
 """
 
+import importlib.util
+import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -108,48 +110,75 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
 
 
 class SGPOSampleTableCallback(TrainerCallback):
-    """Every ``every_n_steps`` steps, show a few (prompt, policy response, improved response, kept?) rows.
+    """Show a sample of the last step's rows: prompt, policy response, improved response, reference, kept?
 
-    The table is printed with `rich` on the main process and, where a tracker supports tables (Weights & Biases),
-    logged as ``sgpo/samples``. In DPO steps "improved" is the improver's rewrite (or the reference with
-    ``pair_source="spin"``) and "kept" says whether the pair survived the filter (or why it was dropped); in improver
-    steps it is the training target and whether the outlier filter kept it.
+    `SGPOTrainer` adds one when ``log_completions=True`` (TRL's option, as in GRPO): the rows of the step just logged
+    are printed with `rich` every ``logging_steps`` steps, at most ``num_completions_to_print`` of them (all if
+    unset), and logged as a table named ``completions`` to Weights & Biases and to trackio where ``report_to``
+    names them. A conversational prompt shows its last turns. In DPO steps "improved" is the improver's rewrite (or
+    the reference with ``pair_source="spin"``) and "kept" says whether the pair survived the filter (or why it was
+    dropped); in improver steps it is the training target and whether the outlier filter kept it. Kept rows come
+    first.
 
     Args:
         trainer (`SGPOTrainer`): the trainer whose samples to show.
-        every_n_steps (`int`): how often to show them.
-        num_rows (`int`): how many rows.
+        every_n_steps (`int`, *optional*): show them every N optimizer steps instead of at each log.
+        num_rows (`int`, *optional*): how many rows (all rows of the step if unset).
     """
 
-    def __init__(self, trainer: Any, every_n_steps: int = 10, num_rows: int = 4):
+    COLUMNS = ("prompt", "response", "improved", "reference", "kept")
+    TITLES = ("prompt (last turns)", "policy response", "improved response", "reference", "kept")
+
+    def __init__(self, trainer: Any, every_n_steps: int | None = None, num_rows: int | None = None):
         self.trainer = trainer
         self.every_n_steps = every_n_steps
-        trainer.num_sample_rows = num_rows
+        trainer.num_sample_rows = num_rows if num_rows is not None else sys.maxsize
         self.tables_shown = 0
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.every_n_steps and state.global_step % self.every_n_steps == 0:
+            self._show(args, state)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        if not self.every_n_steps and logs and "loss" in logs:  # a training log, not the end-of-run summary
+            self._show(args, state)
+
+    def _show(self, args: TrainingArguments, state: TrainerState) -> None:
         samples = self.trainer.last_samples
-        if not state.is_world_process_zero or not samples or state.global_step % self.every_n_steps:
+        if not state.is_world_process_zero or not samples:
             return
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"SGPO samples, step {state.global_step} ({samples[0]['phase']} phase)", show_lines=True)
-        for column in ("prompt", "policy response", "improved response", "kept"):
-            table.add_column(column, overflow="fold")
+        for title in self.TITLES:
+            table.add_column(title, overflow="fold")
         for row in samples:
-            table.add_row(row["prompt"], row["response"], row["improved"], row["kept"])
+            table.add_row(*(row[column] for column in self.COLUMNS))
         Console().print(table)
         self.tables_shown += 1
         self._log_to_trackers(args, samples, state.global_step)
 
-    @staticmethod
-    def _log_to_trackers(args: TrainingArguments, samples: list[dict], step: int) -> None:
-        if "wandb" not in (args.report_to or []):
-            return
-        import wandb
+    @classmethod
+    def _log_to_trackers(cls, args: TrainingArguments, samples: list[dict], step: int) -> None:
+        """TRL's convention: a ``completions`` table, to wandb (a run is active) and trackio (where installed)."""
+        report_to = args.report_to or []
+        backends = []
+        if "wandb" in report_to:
+            import wandb
 
-        if wandb.run is not None:
-            columns = ["phase", "prompt", "response", "improved", "kept"]
-            table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in samples])
-            wandb.log({"sgpo/samples": table}, step=step)
+            if wandb.run is not None:
+                backends.append(wandb)
+        if "trackio" in report_to and importlib.util.find_spec("trackio") is not None:
+            import trackio
+
+            backends.append(trackio)
+        if not backends:
+            return
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            [{"step": step, "phase": row["phase"], **{c: row[c] for c in cls.COLUMNS}} for row in samples]
+        )
+        for backend in backends:
+            backend.log({"completions": backend.Table(dataframe=frame)})

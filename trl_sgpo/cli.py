@@ -19,7 +19,6 @@ from transformers.trainer_callback import ProgressCallback
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 from trl.trainer.callbacks import RichProgressCallback
 
-from .callbacks import SGPOSampleTableCallback
 from .config import SGPOConfig, sgpo_field_names
 from .data import prepare_training_data
 from .data_files import load_train_and_eval
@@ -44,7 +43,9 @@ BUILTIN_DEFAULTS = {
     "max_length": 256,
     "temperature": 1.0,
     "improver_temperature": 0.0,
-    "logging_steps": 10,
+    "logging_steps": 20,
+    "log_completions": True,  # a sample table at each log: the rows SGPO trains on
+    "num_completions_to_print": 3,
     "save_strategy": "no",
     "report_to": "none",
     "seed": 0,
@@ -82,8 +83,6 @@ class SGPOScriptArguments(ScriptArguments):
     builtin_eval_prompts: int = field(
         default=800, metadata={"help": "Held-out prompts scored before and after (the quality benchmark's test set)."}
     )
-    sample_every_n_steps: int = field(default=20, metadata={"help": "Show sample rows every N steps (0: never)."})
-    sample_rows: int = field(default=3, metadata={"help": "Number of sample rows shown."})
 
 
 def _builtin_settings_text() -> str:
@@ -284,10 +283,6 @@ def _train(script_args, training_args, model_args, data) -> dict:
         peft_config=get_peft_config(model_args),
     )
     trainer.dataset_name = script_args.dataset_name
-    if script_args.sample_every_n_steps > 0:
-        trainer.add_callback(
-            SGPOSampleTableCallback(trainer, script_args.sample_every_n_steps, script_args.sample_rows)
-        )
     if builtin:  # one progress display: rich's instead of the default tqdm bar
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(RichProgressCallback())

@@ -98,6 +98,12 @@ class SGPOConfig(OnlineDPOConfig):
             Sampling temperature of the improver; `0` means greedy. Defaults to `temperature`.
         improver_top_p (`float`, *optional*):
             Top-p of the improver's sampling. Defaults to `top_p`.
+        log_completions (`bool`, *optional*, defaults to `False`):
+            TRL's option (as in GRPO): every `logging_steps` steps, print a sample of the last step's rows with
+            `rich` (prompt, policy response, improved response, reference, kept?) and log it as a `completions` table
+            to wandb and trackio where `report_to` names them.
+        num_completions_to_print (`int`, *optional*):
+            How many rows `log_completions` shows; all rows of the step if unset.
         long_prompts (`str`, *optional*, defaults to `"error"`):
             What to do with rows whose rendered prompt leaves no room, within `max_length`, for the improver
             template, a draft and a rewrite: `"error"` refuses the data set before training (naming the row and the
@@ -229,6 +235,18 @@ class SGPOConfig(OnlineDPOConfig):
     improver_top_p: float | None = field(
         default=None,
         metadata={"help": "Top-p of the improver's sampling. Defaults to top_p."},
+    )
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "Every logging_steps steps, print a sample of the last step's rows with rich (prompt, policy "
+            "response, improved response, reference, kept?) and log it as a 'completions' table to wandb and "
+            "trackio where report_to names them (TRL's option, as in GRPO)."
+        },
+    )
+    num_completions_to_print: int | None = field(
+        default=None,
+        metadata={"help": "How many rows log_completions shows (all rows of the step if unset)."},
     )
     long_prompts: str = field(
         default="error",
@@ -406,6 +424,10 @@ class SGPOConfig(OnlineDPOConfig):
             )
         if self.improver_max_new_tokens is not None and self.improver_max_new_tokens < 1:
             raise ValueError(f"improver_max_new_tokens must be >= 1, got {self.improver_max_new_tokens}.")
+        if self.num_completions_to_print is not None and self.num_completions_to_print < 1:
+            raise ValueError(
+                f"num_completions_to_print must be >= 1 (unset: all rows), got {self.num_completions_to_print}."
+            )
         if self.long_prompts not in LONG_PROMPT_MODES:
             raise ValueError(f"long_prompts must be one of {list(LONG_PROMPT_MODES)}, got {self.long_prompts!r}.")
         if self.improver_temperature is not None and self.improver_temperature < 0:

@@ -2,6 +2,7 @@
 
 import copy
 import inspect
+import math
 import os
 import textwrap
 from collections import defaultdict
@@ -34,7 +35,7 @@ from trl.extras.profiling import profiling_context
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
 
-from .callbacks import SGPOPhaseCallback
+from .callbacks import SGPOPhaseCallback, SGPOSampleTableCallback
 from .config import SGPOConfig
 from .data import prepare_training_data, reference_text
 from .improver import (
@@ -60,6 +61,20 @@ REWRITE_CLOSER_WARNING_BELOW = 0.2
 _CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 logger = logging.get_logger(__name__)
+
+
+def _nan_mean(values: list[float]) -> float:
+    valid = [value for value in values if not math.isnan(value)]
+    return sum(valid) / len(valid) if valid else math.nan
+
+
+def _last_turns(prompt: str | list[dict], turns: int = 3) -> str:
+    """A prompt as a sample table shows it: the text, or its last ``turns`` messages as ``role: content``."""
+    if isinstance(prompt, str):
+        return prompt
+    shown = "\n".join(f"{message['role']}: {message['content']}" for message in prompt[-turns:])
+    hidden = len(prompt) - turns
+    return f"({hidden} earlier message{'s' if hidden > 1 else ''})\n{shown}" if hidden > 0 else shown
 
 
 def _no_reward(*args, **kwargs):
@@ -226,6 +241,8 @@ class SGPOTrainer(OnlineDPOTrainer):
         self.num_sample_rows = 0
         self.last_samples: list[dict[str, str]] = []
         self._setup_generation(args)
+        if args.log_completions:
+            self.add_callback(SGPOSampleTableCallback(self, num_rows=args.num_completions_to_print))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """Train; refuses a non-empty `output_dir` unless resuming or `overwrite_output_dir=True`."""
@@ -741,7 +758,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         step = self._dpo_step if phase == DPO else self._improver_step
         loss, shown, verdicts = step(model, batch, scale, stats)
         if self.num_sample_rows and self.accelerator.is_main_process:
-            self._keep_samples(phase, batch.prompts, batch.drafts, shown, verdicts)
+            self._keep_samples(phase, batch.prompts, batch.drafts, shown, verdicts, batch.reference_texts)
 
         self._record(stats, phase)
         if phase == DPO and uses_improver(self.args.pair_source):
@@ -1021,7 +1038,13 @@ class SGPOTrainer(OnlineDPOTrainer):
         )
 
     def _keep_samples(
-        self, phase: str, prompts: list, drafts: list[Completion], improved: list[Completion], verdicts: list[str]
+        self,
+        phase: str,
+        prompts: list,
+        drafts: list[Completion],
+        improved: list[Completion],
+        verdicts: list[str],
+        references: list[str] | None = None,
     ) -> None:
         # Kept pairs (or targets) first: the rows where the improver changed the draft are the ones worth reading.
         rows = sorted(range(len(prompts)), key=lambda i: verdicts[i] != "kept")[: self.num_sample_rows]
@@ -1029,9 +1052,10 @@ class SGPOTrainer(OnlineDPOTrainer):
         self.last_samples = [
             {
                 "phase": phase,
-                "prompt": prompts[i] if isinstance(prompts[i], str) else prompts[i][-1]["content"],
+                "prompt": _last_turns(prompts[i]),
                 "response": decode(drafts[i].token_ids, skip_special_tokens=True),
                 "improved": decode(improved[i].token_ids, skip_special_tokens=True),
+                "reference": references[i] if references is not None else "",
                 "kept": verdicts[i],
             }
             for i in rows
@@ -1231,15 +1255,17 @@ class SGPOTrainer(OnlineDPOTrainer):
             mode = stats.modes[name]
             if mode == "sum":
                 self._metrics[name].append(total)
-            elif count > 0:
-                self._metrics[name].append(total / count)
+            else:  # NaN where no process had a value (no pair kept): the key stays on the log line
+                self._metrics[name].append(total / count if count > 0 else math.nan)
         self._metrics["sgpo/phase"].append(float(PHASE_IDS[phase]))
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
         # The parent averages every list in `self.stats` and divides by zero on an empty one; a logging window may
         # hold only one phase, so hand it just the statistics that were recorded in this window.
+        # Each list is averaged here, NaN steps left out (a window with one no-pair step keeps the others' mean);
+        # NaN only where no step of the window had a value.
         if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
-            self.stats = {name: values for name, values in self._metrics.items() if values}
+            self.stats = {name: [_nan_mean(values)] for name, values in self._metrics.items() if values}
             self._metrics = defaultdict(list)
         return super()._maybe_log_save_evaluate(*args, **kwargs)
 
