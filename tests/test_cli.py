@@ -136,3 +136,10 @@ def test_a_refused_run_prints_one_line_without_a_traceback(tmp_path):
     lines = [line for line in completed.stderr.splitlines() if line.startswith("trl-sgpo: error:")]
     assert len(lines) == 1 and "under 'text' instead of 'content'" in lines[0], completed.stderr[-2000:]
     assert "Traceback" not in completed.stderr
+
+
+def test_an_invalid_choice_is_refused_by_the_parser_before_anything_loads(capsys):
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--model_name_or_path", "m", "--dataset_name", "d.jsonl", "--loss_type", "hinge"])
+    assert caught.value.code == 2
+    assert "invalid choice: 'hinge' (choose from 'sigmoid', 'ipo')" in capsys.readouterr().err
