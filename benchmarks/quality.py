@@ -220,7 +220,7 @@ class PairDiagnostics:
         self.counts = {"better": 0, "worse": 0, "same_score": 0, "identical": 0, "pairs": 0}
         self._gold: list[list[str]] = []
         self._drafts: list[str] = []
-        step, sample = trainer.training_step, trainer._sample
+        step, sample = trainer.training_step, trainer.sampler
 
         def training_step(model, inputs, *args, **kwargs):
             self._gold = [json.loads(parts) for parts in inputs["answer_parts"]]
@@ -235,7 +235,7 @@ class PairDiagnostics:
                 self._judge(decoded)
             return completions
 
-        trainer.training_step, trainer._sample = training_step, sample_and_judge
+        trainer.training_step, trainer.sampler = training_step, sample_and_judge
 
     def _judge(self, rewrites: list[str]) -> None:
         for gold, draft, rewrite in zip(self._gold, self._drafts, rewrites):

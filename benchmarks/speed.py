@@ -32,8 +32,8 @@ One measurement is one optimizer step: ``trainer.training_step`` on a batch, the
 and ``zero_grad`` (as `transformers.Trainer` does), timed with `time.perf_counter` (with `torch.cuda.synchronize` on
 CUDA). The step is split by wrapping methods on the trainer instance:
 
-- generation: time in ``_sample`` (SGPO, both roles) or ``_generate`` (upstream; it also renders and tokenises the
-  prompts);
+- generation: time in ``trainer.sampler`` (SGPO, both roles) or ``_generate`` (upstream; it also renders and
+  tokenises the prompts);
 - forward/backward: time in every ``_forward`` and ``_packed_forward`` call (policy and reference) plus
   ``accelerator.backward``;
 - reward: time in upstream's ``_calculate_rewards_from_functions`` (the reward model's forward pass);
@@ -557,14 +557,14 @@ class StepProbe:
 
 
 def _cached_tokens(args: tuple, kwargs: dict) -> int:
-    """SGPO `_sample(..., role, cache)`: tokens per row already in the drafts' KV cache (not fed again)."""
+    """SGPO `sampler(..., role, cache=...)`: tokens per row already in the drafts' KV cache (not fed again)."""
     holder = args[5] if len(args) > 5 else kwargs.get("cache")
     kv = getattr(holder, "cache", None)
     return kv.get_seq_length() if kv is not None else 0
 
 
 def _count_sample(work: dict[str, float], args: tuple, completions: list, cached: int) -> None:
-    """SGPO `_sample(model, texts, prompt_ids, prompt_mask, role, cache=None)` -> list of `Completion`."""
+    """SGPO `sampler(model, texts, prompt_ids, prompt_mask, role, cache=None)` -> list of `Completion`."""
     prompt_ids = args[2]
     work["generate_calls"] += 1
     work["generated_rows"] += prompt_ids.size(0)
@@ -606,8 +606,8 @@ def _count_packed_forward(work: dict[str, float], args: tuple, result: list, cac
 
 def instrument(trainer, probe: StepProbe) -> None:
     """Wrap the generation, forward and backward methods of this trainer instance with the probe's timers."""
-    if hasattr(trainer, "_sample"):  # SGPO: both roles go through `_sample`
-        trainer._sample = probe.timed("generation", trainer._sample, _count_sample)
+    if hasattr(trainer, "sampler"):  # SGPO: both roles go through its sampler (the trainer's seam)
+        trainer.sampler = probe.timed("generation", trainer.sampler, _count_sample)
     else:
         trainer._generate = probe.timed("generation", trainer._generate, _count_generate)
     trainer._forward = probe.timed("forward_backward", trainer._forward, _count_forward)

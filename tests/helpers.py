@@ -25,9 +25,9 @@ def rule_completion(text: str, role: str) -> str:
 
 
 def rule_sampler(tokenizer):
-    """A drop-in for `SGPOTrainer._sample` that depends on each text alone, never on the batch."""
+    """A stand-in for `SGPOTrainer.sampler` that depends on each text alone, never on the batch."""
 
-    def sample(model, texts, prompt_ids, prompt_mask, role):
+    def sample(model, texts, prompt_ids, prompt_mask, role, cache=None):
         return [
             Completion(tokenizer(rule_completion(text, role), add_special_tokens=False)["input_ids"], ended=True)
             for text in texts

@@ -29,7 +29,7 @@ def _trainer(tmp_path, tokenizer, **overrides) -> SGPOTrainer:
 
 def test_log_completions_prints_the_rows_of_each_logged_step_with_the_reference(tmp_path, tokenizer, capsys):
     trainer = _trainer(tmp_path, tokenizer, log_completions=True, num_completions_to_print=2)
-    trainer._sample = rule_sampler(tokenizer)
+    trainer.sampler = rule_sampler(tokenizer)
     trainer.train()
     out = capsys.readouterr().out
     for step, phase in ((1, "improver"), (2, "dpo"), (3, "dpo")):
@@ -44,7 +44,7 @@ def test_log_completions_prints_the_rows_of_each_logged_step_with_the_reference(
 
 def test_without_log_completions_no_table_is_shown(tmp_path, tokenizer, capsys):
     trainer = _trainer(tmp_path, tokenizer)
-    trainer._sample = rule_sampler(tokenizer)
+    trainer.sampler = rule_sampler(tokenizer)
     trainer.train()
     assert "SGPO samples" not in capsys.readouterr().out
     assert not any(isinstance(c, SGPOSampleTableCallback) for c in trainer.callback_handler.callbacks)
@@ -77,7 +77,7 @@ def _identical_on_step(tokenizer, trainer, no_pair_steps: set[int]):
     """The improver repeats the draft (every pair dropped as identical) on the given global steps."""
     sample = rule_sampler(tokenizer)
 
-    def sampler(model, texts, prompt_ids, prompt_mask, role, *args):
+    def sampler(model, texts, prompt_ids, prompt_mask, role, cache=None):
         step = trainer.state.global_step + 1
         return sample(model, texts, prompt_ids, prompt_mask, "policy" if step in no_pair_steps else role)
 
@@ -86,7 +86,7 @@ def _identical_on_step(tokenizer, trainer, no_pair_steps: set[int]):
 
 def test_a_dpo_step_without_pairs_keeps_its_keys_as_nan(tmp_path, tokenizer):
     trainer = _trainer(tmp_path, tokenizer)
-    trainer._sample = _identical_on_step(tokenizer, trainer, no_pair_steps={2})
+    trainer.sampler = _identical_on_step(tokenizer, trainer, no_pair_steps={2})
     trainer.train()
     dpo_logs = [log for log in trainer.state.log_history if log.get("sgpo/phase") == 1.0]
     assert [log["step"] for log in dpo_logs] == [2, 3]
@@ -98,7 +98,7 @@ def test_a_dpo_step_without_pairs_keeps_its_keys_as_nan(tmp_path, tokenizer):
 
 def test_a_logging_window_averages_the_steps_that_kept_pairs(tmp_path, tokenizer):
     trainer = _trainer(tmp_path, tokenizer, logging_steps=2, max_steps=4)
-    trainer._sample = _identical_on_step(tokenizer, trainer, no_pair_steps={3})
+    trainer.sampler = _identical_on_step(tokenizer, trainer, no_pair_steps={3})
     trainer.train()
     window = [log for log in trainer.state.log_history if log.get("step") == 4][0]  # steps 3 (no pair) and 4
     assert window["sgpo/pairs_kept"] == 0.5

@@ -15,7 +15,7 @@ from .helpers import conversational_dataset, make_config
 def _fixed_sampler(policy: dict[str, str], improver: dict[str, str], tokenizer):
     """Replace sampling by fixed texts keyed on the last user message, so the pairs are known in advance."""
 
-    def sample(model, texts, prompt_ids, prompt_mask, role):
+    def sample(model, texts, prompt_ids, prompt_mask, role, cache=None):
         table = policy if role == "policy" else improver
         out = []
         for text in texts:
@@ -55,7 +55,7 @@ def test_dpo_loss_matches_hand_computation(tmp_path, tokenizer, model, loss_type
     trainer = _trainer(tmp_path, tokenizer, model, beta=beta, loss_type=loss_type, chosen_nll_weight=nll_weight)
     drafts = {"reverse abc": "cbx", "reverse hello": "olleb"}
     rewrites = {"reverse abc": "cba", "reverse hello": "olleh"}
-    trainer._sample = _fixed_sampler(drafts, rewrites, tokenizer)
+    trainer.sampler = _fixed_sampler(drafts, rewrites, tokenizer)
     rows = conversational_dataset(2)
     inputs = {"prompt": rows["prompt"], "completion": rows["completion"]}
 
@@ -81,7 +81,7 @@ def test_dropped_pairs_contribute_zero(tmp_path, tokenizer, model):
     trainer = _trainer(tmp_path, tokenizer, model, beta=0.1)
     drafts = {"reverse abc": "cbx", "reverse hello": "olleh"}
     rewrites = {"reverse abc": "cba", "reverse hello": "olleh"}  # second pair is identical: dropped
-    trainer._sample = _fixed_sampler(drafts, rewrites, tokenizer)
+    trainer.sampler = _fixed_sampler(drafts, rewrites, tokenizer)
     rows = conversational_dataset(2)
     loss = trainer.training_step(trainer.model, {"prompt": rows["prompt"], "completion": rows["completion"]})
 
@@ -100,7 +100,7 @@ def test_dropped_pairs_contribute_zero(tmp_path, tokenizer, model):
 def test_a_batch_with_every_pair_dropped_does_not_crash_and_is_counted(tmp_path, tokenizer, model):
     trainer = _trainer(tmp_path, tokenizer, model)
     same = {"reverse abc": "cba", "reverse hello": "olleh"}
-    trainer._sample = _fixed_sampler(same, same, tokenizer)
+    trainer.sampler = _fixed_sampler(same, same, tokenizer)
     rows = conversational_dataset(2)
     loss = trainer.training_step(trainer.model, {"prompt": rows["prompt"], "completion": rows["completion"]})
     assert loss.item() == 0.0

@@ -49,7 +49,7 @@ def test_default_run_starts_with_step_1_then_optimizes_preferences(tmp_path, tok
         train_dataset=conversational_dataset(8),
         processing_class=tokenizer,
     )
-    trainer._sample = rule_sampler(tokenizer)
+    trainer.sampler = rule_sampler(tokenizer)
     trainer.train()
     phases = trainer.phase_callback.phase_history
     assert phases == [IMPROVER] * 2 + [DPO] * 18  # ceil(0.1 * 20) steps of Step 1, then DPO steps only
@@ -76,7 +76,7 @@ def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer):
     grads = {}
     for name, sft_weight in (("mixed", weight), ("improver_only", 0.0)):
         trainer = _trainer(tmp_path / name, tokenizer, improver_steps=1, dpo_steps=0, policy_sft_weight=sft_weight)
-        trainer._sample = rule_sampler(tokenizer)
+        trainer.sampler = rule_sampler(tokenizer)
         trainer.model.zero_grad()
         trainer.training_step(trainer.model, _rows())
         grads[name] = _gradients(trainer.model)
@@ -95,7 +95,7 @@ def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer):
 
 def test_policy_sft_loss_is_logged_in_improver_steps(tmp_path, tokenizer):
     trainer = _trainer(tmp_path, tokenizer, improver_steps=1, dpo_steps=0)
-    trainer._sample = rule_sampler(tokenizer)
+    trainer.sampler = rule_sampler(tokenizer)
     trainer.training_step(trainer.model, _rows())
     assert trainer._metrics["sgpo/policy_sft_loss"][-1] > 0
 
@@ -127,12 +127,12 @@ def test_reference_aware_improver_sees_the_reference_when_it_rewrites(tmp_path, 
     seen = []
     sample = rule_sampler(tokenizer)
 
-    def spy(model, texts, prompt_ids, prompt_mask, role):
+    def spy(model, texts, prompt_ids, prompt_mask, role, cache=None):
         if role == "improver":
             seen.extend(texts)
         return sample(model, texts, prompt_ids, prompt_mask, role)
 
-    trainer._sample = spy
+    trainer.sampler = spy
     trainer.training_step(trainer.model, _rows())
     assert seen and all(text.count("#") == 2 for text in seen)
     assert "reverse abc#cbax#cba" in seen[0]  # prompt, the policy's draft, the reference
@@ -147,11 +147,11 @@ def test_edit_pairs_move_the_draft_toward_the_reference_without_a_model(tmp_path
     roles = []
     sample = rule_sampler(tokenizer)
 
-    def spy(model, texts, prompt_ids, prompt_mask, role):
+    def spy(model, texts, prompt_ids, prompt_mask, role, cache=None):
         roles.append(role)
         return sample(model, texts, prompt_ids, prompt_mask, role)
 
-    trainer._sample = spy
+    trainer.sampler = spy
     trainer.num_sample_rows = 4
     trainer.training_step(trainer.model, _rows())
     assert roles == ["policy"]  # the chosen side is arithmetic, not a generation
@@ -170,24 +170,24 @@ def test_edit_target_applies_a_fraction_of_the_edits():
 
 def test_rewrite_closer_counts_rewrites_nearer_the_reference(tmp_path, tokenizer):
     trainer = _trainer(tmp_path, tokenizer, improver_steps=0, dpo_steps=1, improver_loss_weight=0.0)
-    trainer._sample = rule_sampler(tokenizer)  # drafts 'cbax' (one edit away), rewrites 'cba' (the reference)
+    trainer.sampler = rule_sampler(tokenizer)  # drafts 'cbax' (one edit away), rewrites 'cba' (the reference)
     trainer.training_step(trainer.model, _rows())
     assert trainer._metrics["sgpo/rewrite_closer"][-1] == 1.0
 
-    def worse(model, texts, prompt_ids, prompt_mask, role):  # the improver makes it worse: 'cbaxx'
+    def worse(model, texts, prompt_ids, prompt_mask, role, cache=None):  # the improver makes it worse: 'cbaxx'
         completions = rule_sampler(tokenizer)(model, texts, prompt_ids, prompt_mask, "policy")
         if role == "improver":
             for completion in completions:
                 completion.token_ids = completion.token_ids + tokenizer("x", add_special_tokens=False)["input_ids"]
         return completions
 
-    trainer._sample = worse
+    trainer.sampler = worse
     trainer.training_step(trainer.model, _rows())
     assert trainer._metrics["sgpo/rewrite_closer"][-1] == 0.0
 
 
 def _run_dpo_steps(trainer, sampler, steps: int) -> None:
-    trainer._sample = sampler
+    trainer.sampler = sampler
     for _ in range(steps):
         trainer.training_step(trainer.model, _rows())
 
@@ -196,7 +196,7 @@ def test_health_warning_fires_once_when_rewrites_are_rarely_closer(tmp_path, tok
     trainer = _trainer(tmp_path, tokenizer, improver_steps=0, dpo_steps=1, improver_loss_weight=0.0)
     same = rule_sampler(tokenizer)
 
-    def identical(model, texts, prompt_ids, prompt_mask, role):  # the improver copies the draft
+    def identical(model, texts, prompt_ids, prompt_mask, role, cache=None):  # the improver copies the draft
         return same(model, texts, prompt_ids, prompt_mask, "policy")
 
     with caplog.at_level(logging.WARNING, logger="trl_sgpo.trainer"):
@@ -244,7 +244,7 @@ def test_improver_steps_use_their_own_learning_rate(tmp_path, tokenizer):
         processing_class=tokenizer,
         callbacks=[recorder],
     )
-    trainer._sample = rule_sampler(tokenizer)
+    trainer.sampler = rule_sampler(tokenizer)
     trainer.train()
     assert trainer.phase_callback.phase_history == [IMPROVER, DPO, DPO] * 2
     linear = [1e-3 * (6 - step) / 6 for step in range(6)]  # the schedule's value at each step

@@ -152,7 +152,7 @@ def test_greedy_rewrites_are_the_same_with_and_without_the_drafts_cache(tmp_path
 
     model.generate = recording_generate
     try:
-        cached = trainer._sample(
+        cached = trainer.sampler(
             model,
             cached_prompts.texts,
             cached_prompts.generation_ids,
@@ -161,7 +161,7 @@ def test_greedy_rewrites_are_the_same_with_and_without_the_drafts_cache(tmp_path
             with_cache.draft_cache,
         )
         plain_prompts = trainer._improver_prompts(without_cache)
-        plain = trainer._sample(model, plain_prompts.texts, plain_prompts.ids, plain_prompts.mask, "improver")
+        plain = trainer.sampler(model, plain_prompts.texts, plain_prompts.ids, plain_prompts.mask, "improver")
     finally:
         model.generate = generate
     assert any(value is not None and hasattr(value, "get_seq_length") for value in fed[0].values())  # cache passed
@@ -174,13 +174,13 @@ def test_greedy_rewrites_are_the_same_with_and_without_the_drafts_cache(tmp_path
 def test_a_dpo_step_generates_the_rewrite_on_the_drafts_cache(tmp_path):
     trainer, _ = _mixed_trainer(tmp_path, improver_warmup_steps=0, improver_steps=0, dpo_steps=1)
     calls = []
-    sample = trainer._sample
+    sample = trainer.sampler
 
     def recording_sample(model, texts, prompt_ids, prompt_mask, role, cache=None):
         calls.append((role, cache is not None and cache.cache is not None, prompt_ids.size(1)))
         return sample(model, texts, prompt_ids, prompt_mask, role, cache)
 
-    trainer._sample = recording_sample
+    trainer.sampler = recording_sample
     trainer.train()
     assert trainer.phase_callback.phase_history == [DPO] * 4
     assert [(role, continued) for role, continued, _ in calls] == [("policy", False), ("improver", True)] * 4

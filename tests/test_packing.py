@@ -126,7 +126,7 @@ def _rule_trainer(tmp_path, tokenizer, peft: bool):
         peft_config=peft_config,
     )
     trainer.reuse_draft_cache = False  # the rule sampler takes no cache
-    trainer._sample = rule_sampler(tokenizer)
+    trainer.sampler = rule_sampler(tokenizer)
     trainer.current_gradient_accumulation_steps = 1
     return trainer
 

@@ -87,13 +87,13 @@ def test_spin_pairs_use_the_reference_and_skip_the_improver(tmp_path, tokenizer)
         train_dataset=conversational_dataset(8),
         processing_class=tokenizer,
     )
-    roles, sample = [], trainer._sample
+    roles, sample = [], trainer.sampler
 
-    def recording_sample(model, texts, prompt_ids, prompt_mask, role):
+    def recording_sample(model, texts, prompt_ids, prompt_mask, role, cache=None):
         roles.append(role)
-        return sample(model, texts, prompt_ids, prompt_mask, role)
+        return sample(model, texts, prompt_ids, prompt_mask, role, cache)
 
-    trainer._sample = recording_sample
+    trainer.sampler = recording_sample
     trainer.train()
     assert trainer.phase_callback.phase_history == ["dpo", "dpo", "dpo"]
     assert roles == ["policy"] * 3  # the improver never generates

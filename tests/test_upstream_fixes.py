@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from trl_sgpo import SGPOTrainer
+from trl_sgpo.sampling import Sampler
 
 from .helpers import (
     assert_gradients_close,
@@ -72,7 +73,7 @@ def _sgpo_trainer(tmp_path, tokenizer, dataset, **overrides):
         train_dataset=dataset,
         processing_class=tokenizer,
     )
-    trainer._sample = rule_sampler(tokenizer)
+    trainer.sampler = rule_sampler(tokenizer)
     return trainer
 
 
@@ -177,5 +178,5 @@ def test_eval_metric_scores_greedy_generations(tmp_path, tokenizer):
     assert seen["predictions"] == ["cba", "olleh", "dlrow"]  # the rule sampler answers right in the 'eval' role
     assert metrics["eval_exact_match"] == 1.0 and "eval_note" not in metrics
     assert "eval_loss" in metrics
-    generation_config, _ = trainer._hf_generation["eval"]
+    generation_config, _ = Sampler(trainer).hf_generation["eval"]  # the trainer's own sampler (replaced above)
     assert generation_config.do_sample is False  # evaluation generates greedily

@@ -1,38 +1,30 @@
 """`SGPOTrainer`: TRL's `OnlineDPOTrainer` with SGPO's self-generated pairs and the improver role."""
 
-import copy
 import inspect
 import math
 import os
 import textwrap
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType, broadcast_object_list, gather_object
+from accelerate.utils import DistributedType, gather_object
 from datasets import Dataset, IterableDataset
 from safetensors.torch import load_model, save_model
 from torch import nn
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import (
     AutoTokenizer,
     DataCollator,
-    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TrainerCallback,
 )
-from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 from transformers.utils import logging
 from trl.data_utils import maybe_apply_chat_template
 from trl.experimental.online_dpo import OnlineDPOTrainer
-from trl.experimental.utils import truncate_right
-from trl.extras.profiling import profiling_context
-from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
 
 from .callbacks import SGPOPhaseCallback, SGPOSampleTableCallback
@@ -50,6 +42,7 @@ from .losses import preference_loss
 from .model_card import config_section, describe_sources, is_hub_dataset
 from .output_dir import check_output_dir
 from .pairs import DROP_REASONS, Completion, PairFilterResult, filter_pairs, uses_improver
+from .sampling import DraftCache, Sampler
 from .schedule import DPO, IMPROVER, PHASE_IDS
 
 
@@ -57,8 +50,6 @@ REF_MODEL_FILE = "sgpo_ref_model.safetensors"
 # The health warning: judged over the first DPO steps, raised once when fewer rewrites than this beat their draft.
 REWRITE_HEALTH_WINDOW = 5
 REWRITE_CLOSER_WARNING_BELOW = 0.2
-# `generate` takes and returns the KV cache as `cache` in recent transformers, `past_key_values` before.
-_CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 logger = logging.get_logger(__name__)
 
@@ -240,7 +231,8 @@ class SGPOTrainer(OnlineDPOTrainer):
         # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
         self.num_sample_rows = 0
         self.last_samples: list[dict[str, str]] = []
-        self._setup_generation(args)
+        # The seam for sampling: any callable with `Sampler.__call__`'s signature may replace it (tests do).
+        self.sampler: Callable[..., list[Completion]] = Sampler(self)
         if args.log_completions:
             self.add_callback(SGPOSampleTableCallback(self, num_rows=args.num_completions_to_print))
 
@@ -251,54 +243,6 @@ class SGPOTrainer(OnlineDPOTrainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------ set-up
-
-    def _setup_generation(self, args: SGPOConfig) -> None:
-        """Sampling settings of both roles (the parent's are built for two samples per prompt)."""
-        improver_temperature = args.temperature if args.improver_temperature is None else args.improver_temperature
-        self.improver_max_new_tokens = args.improver_max_new_tokens or args.max_new_tokens
-        improver_top_p = args.top_p if args.improver_top_p is None else args.improver_top_p
-        if self.use_vllm:
-            base = {
-                "repetition_penalty": args.repetition_penalty,
-                "top_k": args.top_k,
-                "min_p": args.min_p or 0.0,
-                "n": 1,
-                "detokenize": False,
-                **(args.generation_kwargs or {}),
-            }
-            self._vllm_sampling = {
-                "eval": {**base, "temperature": 0.0, "max_tokens": args.max_new_tokens},
-                "policy": {
-                    **base,
-                    "temperature": args.temperature,
-                    "top_p": args.top_p,
-                    "max_tokens": args.max_new_tokens,
-                },
-                "improver": {
-                    **base,
-                    "temperature": improver_temperature,
-                    "top_p": improver_top_p,
-                    "max_tokens": self.improver_max_new_tokens,
-                },
-            }
-            return
-        improver_kwargs = {
-            **self.generation_kwargs,
-            "max_new_tokens": self.improver_max_new_tokens,
-            "temperature": improver_temperature,
-            "top_p": improver_top_p,
-        }
-        if improver_temperature == 0:  # greedy: transformers rejects temperature 0 with sampling
-            improver_kwargs.update(do_sample=False)
-            for key in ("temperature", "top_p", "top_k", "min_p"):
-                improver_kwargs.pop(key, None)
-        greedy_kwargs = {k: v for k, v in self.generation_kwargs.items() if k not in ("temperature", "top_p", "top_k")}
-        greedy_kwargs.update(do_sample=False)
-        self._hf_generation = {
-            "eval": (GenerationConfig(**greedy_kwargs), greedy_kwargs),
-            "policy": (self.generation_config, self.generation_kwargs),
-            "improver": (GenerationConfig(**improver_kwargs), improver_kwargs),
-        }
 
     @staticmethod
     def _load_eval_metric(metric: Any) -> Any:
@@ -358,16 +302,6 @@ class SGPOTrainer(OnlineDPOTrainer):
             return list(completion.token_ids)
         end = completion.end_token if completion.end_token is not None else self.eos_token_ids[0]
         return [*completion.token_ids, end]
-
-    def _split_completions(self, completion_ids: torch.Tensor) -> list[Completion]:
-        """Generated rows -> content tokens up to the first EOS, and whether an EOS was sampled at all."""
-        completion_ids, mask = truncate_right(completion_ids, self.eos_token_ids, self._tokenizer.pad_token_id)
-        completions = []
-        for ids, row_mask in zip(completion_ids.tolist(), mask.tolist()):
-            tokens = ids[: sum(row_mask)]
-            ended = bool(tokens) and tokens[-1] in self.eos_token_ids
-            completions.append(Completion(tokens[:-1] if ended else tokens, ended, tokens[-1] if ended else None))
-        return completions
 
     def _forward(
         self,
@@ -648,95 +582,6 @@ class SGPOTrainer(OnlineDPOTrainer):
             reference=logps[-1] if sft else None,
         )
 
-    # ---------------------------------------------------------- generation
-
-    def _sample(
-        self,
-        model: nn.Module,
-        texts: list[str],
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        role: str,
-        cache: "_DraftCache | None" = None,
-    ) -> list[Completion]:
-        """One completion per prompt for ``role`` ('policy' or 'improver'), through the parent's machinery.
-
-        ``cache`` (transformers generation only): for the policy, an empty holder that receives the drafts' KV cache
-        and generated tokens; for the improver, a filled one that the generation continues from (``prompt_ids`` are
-        then laid out as the cached prompt and drafts followed by the new turn, see `_next_turn_prompts`). vLLM
-        ignores it: its prefix caching reuses the shared prefix by itself.
-        """
-        if self.use_vllm:
-            return self._sample_vllm(texts, role)
-        generation_config, generation_kwargs = self._hf_generation[role]
-        extra: dict[str, Any] = {}
-        if cache is not None and cache.cache is not None:  # continue from the drafts
-            extra[_CACHE_KWARG] = cache.cache
-        elif cache is not None:  # keep the drafts' cache
-            generation_config = copy.deepcopy(generation_config)
-            generation_config.return_dict_in_generate = True
-        with (
-            profiling_context(self, f"transformers.generate.{role}"),
-            unwrap_model_for_generation(
-                model,
-                self.accelerator,
-                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                generation_kwargs=generation_kwargs,
-            ) as unwrapped_model,
-            torch.no_grad(),
-            FSDP.summon_full_params(self.model_wrapped, recurse=False) if self.is_fsdp_enabled else nullcontext(),
-        ):
-            output = unwrapped_model.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config, **extra
-            )
-        if cache is not None and cache.cache is not None:
-            cache.cache = None  # used up (extended by this call): free it before the backward pass
-        elif cache is not None:
-            kv = getattr(output, "cache", None)
-            cache.cache = kv if kv is not None else getattr(output, "past_key_values", None)
-            output = output.sequences
-            cache.generated_ids = output[:, prompt_ids.size(1) :]
-            cache.generated_mask = truncate_right(
-                cache.generated_ids, self.eos_token_ids, self._tokenizer.pad_token_id
-            )[1]
-        return self._split_completions(output[:, prompt_ids.size(1) :])
-
-    def _sample_vllm(self, texts: list[str], role: str) -> list[Completion]:
-        """vLLM sampling with n=1; weights are pushed with the parent's `_move_model_to_vllm` once per step."""
-        from vllm import SamplingParams
-
-        sampling = self._vllm_sampling[role]
-        if self.state.global_step != self._last_loaded_step:
-            if self.vllm_mode == "colocate" and self.args.vllm_enable_sleep_mode:
-                self.llm.wake_up(tags=["weights"])
-            self._move_model_to_vllm()
-            self._last_loaded_step = self.state.global_step
-        if self.vllm_mode == "colocate":
-            if self.args.vllm_enable_sleep_mode:
-                self.llm.wake_up(tags=["kv_cache"])
-            outputs = self.llm.generate(texts, SamplingParams(**sampling), use_tqdm=False)
-            completion_ids = [list(output.outputs[0].token_ids) for output in outputs]
-            if self.args.vllm_enable_sleep_mode:
-                self.llm.sleep(level=2)
-        else:
-            all_texts = gather_object(texts)
-            if self.accelerator.is_main_process:
-                server_kwargs = {k: v for k, v in sampling.items() if k not in ("detokenize",)}
-                server_kwargs["top_k"] = -1 if server_kwargs.get("top_k") in (None, 0) else server_kwargs["top_k"]
-                completion_ids = self.vllm_client.generate(prompts=all_texts, **server_kwargs)["completion_ids"]
-            else:
-                completion_ids = [None] * len(all_texts)
-            completion_ids = broadcast_object_list(completion_ids, from_process=0)
-            start = self.accelerator.process_index * len(texts)
-            completion_ids = completion_ids[start : start + len(texts)]
-        completions = []
-        for ids in completion_ids:
-            ends_with_eos = bool(ids) and ids[-1] in self.eos_token_ids
-            ended = ends_with_eos or len(ids) < sampling["max_tokens"]  # or stopped by a stop token vLLM left out
-            content = list(ids[:-1]) if ends_with_eos else list(ids)
-            completions.append(Completion(content, ended, ids[-1] if ends_with_eos else None))
-        return completions
-
     # ------------------------------------------------------------- step
 
     def training_step(
@@ -789,11 +634,8 @@ class SGPOTrainer(OnlineDPOTrainer):
         prompts = inputs["prompt"]
         policy_texts = self._policy_prompt_texts(prompts)
         prompt_ids, prompt_mask = self._tokenize_prompts(policy_texts)
-        draft_cache = _DraftCache() if keep_cache else None
-        if draft_cache is not None:
-            drafts = self._sample(model, policy_texts, prompt_ids, prompt_mask, "policy", cache=draft_cache)
-        else:  # called without the keyword: drop-in samplers (tests) take the five positional arguments only
-            drafts = self._sample(model, policy_texts, prompt_ids, prompt_mask, "policy")
+        draft_cache = DraftCache() if keep_cache else None
+        drafts = self.sampler(model, policy_texts, prompt_ids, prompt_mask, "policy", cache=draft_cache)
         reference_texts = [reference_text(completion) for completion in inputs["completion"]]
         stats.add("sgpo/response_length", [len(d.token_ids) for d in drafts])
         stats.add("sgpo/eos_rate", [float(d.ended) for d in drafts])
@@ -820,9 +662,9 @@ class SGPOTrainer(OnlineDPOTrainer):
             prompts = self._improver_prompts(batch)
             if batch.draft_cache is not None:  # next turn: continue from the drafts' cache
                 ids, mask = prompts.generation_ids, prompts.generation_mask
-                chosen = self._sample(model, prompts.texts, ids, mask, "improver", batch.draft_cache)
+                chosen = self.sampler(model, prompts.texts, ids, mask, "improver", cache=batch.draft_cache)
             else:
-                chosen = self._sample(model, prompts.texts, prompts.ids, prompts.mask, "improver")
+                chosen = self.sampler(model, prompts.texts, prompts.ids, prompts.mask, "improver", cache=None)
             batch.draft_cache = None
             stats.add("sgpo/improved_length", [len(c.token_ids) for c in chosen])
             stats.add("sgpo/improver_eos_rate", [float(c.ended) for c in chosen])
@@ -1305,7 +1147,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         for batch in dataloader:
             texts = self._policy_prompt_texts(batch["prompt"])
             prompt_ids, prompt_mask = self._tokenize_prompts(texts)
-            completions = self._sample(model, texts, prompt_ids, prompt_mask, "eval")
+            completions = self.sampler(model, texts, prompt_ids, prompt_mask, "eval", cache=None)
             predictions += self.processing_class.batch_decode(
                 [c.token_ids for c in completions], skip_special_tokens=True
             )
@@ -1464,20 +1306,6 @@ class _GatheredLogSoftmax(torch.autograd.Function):
 
 
 @dataclass
-class _DraftCache:
-    """The policy's generation state kept for the improver's next turn (transformers generation only).
-
-    ``cache`` holds the keys and values of the prompts and of every generated token but the last; ``generated_ids``
-    are the generated tokens as `generate` returned them (padding after a row's EOS), ``generated_mask`` marks each
-    row's tokens up to and including its EOS.
-    """
-
-    cache: Any = None
-    generated_ids: torch.Tensor | None = None
-    generated_mask: torch.Tensor | None = None
-
-
-@dataclass
 class _ImproverPrompts:
     """The improver's prompts: texts (for vLLM), left-padded ids and mask; next-turn extras where they apply.
 
@@ -1531,7 +1359,7 @@ class _Batch:
     drafts: list[Completion]
     reference_texts: list[str]
     references: list[Completion]
-    draft_cache: _DraftCache | None = None
+    draft_cache: DraftCache | None = None
 
 
 class _StepStats:

@@ -1,0 +1,205 @@
+"""Sampling for both roles: one completion per prompt, with transformers `generate` or vLLM, and the draft's cache.
+
+`SGPOTrainer` asks its ``sampler`` (a `Sampler` by default) for the policy's drafts, the improver's rewrites and
+greedy evaluation answers. The sampler is the trainer's seam for tests and benchmarks: any callable
+``sampler(model, texts, prompt_ids, prompt_mask, role, cache=None) -> list[Completion]`` can take its place.
+"""
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from transformers import GenerationConfig
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+from trl.experimental.utils import truncate_right
+from trl.extras.profiling import profiling_context
+from trl.models.utils import unwrap_model_for_generation
+
+from .pairs import Completion
+
+
+ROLES = ("policy", "improver", "eval")
+# `generate` takes and returns the KV cache as `cache` in recent transformers, `past_key_values` before.
+_CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
+
+
+@dataclass
+class DraftCache:
+    """The policy's generation state kept for the improver's next turn (transformers generation only).
+
+    ``cache`` holds the keys and values of the prompts and of every generated token but the last; ``generated_ids``
+    are the generated tokens as `generate` returned them (padding after a row's EOS), ``generated_mask`` marks each
+    row's tokens up to and including its EOS.
+    """
+
+    cache: Any = None
+    generated_ids: torch.Tensor | None = None
+    generated_mask: torch.Tensor | None = None
+
+
+class Sampler:
+    """One completion per prompt for a role (``"policy"``, ``"improver"`` or ``"eval"``, greedy).
+
+    Built by `SGPOTrainer` after the parent's set-up, whose generation settings, vLLM engine or client and weight
+    sync it uses (held through ``trainer``). The improver has its own temperature, top-p and length
+    (``improver_temperature``, ``improver_top_p``, ``improver_max_new_tokens``; unset: the policy's).
+    """
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+        args = trainer.args
+        improver_temperature = args.temperature if args.improver_temperature is None else args.improver_temperature
+        self.improver_max_new_tokens = args.improver_max_new_tokens or args.max_new_tokens
+        improver_top_p = args.top_p if args.improver_top_p is None else args.improver_top_p
+        if trainer.use_vllm:
+            base = {
+                "repetition_penalty": args.repetition_penalty,
+                "top_k": args.top_k,
+                "min_p": args.min_p or 0.0,
+                "n": 1,
+                "detokenize": False,
+                **(args.generation_kwargs or {}),
+            }
+            self.vllm_sampling = {
+                "eval": {**base, "temperature": 0.0, "max_tokens": args.max_new_tokens},
+                "policy": {
+                    **base,
+                    "temperature": args.temperature,
+                    "top_p": args.top_p,
+                    "max_tokens": args.max_new_tokens,
+                },
+                "improver": {
+                    **base,
+                    "temperature": improver_temperature,
+                    "top_p": improver_top_p,
+                    "max_tokens": self.improver_max_new_tokens,
+                },
+            }
+            return
+        improver_kwargs = {
+            **trainer.generation_kwargs,
+            "max_new_tokens": self.improver_max_new_tokens,
+            "temperature": improver_temperature,
+            "top_p": improver_top_p,
+        }
+        if improver_temperature == 0:  # greedy: transformers rejects temperature 0 with sampling
+            improver_kwargs.update(do_sample=False)
+            for key in ("temperature", "top_p", "top_k", "min_p"):
+                improver_kwargs.pop(key, None)
+        greedy_kwargs = {
+            k: v for k, v in trainer.generation_kwargs.items() if k not in ("temperature", "top_p", "top_k")
+        }
+        greedy_kwargs.update(do_sample=False)
+        # role -> (generation config, the kwargs `unwrap_model_for_generation` reads, e.g. use_cache)
+        self.hf_generation = {
+            "eval": (GenerationConfig(**greedy_kwargs), greedy_kwargs),
+            "policy": (trainer.generation_config, trainer.generation_kwargs),
+            "improver": (GenerationConfig(**improver_kwargs), improver_kwargs),
+        }
+
+    def __call__(
+        self,
+        model: nn.Module,
+        texts: list[str],
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        role: str,
+        cache: DraftCache | None = None,
+    ) -> list[Completion]:
+        """One completion per prompt for ``role``.
+
+        ``cache`` (transformers generation only): for the policy, an empty holder that receives the drafts' KV cache
+        and generated tokens; for the improver, a filled one that the generation continues from (``prompt_ids`` are
+        then laid out as the cached prompt and drafts followed by the new turn, see `SGPOTrainer._next_turn_prompts`).
+        vLLM ignores it: its prefix caching reuses the shared prefix by itself.
+        """
+        trainer = self.trainer
+        if trainer.use_vllm:
+            return self._sample_vllm(texts, role)
+        generation_config, generation_kwargs = self.hf_generation[role]
+        extra: dict[str, Any] = {}
+        if cache is not None and cache.cache is not None:  # continue from the drafts
+            extra[_CACHE_KWARG] = cache.cache
+        elif cache is not None:  # keep the drafts' cache
+            generation_config = copy.deepcopy(generation_config)
+            generation_config.return_dict_in_generate = True
+        with (
+            profiling_context(trainer, f"transformers.generate.{role}"),
+            unwrap_model_for_generation(
+                model,
+                trainer.accelerator,
+                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                generation_kwargs=generation_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            FSDP.summon_full_params(trainer.model_wrapped, recurse=False)
+            if trainer.is_fsdp_enabled
+            else nullcontext(),
+        ):
+            output = unwrapped_model.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config, **extra
+            )
+        if cache is not None and cache.cache is not None:
+            cache.cache = None  # used up (extended by this call): free it before the backward pass
+        elif cache is not None:
+            kv = getattr(output, "cache", None)
+            cache.cache = kv if kv is not None else getattr(output, "past_key_values", None)
+            output = output.sequences
+            cache.generated_ids = output[:, prompt_ids.size(1) :]
+            cache.generated_mask = truncate_right(
+                cache.generated_ids, trainer.eos_token_ids, trainer._tokenizer.pad_token_id
+            )[1]
+        return self._split_completions(output[:, prompt_ids.size(1) :])
+
+    def _split_completions(self, completion_ids: torch.Tensor) -> list[Completion]:
+        """Generated rows -> content tokens up to the first EOS, and whether an EOS was sampled at all."""
+        eos_token_ids, pad_token_id = self.trainer.eos_token_ids, self.trainer._tokenizer.pad_token_id
+        completion_ids, mask = truncate_right(completion_ids, eos_token_ids, pad_token_id)
+        completions = []
+        for ids, row_mask in zip(completion_ids.tolist(), mask.tolist()):
+            tokens = ids[: sum(row_mask)]
+            ended = bool(tokens) and tokens[-1] in eos_token_ids
+            completions.append(Completion(tokens[:-1] if ended else tokens, ended, tokens[-1] if ended else None))
+        return completions
+
+    def _sample_vllm(self, texts: list[str], role: str) -> list[Completion]:
+        """vLLM sampling with n=1; weights are pushed with the parent's `_move_model_to_vllm` once per step."""
+        from vllm import SamplingParams
+
+        trainer = self.trainer
+        sampling = self.vllm_sampling[role]
+        if trainer.state.global_step != trainer._last_loaded_step:
+            if trainer.vllm_mode == "colocate" and trainer.args.vllm_enable_sleep_mode:
+                trainer.llm.wake_up(tags=["weights"])
+            trainer._move_model_to_vllm()
+            trainer._last_loaded_step = trainer.state.global_step
+        if trainer.vllm_mode == "colocate":
+            if trainer.args.vllm_enable_sleep_mode:
+                trainer.llm.wake_up(tags=["kv_cache"])
+            outputs = trainer.llm.generate(texts, SamplingParams(**sampling), use_tqdm=False)
+            completion_ids = [list(output.outputs[0].token_ids) for output in outputs]
+            if trainer.args.vllm_enable_sleep_mode:
+                trainer.llm.sleep(level=2)
+        else:
+            all_texts = gather_object(texts)
+            if trainer.accelerator.is_main_process:
+                server_kwargs = {k: v for k, v in sampling.items() if k not in ("detokenize",)}
+                server_kwargs["top_k"] = -1 if server_kwargs.get("top_k") in (None, 0) else server_kwargs["top_k"]
+                completion_ids = trainer.vllm_client.generate(prompts=all_texts, **server_kwargs)["completion_ids"]
+            else:
+                completion_ids = [None] * len(all_texts)
+            completion_ids = broadcast_object_list(completion_ids, from_process=0)
+            start = trainer.accelerator.process_index * len(texts)
+            completion_ids = completion_ids[start : start + len(texts)]
+        completions = []
+        for ids in completion_ids:
+            ends_with_eos = bool(ids) and ids[-1] in trainer.eos_token_ids
+            ended = ends_with_eos or len(ids) < sampling["max_tokens"]  # or stopped by a stop token vLLM left out
+            content = list(ids[:-1]) if ends_with_eos else list(ids)
+            completions.append(Completion(content, ended, ids[-1] if ends_with_eos else None))
+        return completions
