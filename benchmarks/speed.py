@@ -34,18 +34,18 @@ CUDA). The step is split by wrapping methods on the trainer instance:
 
 - generation: time in ``trainer.sampler`` (SGPO, both roles) or ``_generate`` (upstream; it also renders and
   tokenises the prompts);
-- forward/backward: time in every ``_forward`` and ``_packed_forward`` call (policy and reference) plus
-  ``accelerator.backward``;
+- forward/backward: time in every ``scorer.forward`` and ``scorer.packed_forward`` call (upstream: ``_forward``),
+  policy and reference, plus ``accelerator.backward``;
 - reward: time in upstream's ``_calculate_rewards_from_functions`` (the reward model's forward pass);
 - optimizer: clipping, ``optimizer.step`` and ``zero_grad``;
 - rest: ``training_step`` minus the above: tokenisation, template rendering, edit scripts, the pair filter,
   statistics.
 
 The wrappers also count the work done (generate calls, rows, prompt tokens fed to generate (cached tokens not
-counted), tokens through ``_forward`` and ``_packed_forward`` with and without gradients, and how many of them are
+counted), tokens through those forward calls with and without gradients, and how many of them are
 padding), which is the first place to look when a ratio is off. SGPO packs every continuation of a prompt into one
 row with the prompt encoded once (``[x | y, instruction, target | y' | reference]``, and ``[x | y' | y]`` for the
-reference model; `SGPOTrainer._packed_forward`) where the model allows it, as the Llama here does.
+reference model; `Scorer.packed_forward`) where the model allows it, as the Llama here does.
 
 Arms are interleaved (``for repeat: for arm: one step``, the arm order rotating each repeat) after warm-up steps, so
 that a slow moment of a shared machine hits every arm alike; medians, inter-quartile ranges and the ratios to both
@@ -583,7 +583,7 @@ def _count_generate(work: dict[str, float], args: tuple, result: tuple, cached: 
 
 
 def _count_forward(work: dict[str, float], args: tuple, result: torch.Tensor, cached: int) -> None:
-    """`_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)`: tokens in, padding among them."""
+    """`forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)`: tokens in, padding among them."""
     _, prompt_ids, prompt_mask, completion_ids, completion_mask = args[:5]
     tokens = prompt_ids.numel() + completion_ids.numel()
     real = int(prompt_mask.sum()) + int(completion_mask.sum())
@@ -594,7 +594,7 @@ def _count_forward(work: dict[str, float], args: tuple, result: torch.Tensor, ca
 
 
 def _count_packed_forward(work: dict[str, float], args: tuple, result: list, cached: int) -> None:
-    """SGPO `_packed_forward(model, packed)` -> a tensor per branch: tokens in the packed rows, padding among them."""
+    """SGPO `scorer.packed_forward(model, packed)` -> a tensor per branch: packed tokens, padding among them."""
     packed = args[1]
     tokens = packed.input_ids.numel()
     real = int((packed.segments >= 0).sum())
@@ -610,9 +610,12 @@ def instrument(trainer, probe: StepProbe) -> None:
         trainer.sampler = probe.timed("generation", trainer.sampler, _count_sample)
     else:
         trainer._generate = probe.timed("generation", trainer._generate, _count_generate)
-    trainer._forward = probe.timed("forward_backward", trainer._forward, _count_forward)
-    if hasattr(trainer, "_packed_forward"):  # SGPO: the prompt's continuations in one packed row
-        trainer._packed_forward = probe.timed("forward_backward", trainer._packed_forward, _count_packed_forward)
+    if hasattr(trainer, "scorer"):  # SGPO: separate passes and the prompt's continuations in one packed row
+        scorer = trainer.scorer
+        scorer.forward = probe.timed("forward_backward", scorer.forward, _count_forward)
+        scorer.packed_forward = probe.timed("forward_backward", scorer.packed_forward, _count_packed_forward)
+    else:
+        trainer._forward = probe.timed("forward_backward", trainer._forward, _count_forward)
     trainer.accelerator.backward = probe.timed("forward_backward", trainer.accelerator.backward)
     if hasattr(trainer, "_calculate_rewards_from_functions"):  # upstream: the reward model's (or function's) time
         trainer._calculate_rewards_from_functions = probe.timed("reward", trainer._calculate_rewards_from_functions)

@@ -97,10 +97,12 @@ def test_fused_forward_equals_the_separate_passes(tmp_path):
     model.eval()
     with torch.no_grad():
         tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
-        fused = trainer._forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
+        fused = trainer.scorer.forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
         fused_rejected = trainer._rejected_from_tail(fused[:, :tail], prompts)
-        separate_rejected = trainer._forward(model, batch.prompt_ids, batch.prompt_mask, rejected_ids, rejected_mask)
-        separate_targets = trainer._forward(model, prompts.ids, prompts.mask, target_ids, target_mask)
+        separate_rejected = trainer.scorer.forward(
+            model, batch.prompt_ids, batch.prompt_mask, rejected_ids, rejected_mask
+        )
+        separate_targets = trainer.scorer.forward(model, prompts.ids, prompts.mask, target_ids, target_mask)
     assert fused_rejected.shape == rejected_ids.shape
     torch.testing.assert_close(fused_rejected * rejected_mask, separate_rejected * rejected_mask, atol=1e-5, rtol=0)
     torch.testing.assert_close(fused[:, tail:] * target_mask, separate_targets * target_mask, atol=1e-5, rtol=0)
@@ -119,7 +121,7 @@ def test_fused_forward_equals_the_separate_passes(tmp_path):
     torch.testing.assert_close(loss, separate_loss, atol=1e-5, rtol=0)
     fused_sum = (rejected_logps * rejected_mask).sum()
     separate_sum = (
-        trainer._forward(model, batch.prompt_ids, batch.prompt_mask, rejected_ids, rejected_mask) * rejected_mask
+        trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, rejected_ids, rejected_mask) * rejected_mask
     ).sum()
     grads = [torch.autograd.grad(value, list(model.parameters())) for value in (fused_sum, separate_sum)]
     for fused_grad, separate_grad in zip(*grads):

@@ -16,13 +16,13 @@ def test_nan_loss_stops_training_and_saves_the_last_good_weights(tmp_path, token
         train_dataset=conversational_dataset(8),
         processing_class=tokenizer,
     )
-    forward = trainer._forward
+    forward = trainer.scorer.forward
 
     def poisoned_forward(model, *args, **kwargs):
         logps = forward(model, *args, **kwargs)
         return logps * float("nan") if trainer.state.global_step == 2 else logps
 
-    trainer._forward = poisoned_forward
+    trainer.scorer.forward = poisoned_forward
     with pytest.raises(
         FloatingPointError, match="Non-finite loss .* global step 2.*checkpoint-2.*resume_from_checkpoint"
     ):

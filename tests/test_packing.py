@@ -44,15 +44,15 @@ def test_packed_forward_equals_the_separate_passes(tmp_path, attention):
     trainer, _ = _mixed_trainer(tmp_path)
     model = trainer.model
     model.set_attn_implementation(attention)
-    assert trainer._packable(model)
+    assert trainer.scorer.packable(model)
     batch = _batch(trainer)
     prompt_ids, prompt_mask = batch.prompt_ids, batch.prompt_mask
     assert prompt_mask.sum(1).unique().numel() > 1 and not prompt_mask[:, 0].all()  # left padding, several lengths
     branches = _branches(trainer, prompt_ids.size(0))
     tokens = [[trainer._completion_tokens(c) for c in side] for side in branches]
 
-    packed = trainer._pack(prompt_ids, prompt_mask, tokens)
-    packed_logps = trainer._packed_forward(model, packed)
+    packed = trainer.scorer.pack(prompt_ids, prompt_mask, tokens)
+    packed_logps = trainer.scorer.packed_forward(model, packed)
     assert packed.input_ids.size(1) < prompt_ids.size(1) + sum(max(map(len, side)) for side in tokens)
     # gradients of the mean log-probability per token (the scale of the step's losses, where float32 resolves 1e-5)
     count = sum(len(row) for side in tokens for row in side)
@@ -62,7 +62,7 @@ def test_packed_forward_equals_the_separate_passes(tmp_path, attention):
     separate_sum = torch.zeros(())
     for k, (side, logps) in enumerate(zip(branches, packed_logps)):
         ids, mask = trainer._pad_completions(side)
-        separate = trainer._forward(model, prompt_ids, prompt_mask, ids, mask) * mask
+        separate = trainer.scorer.forward(model, prompt_ids, prompt_mask, ids, mask) * mask
         assert logps.shape == ids.shape
         _assert_close(logps, separate, atol=1e-5, rtol=1e-6, name=f"branch {k}")
         assert separate.sum(1).lt(0).all()  # real numbers, not zeros from a mask that hides everything
@@ -74,7 +74,7 @@ def test_packed_forward_equals_the_separate_passes(tmp_path, attention):
 
 
 def test_packed_next_turn_scores_equal_the_fused_and_separate_passes(tmp_path):
-    """`_packed_scores` (draft, target, rewrite, reference from one pass) against the passes it replaces."""
+    """`Scorer.packed_scores` (draft, target, rewrite, reference from one pass) against the passes it replaces."""
     trainer, _ = _mixed_trainer(tmp_path, policy_sft_weight=0.5)
     model = trainer.model
     model.eval()
@@ -83,18 +83,18 @@ def test_packed_next_turn_scores_equal_the_fused_and_separate_passes(tmp_path):
     targets, _ = trainer._improver_targets(batch.drafts, batch.references, _Stats())
     chosen = _branches(trainer, len(targets))[0]
     with torch.no_grad():
-        scores = trainer._packed_scores(model, batch, prompts, targets, chosen)
+        scores = trainer.scorer.packed_scores(model, batch, prompts, targets, chosen)
         assert scores is not None
         target_ids, target_mask = trainer._pad_completions(targets)
         tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
-        fused = trainer._forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
+        fused = trainer.scorer.forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
         expected = {
             "rejected": (trainer._rejected_from_tail(fused[:, :tail], prompts), batch.drafts),
             "target": (fused[:, tail:], targets),
         }
         for name, side in (("chosen", chosen), ("reference", batch.references)):
             ids, mask = trainer._pad_completions(side)
-            expected[name] = (trainer._forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask), side)
+            expected[name] = (trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask), side)
     for name, (separate, side) in expected.items():
         _, mask = trainer._pad_completions(side)
         value = getattr(scores, name)
@@ -136,7 +136,7 @@ def _step(trainer, phase: str, pack: bool):
     trainer.pack_shared_prefix = pack
     trainer.phase_callback.phase = phase
     calls = {"forward": 0, "packed": 0}
-    forward, packed_forward = trainer._forward, trainer._packed_forward
+    forward, packed_forward = trainer.scorer.forward, trainer.scorer.packed_forward
 
     def counting_forward(*args, **kwargs):
         calls["forward"] += 1
@@ -146,14 +146,14 @@ def _step(trainer, phase: str, pack: bool):
         calls["packed"] += 1
         return packed_forward(*args, **kwargs)
 
-    trainer._forward, trainer._packed_forward = counting_forward, counting_packed_forward
+    trainer.scorer.forward, trainer.scorer.packed_forward = counting_forward, counting_packed_forward
     trainer._metrics.clear()
     model = trainer.model
     model.zero_grad()
     try:
         loss = trainer.training_step(model, trainer.train_dataset[:8])
     finally:
-        del trainer._forward, trainer._packed_forward
+        del trainer.scorer.forward, trainer.scorer.packed_forward
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return loss, grads, dict(trainer._metrics), calls
 
@@ -165,7 +165,7 @@ def test_a_packed_next_turn_step_equals_the_unpacked_step(tmp_path, tokenizer, p
     batch = trainer._sample_drafts(trainer.model, trainer.train_dataset[:8], _Stats())
     assert batch.prompt_mask.sum(1).unique().numel() > 1  # left padding
     assert len({len(draft.token_ids) for draft in batch.drafts}) > 1  # drafts of different lengths
-    assert trainer._packable(trainer.model)
+    assert trainer.scorer.packable(trainer.model)
 
     loss, grads, metrics, calls = _step(trainer, phase, pack=True)
     # one packed pass for the policy (and, in DPO steps, one for the reference model), no separate pass
@@ -188,14 +188,14 @@ def test_a_packed_next_turn_step_equals_the_unpacked_step(tmp_path, tokenizer, p
 
 def test_models_where_packing_is_not_exact_use_the_separate_passes(tmp_path):
     trainer, _ = _mixed_trainer(tmp_path)
-    assert trainer._packable(trainer.model) and trainer._packs(trainer.model, trainer.max_length)
-    assert not trainer._packs(trainer.model, trainer.max_length + 1)  # the separate passes would cut the prompt
+    assert trainer.scorer.packable(trainer.model) and trainer.scorer.packs(trainer.model, trainer.max_length)
+    assert not trainer.scorer.packs(trainer.model, trainer.max_length + 1)  # the separate passes would cut the prompt
     small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2))
-    assert not trainer._packable(gpt2)  # learned absolute positions: padding shifts them
+    assert not trainer.scorer.packable(gpt2)  # learned absolute positions: padding shifts them
     mistral = MistralForCausalLM(MistralConfig(sliding_window=8, **small))
-    assert not trainer._packable(mistral)  # a sliding window the custom mask would drop
-    assert trainer._packable(MistralForCausalLM(MistralConfig(sliding_window=None, **small)))
+    assert not trainer.scorer.packable(mistral)  # a sliding window the custom mask would drop
+    assert trainer.scorer.packable(MistralForCausalLM(MistralConfig(sliding_window=None, **small)))
     flash = copy.deepcopy(trainer.model)
     flash.config._attn_implementation = "flash_attention_2"
-    assert not trainer._packable(flash)  # takes no 4D mask
+    assert not trainer.scorer.packable(flash)  # takes no 4D mask

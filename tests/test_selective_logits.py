@@ -2,8 +2,8 @@
 
 Checked against the full path it replaces (`SGPOTrainer.select_logits = False`: logits at every position from the
 first scored one on): per-token log-probabilities and their gradients, in float32 within 1e-5, for left-padded
-prompts with a scored prompt tail (`_forward`), packed rows with branches scored in part (`_packed_forward`), the
-next-turn scores of both phases (`_packed_scores`), and a LoRA model with its adapter on and off. Models whose forward
+prompts with a scored prompt tail (`Scorer.forward`), packed rows with branches scored in part (`Scorer.packed_forward`), the
+next-turn scores of both phases (`Scorer.packed_scores`), and a LoRA model with its adapter on and off. Models whose forward
 does not slice logits with a boolean mask take the full path.
 """
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from trl_sgpo.trainer import _forward_slices_logits, _gathered_log_softmax
+from trl_sgpo.scoring import _forward_slices_logits, _gathered_log_softmax
 
 from .test_next_turn import _batch, _mixed_trainer, _Stats
 from .test_packing import _branches, _rule_trainer
@@ -60,7 +60,7 @@ def _check(results, name: str):
 def test_forward_selects_only_the_scored_positions(tmp_path):
     trainer, _ = _mixed_trainer(tmp_path)
     model = trainer.model
-    assert trainer._selects_logits(model)
+    assert trainer.scorer.selects_logits(model)
     batch = _batch(trainer)
     assert batch.prompt_mask.sum(1).unique().numel() > 1 and not batch.prompt_mask[:, 0].all()  # left padding
     completions = _branches(trainer, batch.prompt_ids.size(0))[0]
@@ -70,8 +70,8 @@ def test_forward_selects_only_the_scored_positions(tmp_path):
     tail_mask = torch.rand(batch.prompt_mask[:, -tail:].shape, generator=torch.Generator().manual_seed(0)) < 0.5
 
     def compute():
-        plain = trainer._forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask)
-        tailed = trainer._forward(
+        plain = trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask)
+        tailed = trainer.scorer.forward(
             model, batch.prompt_ids, batch.prompt_mask, ids, mask, prompt_tail=tail, tail_mask=tail_mask
         )
         return [plain * mask, tailed]
@@ -95,12 +95,12 @@ def test_packed_forward_with_scored_branches_equals_the_full_path(tmp_path, atte
     batch = _batch(trainer)
     branches = _branches(trainer, batch.prompt_ids.size(0))
     tokens = [[trainer._completion_tokens(c) for c in side] for side in branches]
-    packed = trainer._pack(batch.prompt_ids, batch.prompt_mask, tokens)
+    packed = trainer.scorer.pack(batch.prompt_ids, batch.prompt_mask, tokens)
     width = max(1, max(map(len, tokens[1])))
     scored = torch.arange(width).unsqueeze(0) % 2 == torch.arange(len(tokens[1])).unsqueeze(1) % 2  # a checkerboard
     scored[:, 0] = True  # first tokens: predicted from the prompt's last column, shared by every branch
 
-    results = _both_paths(trainer, model, lambda: trainer._packed_forward(model, packed, [None, scored, None]))
+    results = _both_paths(trainer, model, lambda: trainer.scorer.packed_forward(model, packed, [None, scored, None]))
     _check(results, "branch")
     middle = results[True][0][1]
     lengths = torch.tensor([len(row) for row in tokens[1]]).unsqueeze(1)
@@ -119,7 +119,7 @@ def test_packed_next_turn_scores_equal_the_full_path(tmp_path, score_rejected):
     names = ["target", "chosen", "reference"] + (["rejected"] if score_rejected else [])
 
     def compute():
-        scores = trainer._packed_scores(model, batch, prompts, targets, chosen, score_rejected)
+        scores = trainer.scorer.packed_scores(model, batch, prompts, targets, chosen, score_rejected)
         assert (scores.rejected is not None) == score_rejected
         return [getattr(scores, name) for name in names]
 
@@ -131,7 +131,9 @@ def test_lora_steps_equal_the_full_path(tmp_path, tokenizer, phase_step):
     """A PEFT model (the reference model is its base with the adapter disabled): whole steps, loss and gradients."""
     trainer = _rule_trainer(tmp_path, tokenizer, peft=True)
     model = trainer.model
-    assert trainer._selects_logits(model) and trainer._selects_logits(trainer.accelerator.unwrap_model(model))
+    assert trainer.scorer.selects_logits(model) and trainer.scorer.selects_logits(
+        trainer.accelerator.unwrap_model(model)
+    )
     from trl_sgpo.schedule import DPO, IMPROVER
 
     results = {}
@@ -164,8 +166,8 @@ def test_lora_log_probabilities_with_the_adapter_on_and_off(tmp_path, tokenizer)
 
     def compute():
         with model.disable_adapter(), torch.no_grad():
-            base = trainer._forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask) * mask
-        adapted = trainer._forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask) * mask
+            base = trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask) * mask
+        adapted = trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask) * mask
         return [adapted, base]
 
     results = _both_paths(trainer, model, compute)
@@ -203,12 +205,12 @@ def test_models_that_do_not_slice_logits_take_the_full_path(tmp_path):
 
     assert not _forward_slices_logits(OwnHead)
     model = OwnHead(GPT2Config(vocab_size=trainer.model.config.vocab_size, n_embd=16, n_layer=1, n_head=2)).eval()
-    assert not trainer._selects_logits(model)
+    assert not trainer.scorer.selects_logits(model)
     batch = _batch(trainer)
     ids, mask = trainer._pad_completions(batch.drafts)
-    logps = trainer._forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask)
+    logps = trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask)
     inputs = torch.cat((batch.prompt_ids, ids), 1), torch.cat((batch.prompt_mask, mask), 1)
     full = model(*inputs, logits_to_keep=ids.size(1) + 1).logits[:, :-1]
     _assert_close(logps * mask, full.log_softmax(-1).gather(2, ids.unsqueeze(2)).squeeze(2) * mask, "own head")
     trainer.select_logits = False
-    assert not trainer._selects_logits(trainer.model)
+    assert not trainer.scorer.selects_logits(trainer.model)

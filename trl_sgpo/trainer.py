@@ -1,6 +1,5 @@
 """`SGPOTrainer`: TRL's `OnlineDPOTrainer` with SGPO's self-generated pairs and the improver role."""
 
-import inspect
 import math
 import os
 import textwrap
@@ -44,6 +43,7 @@ from .output_dir import check_output_dir
 from .pairs import DROP_REASONS, Completion, PairFilterResult, filter_pairs, uses_improver
 from .sampling import DraftCache, Sampler
 from .schedule import DPO, IMPROVER, PHASE_IDS
+from .scoring import Scorer, Scores
 
 
 REF_MODEL_FILE = "sgpo_ref_model.safetensors"
@@ -119,11 +119,11 @@ class SGPOTrainer(OnlineDPOTrainer):
     # conversation; the rewrites are the same, see tests/test_next_turn.py).
     reuse_draft_cache = True
     # Score every continuation of a prompt in one packed row, the prompt encoded once (False: separate passes; the
-    # log-probabilities are the same, see tests/test_packing.py). Applies only where `_packable` says it is exact.
+    # log-probabilities are the same, see tests/test_packing.py). Only where `Scorer.packable` says it is exact.
     pack_shared_prefix = True
     # Run the LM head and the log-softmax only at the positions whose log-probabilities are used (False: at every
     # position from the first scored one on; the log-probabilities are the same, see tests/test_selective_logits.py).
-    # Applies only where `_selects_logits` says the model supports it.
+    # Applies only where `Scorer.selects_logits` says the model supports it.
     select_logits = True
     _name = "SGPO"
     _paper = {
@@ -225,7 +225,6 @@ class SGPOTrainer(OnlineDPOTrainer):
         self._ref_synced_at_step: int | None = None
         self._rewrite_closer_history: list[float] = []
         self._rewrite_health_checked = False
-        self._rotary_models: dict[int, bool] = {}  # id of a model -> whether it has rotary position embeddings
         self.eval_metric = self._load_eval_metric(eval_metric if eval_metric is not None else args.eval_metric)
         self.dataset_name: str | None = None  # shown in the model card; set it to the Hub id of the training data
         # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
@@ -233,6 +232,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         self.last_samples: list[dict[str, str]] = []
         # The seam for sampling: any callable with `Sampler.__call__`'s signature may replace it (tests do).
         self.sampler: Callable[..., list[Completion]] = Sampler(self)
+        self.scorer = Scorer(self)  # the forward passes: separate, packed, selective logits
         if args.log_completions:
             self.add_callback(SGPOSampleTableCallback(self, num_rows=args.num_completions_to_print))
 
@@ -302,285 +302,6 @@ class SGPOTrainer(OnlineDPOTrainer):
             return list(completion.token_ids)
         end = completion.end_token if completion.end_token is not None else self.eos_token_ids[0]
         return [*completion.token_ids, end]
-
-    def _forward(
-        self,
-        model,
-        prompt_ids,
-        prompt_mask,
-        completion_ids,
-        completion_mask,
-        prompt_tail: int = 0,
-        tail_mask: torch.Tensor | None = None,
-    ):
-        """Per-token log-probabilities of the completion tokens, like the parent's, but cheaper.
-
-        The parent computes logits and a full log-softmax for every prompt position too. The improver's prompts are
-        long (template, prompt and draft), so with a real vocabulary that is most of the memory of a step: the LM head
-        and the log-softmax run at the scored positions only (`_token_logps`). Padding is not scored (zeros there).
-        Like the parent, sequences longer than `max_length` lose prompt tokens from the left.
-
-        ``prompt_tail > 0`` also scores the last ``prompt_tail`` prompt tokens (their log-probabilities come first in
-        the result): the fused next-turn pass reads the draft's log-probabilities there. ``tail_mask`` (rows x
-        ``prompt_tail``, default: the prompt's mask there) says which of them to score; the others read zero.
-        """
-        excess = max(prompt_ids.size(1) + completion_ids.size(1) - self.max_length, 0)
-        prompt_ids, prompt_mask = prompt_ids[:, excess:], prompt_mask[:, excess:]
-        if prompt_ids.size(1) == 0:
-            raise ValueError(f"max_length ({self.max_length}) leaves no room for the prompt: raise max_length.")
-        input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
-        attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
-        start = prompt_ids.size(1) - prompt_tail  # column of the first scored token
-        if tail_mask is None:
-            tail_mask = prompt_mask[:, start:]
-        scored = torch.cat((tail_mask.bool(), completion_mask.bool()), dim=1)
-        rows, offsets = scored.nonzero(as_tuple=True)
-        columns = start + offsets  # each token is predicted at the column before it
-        logps = self._token_logps(
-            model,
-            {"input_ids": input_ids, "attention_mask": attention_mask},
-            rows,
-            columns - 1,
-            input_ids[rows, columns],
-        )
-        return torch.zeros(scored.shape, dtype=logps.dtype, device=logps.device).index_put((rows, offsets), logps)
-
-    # ------------------------------------------------------------- selective logits
-
-    def _selects_logits(self, model) -> bool:
-        """Whether the model computes logits at chosen positions only, given a boolean ``logits_to_keep`` (rows x
-        columns; transformers' `slice_logits_to_keep`, which then returns the kept positions flattened).
-
-        It needs a forward that hands ``logits_to_keep`` to `slice_logits_to_keep` (nearly every transformers
-        causal LM since 5.x; checked on the model's class, under PEFT on the base model's) and no prompt-learning
-        adapter (virtual tokens widen the rows the mask is laid on). Otherwise `_token_logps` asks for every
-        position from the first scored one on, as before, and gathers from there: the same log-probabilities.
-        """
-        if not self.select_logits:
-            return False
-        unwrapped = self.accelerator.unwrap_model(model)
-        peft_config = getattr(unwrapped, "active_peft_config", None)
-        if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
-            return False
-        return _forward_slices_logits(_base_class(unwrapped))
-
-    def _token_logps(
-        self, model, inputs: dict[str, torch.Tensor], rows: torch.Tensor, columns: torch.Tensor, tokens: torch.Tensor
-    ) -> torch.Tensor:
-        """``log p(tokens[q] | the input up to (rows[q], columns[q]))`` for every query ``q``: one forward pass of
-        ``model(**inputs)`` whose LM head and log-softmax run only at the queried positions where `_selects_logits`
-        allows (a position may be queried several times, for several tokens), else from the first queried column on.
-        """
-        width = inputs["input_ids"].size(1)
-        if self._selects_logits(model):
-            keep = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool, device=rows.device)
-            keep[rows, columns] = True
-            flat = rows * width + columns
-            source = keep.flatten().cumsum(0)[flat] - 1  # kept positions come out flattened, row after row
-            logits = model(**inputs, logits_to_keep=keep).logits
-            if logits.shape[:-1] == (int(keep.sum()),):
-                return _gathered_log_softmax(logits, source, tokens)
-            _SLICES_LOGITS[_base_class(self.accelerator.unwrap_model(model))] = False  # unexpected layout: not again
-        first = int(columns.min()) if columns.numel() else width - 1
-        logits = model(**inputs, logits_to_keep=width - first).logits
-        source = rows * (width - first) + (columns - first)
-        return _gathered_log_softmax(logits.flatten(0, 1), source, tokens)
-
-    # ------------------------------------------------------------- packing
-
-    def _packs(self, model, width: int) -> bool:
-        """Whether the continuations of each prompt may be scored in one packed row instead of separate passes.
-
-        ``width``: the widest row the separate passes would forward; past ``max_length`` they cut prompt tokens from
-        the left (differently per pass), which one shared prompt cannot reproduce, so those batches are not packed.
-        """
-        return self.pack_shared_prefix and width <= self.max_length and self._packable(model)
-
-    def _packable(self, model) -> bool:
-        """Whether packing gives exactly the separate passes' log-probabilities for this model (checked each call).
-
-        It needs an attention that takes a custom 4D mask (``sdpa`` or ``eager``; not flash-attention, flex or
-        kernels that build their own masks), rotary position embeddings (a branch's positions restart after the
-        prompt, and only relative positions then match those of the separately padded rows), attention layers only
-        (a recurrent layer would carry state across branches), no sliding window shorter than ``max_length`` (the
-        custom mask replaces the model's own), and no prompt-learning adapter (virtual tokens change the row width).
-        Otherwise the step falls back to the separate passes.
-        """
-        unwrapped = self.accelerator.unwrap_model(model)
-        config = getattr(unwrapped, "config", None)
-        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-            return False
-        peft_config = getattr(unwrapped, "active_peft_config", None)
-        if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
-            return False
-        layer_types = getattr(config, "layer_types", None) or ["full_attention"]
-        if any(layer not in ("full_attention", "sliding_attention") for layer in layer_types):
-            return False
-        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-        if window is not None and window < self.max_length:
-            return False
-        rotary = self._rotary_models.get(id(unwrapped))
-        if rotary is None:  # the models a trainer holds live as long as it does
-            rotary = any("rotary" in type(module).__name__.lower() for module in unwrapped.modules())
-            self._rotary_models[id(unwrapped)] = rotary
-        return rotary
-
-    def _pack(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, branches: list[list[list[int]]]) -> "_Packed":
-        """One row per prompt: ``[x | branch 1 | branch 2 | ...]``, each branch a continuation of ``x`` alone.
-
-        ``x`` is the left-padded prompt block as the separate passes feed it; branch ``k`` of row ``i`` is the token
-        list ``branches[k][i]``; the branches follow each other without gaps and the rows are right-padded. Position
-        ids are the columns the separate passes give: the prompt block's own, then ``width(x) + j`` for token ``j``
-        of every branch.
-        """
-        rows, width = prompt_ids.shape
-        lengths = torch.tensor([[len(branch[row]) for branch in branches] for row in range(rows)], dtype=torch.long)
-        total = width + max(1, int(lengths.sum(1).max()))
-        ids = torch.full((rows, total), self._tokenizer.pad_token_id, dtype=torch.long)
-        segments = torch.full((rows, total), -1, dtype=torch.long)
-        positions = torch.arange(total, dtype=torch.long).repeat(rows, 1)
-        starts = torch.zeros_like(lengths)
-        ids[:, :width] = prompt_ids.cpu()
-        segments[:, :width] = torch.where(prompt_mask.cpu().bool(), 0, -1)
-        for row in range(rows):
-            offset = 0
-            for k, branch in enumerate(branches):
-                tokens = branch[row]
-                span = slice(width + offset, width + offset + len(tokens))
-                ids[row, span] = torch.tensor(tokens, dtype=torch.long)
-                segments[row, span] = k + 1
-                positions[row, span] = torch.arange(width, width + len(tokens))
-                starts[row, k] = offset
-                offset += len(tokens)
-        device = self.accelerator.device
-        return _Packed(ids.to(device), positions.to(device), segments.to(device), width, starts, lengths)
-
-    def _packed_forward(
-        self, model, packed: "_Packed", scored: "list[torch.Tensor | None] | None" = None
-    ) -> list[torch.Tensor]:
-        """Per-token log-probabilities of every branch of `_pack`'s rows, each given ``x`` and its own tokens only.
-
-        Returns one tensor per branch, right-padded with zeros to its longest row (at least one column): the layout
-        `_pad_completions` gives the same tokens. A 4D mask lets a token see the prompt's real tokens and the earlier
-        tokens of its own branch; each padding token sees itself only (no empty rows in the softmax).
-        ``scored[k]`` (rows x that layout's width, boolean; None: all): the tokens of branch ``k`` to score; the
-        others read zero, and the LM head does not run for them (`_token_logps`).
-        """
-        segments, width = packed.segments, packed.prompt_width
-        query, key = segments.unsqueeze(2), segments.unsqueeze(1)
-        total = segments.size(1)
-        causal = torch.ones(total, total, dtype=torch.bool, device=segments.device).tril()
-        allowed = causal & (key >= 0) & ((key == 0) | (key == query))
-        allowed |= torch.eye(total, dtype=torch.bool, device=segments.device)
-        unwrapped = self.accelerator.unwrap_model(model)
-        if unwrapped.config._attn_implementation == "eager":  # eager adds the mask to the scores
-            dtype = unwrapped.get_input_embeddings().weight.dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
-        else:  # sdpa takes a boolean mask, True where attention is allowed
-            mask = allowed
-        device = segments.device
-        starts, lengths = packed.starts.to(device), packed.lengths.to(device)
-        queries, shapes = [], []
-        for k in range(starts.size(1)):
-            offsets = torch.arange(max(1, int(lengths[:, k].max())), device=device).unsqueeze(0)
-            wanted = offsets < lengths[:, k : k + 1]
-            if scored is not None and scored[k] is not None:
-                wanted = wanted & scored[k].to(device).bool()
-            rows, offset = wanted.nonzero(as_tuple=True)
-            column = width + starts[rows, k] + offset
-            # A branch's first token follows the prompt's last column; every other token the one before it.
-            queries.append((rows, offset, torch.where(offset == 0, width - 1, column - 1), column))
-            shapes.append(wanted.shape)
-        rows, _, predictors, columns = (torch.cat(parts) for parts in zip(*queries))
-        inputs = {
-            "input_ids": packed.input_ids,
-            "attention_mask": mask.unsqueeze(1),
-            "position_ids": packed.position_ids,
-        }
-        logps = self._token_logps(model, inputs, rows, predictors, packed.input_ids[rows, columns])
-        result = []
-        for (rows, offset, _, _), shape, values in zip(queries, shapes, logps.split([len(q[0]) for q in queries])):
-            result.append(torch.zeros(shape, dtype=logps.dtype, device=device).index_put((rows, offset), values))
-        return result
-
-    @staticmethod
-    def _spans(logps: torch.Tensor, starts: list[int], lengths: list[int]) -> torch.Tensor:
-        """Row ``i``'s ``lengths[i]`` values from ``starts[i]``, right-padded with zeros (one column or more)."""
-        start = torch.tensor(starts, device=logps.device).unsqueeze(1)
-        length = torch.tensor(lengths, device=logps.device).unsqueeze(1)
-        offsets = torch.arange(max(1, *lengths), device=logps.device).unsqueeze(0)
-        index = (start + offsets).clamp(max=logps.size(1) - 1)
-        return logps.gather(1, index) * (offsets < length)
-
-    def _pair_logps(self, model, prompt_ids, prompt_mask, chosen, rejected, completion_ids, completion_mask):
-        """Per-token log-probabilities of ``chosen + rejected`` rows (laid out as ``completion_ids``) under the
-        prompt: one packed row ``[x | chosen | rejected]`` per prompt where `_packs` allows, else 2 rows each."""
-        if self._packs(model, prompt_ids.size(1) + completion_ids.size(1)):
-            branches = [[self._completion_tokens(c) for c in side] for side in (chosen, rejected)]
-            width = completion_ids.size(1)
-            sides = self._packed_forward(model, self._pack(prompt_ids, prompt_mask, branches))
-            return torch.cat([torch.nn.functional.pad(side, (0, width - side.size(1))) for side in sides], dim=0)
-        return self._forward(model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), completion_ids, completion_mask)
-
-    def _packed_scores(
-        self,
-        model,
-        batch: "_Batch",
-        prompts: "_ImproverPrompts",
-        targets: list[Completion],
-        chosen,
-        score_rejected: bool = True,
-    ) -> "_Scores | None":
-        """Next turn: everything the step scores under the policy prompt ``x``, in one packed forward pass.
-
-        One row per prompt, ``[x | y, new turn, target | y' | reference]`` (``y'`` in DPO steps, the reference when
-        ``policy_sft_weight > 0``), gives the draft's and the target's log-probabilities (the fused next-turn pass),
-        the rewrite's (the DPO chosen side) and the reference's (the policy's SFT loss). None where packing does not
-        apply: the template format (its prompt does not continue ``x``), a single branch, or `_packs` says no.
-        Of the conversation branch only the target, and the draft where ``score_rejected`` (else the scores'
-        ``rejected`` is None), are scored: the new turn's instruction is context, its logits are not computed.
-        """
-        sft = self.args.policy_sft_weight > 0
-        if prompts.rejected_lengths is None or (chosen is None and not sft):
-            return None
-        target_tokens = [self._completion_tokens(t) for t in targets]
-        widths = [prompts.ids.size(1) + max(1, *map(len, target_tokens))]
-        prompt_width = batch.prompt_ids.size(1)
-        if sft:
-            widths.append(prompt_width + max(1, *(len(self._completion_tokens(r)) for r in batch.references)))
-        if chosen is not None:
-            pair = [len(self._completion_tokens(c)) for c in [*chosen, *batch.drafts]]
-            widths.append(prompt_width + max(1, *pair))
-        if not self._packs(model, max(widths)):
-            return None
-        prompt_lengths = batch.prompt_mask.sum(1).tolist()
-        conversations = [
-            row[mask.bool()].tolist()[length:] + target
-            for row, mask, length, target in zip(prompts.ids, prompts.mask, prompt_lengths, target_tokens)
-        ]
-        branches = [conversations]
-        if chosen is not None:
-            branches.append([self._completion_tokens(c) for c in chosen])
-        if sft:
-            branches.append([self._completion_tokens(r) for r in batch.references])
-        before_target = [r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths)]
-        offsets = torch.arange(max(1, *map(len, conversations))).unsqueeze(0)
-        starts = torch.tensor(before_target).unsqueeze(1)
-        scored = offsets >= starts  # the target
-        if score_rejected:
-            scored |= offsets < torch.tensor(prompts.rejected_lengths).unsqueeze(1)  # the draft
-        packed = self._pack(batch.prompt_ids, batch.prompt_mask, branches)
-        logps = self._packed_forward(model, packed, [scored] + [None] * (len(branches) - 1))
-        conversation = logps[0]
-        return _Scores(
-            rejected=self._spans(conversation, [0] * len(targets), prompts.rejected_lengths)
-            if score_rejected
-            else None,
-            target=self._spans(conversation, before_target, list(map(len, target_tokens))),
-            chosen=logps[1] if chosen is not None else None,
-            reference=logps[-1] if sft else None,
-        )
 
     # ------------------------------------------------------------- step
 
@@ -670,7 +391,7 @@ class SGPOTrainer(OnlineDPOTrainer):
             stats.add("sgpo/improver_eos_rate", [float(c.ended) for c in chosen])
             if self.args.improver_loss_weight > 0:
                 # Next turn: the improver's pass over (x, y, instruction, target) also scores the draft y, and,
-                # packed, the rewrite y' too (`_packed_scores`).
+                # packed, the rewrite y' too (`Scorer.packed_scores`).
                 fused = prompts.rejected_lengths is not None
                 improver_loss, _, _, scores = self._improver_objective(
                     model, batch, prompts, scale, stats, score_rejected=fused, chosen=chosen if fused else None
@@ -703,24 +424,24 @@ class SGPOTrainer(OnlineDPOTrainer):
         stats: "_StepStats",
         score_rejected: bool = False,
         chosen: list[Completion] | None = None,
-    ) -> tuple[torch.Tensor, list[Completion], list[bool], "_Scores | None"]:
+    ) -> tuple[torch.Tensor, list[Completion], list[bool], "Scores | None"]:
         """The improver's NLL of targets built from the references, plus ``policy_sft_weight`` times the policy's SFT
         loss on the references (which keeps the policy role intact while the shared model learns the improver role).
 
         ``score_rejected`` (next-turn prompts only): the same forward pass also scores the drafts, returned as the
         ``rejected`` of the scores (laid out as `_pad_completions(drafts)`) for the DPO loss's rejected side.
-        ``chosen`` (DPO steps, next turn): the rewrites, scored in the same packed pass where `_packed_scores`
+        ``chosen`` (DPO steps, next turn): the rewrites, scored in the same packed pass where `Scorer.packed_scores`
         applies (then the scores' ``chosen`` is set). Returns the scores for the DPO loss, or None.
         """
         targets, keep = self._improver_targets(batch.drafts, batch.references, stats)
-        scores = self._packed_scores(model, batch, prompts, targets, chosen, score_rejected)
+        scores = self.scorer.packed_scores(model, batch, prompts, targets, chosen, score_rejected)
         loss, rejected_logps = self._improver_loss(model, prompts, targets, keep, scale, stats, score_rejected, scores)
         if self.args.policy_sft_weight > 0:
             loss = loss + self.args.policy_sft_weight * self._policy_sft_loss(
                 model, batch.prompt_ids, batch.prompt_mask, batch.references, scale, stats, scores
             )
         if scores is None and rejected_logps is not None:
-            scores = _Scores(rejected=rejected_logps)
+            scores = Scores(rejected=rejected_logps)
         return loss, targets, keep, scores
 
     def _set_phase_learning_rate(self, phase: str) -> None:
@@ -933,14 +654,14 @@ class SGPOTrainer(OnlineDPOTrainer):
         keep: list[bool],
         scale: float,
         stats: "_StepStats",
-        scores: "_Scores | None" = None,
+        scores: "Scores | None" = None,
     ) -> torch.Tensor:
         """The upstream DPO loss on [chosen; rejected] rows under the policy prompt, dropped pairs weighted 0.
 
         Its own forward pass (not batched with the template improver's rows, whose prompts are much longer: padding
         both to one width wasted most of the compute); the gradient graphs meet in the step's one backward. Where
-        `_packs` allows, each prompt is one packed row ``[x | chosen | rejected]`` (`_pair_logps`), for the policy
-        and the reference model alike. ``scores`` (next turn): the rejected side, per-token as
+        `Scorer.packs` allows, each prompt is one packed row ``[x | chosen | rejected]`` (`Scorer.pair_logps`), for
+        the policy and the reference model alike. ``scores`` (next turn): the rejected side, per-token as
         `_pad_completions(rejected)` lays it out, was already scored by the fused pass, and the chosen side too
         when that pass was packed; whatever is missing is forwarded here.
         """
@@ -953,14 +674,14 @@ class SGPOTrainer(OnlineDPOTrainer):
             return torch.nn.functional.pad(logps, (0, width - logps.size(1)))[:, :width]
 
         if scores is None or scores.rejected is None:
-            token_logps = self._pair_logps(
+            token_logps = self.scorer.pair_logps(
                 model, prompt_ids, prompt_mask, chosen, rejected, completion_ids, completion_mask
             )
         else:
             if scores.chosen is not None:
                 chosen_logps = padded(scores.chosen)
             else:
-                chosen_logps = self._forward(
+                chosen_logps = self.scorer.forward(
                     model, prompt_ids, prompt_mask, completion_ids[:batch_size], completion_mask[:batch_size]
                 )
             token_logps = torch.cat((chosen_logps, padded(scores.rejected)), dim=0)
@@ -970,10 +691,10 @@ class SGPOTrainer(OnlineDPOTrainer):
         pair = (prompt_ids, prompt_mask, chosen, rejected, completion_ids, completion_mask)
         with torch.no_grad():
             if self.ref_model is not None:
-                ref_logps = self._pair_logps(self.ref_model, *pair)
+                ref_logps = self.scorer.pair_logps(self.ref_model, *pair)
             else:  # PEFT: the reference is the base model with the adapter disabled
                 with self.model.disable_adapter():
-                    ref_logps = self._pair_logps(self.model, *pair)
+                    ref_logps = self.scorer.pair_logps(self.model, *pair)
             ref_sequence_logps = (ref_logps * completion_mask).sum(1)
         chosen_logps, rejected_logps = sequence_logps.split(batch_size)
         chosen_ref_logps, rejected_ref_logps = ref_sequence_logps.split(batch_size)
@@ -1011,7 +732,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         references: list[Completion],
         scale: float,
         stats: "_StepStats",
-        scores: "_Scores | None" = None,
+        scores: "Scores | None" = None,
     ) -> torch.Tensor:
         """The policy's own SFT loss: token-mean NLL of each reference (and its EOS) under the plain prompt.
 
@@ -1022,7 +743,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         if scores is not None and scores.reference is not None:
             logps = scores.reference
         else:
-            logps = self._forward(model, prompt_ids, prompt_mask, reference_ids, reference_mask)
+            logps = self.scorer.forward(model, prompt_ids, prompt_mask, reference_ids, reference_mask)
         nll = -(logps * reference_mask).sum(1) / reference_mask.sum(1).clamp(min=1)
         stats.add("sgpo/policy_sft_loss", nll.detach().tolist())
         return nll.sum() * scale
@@ -1036,7 +757,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         scale: float,
         stats: "_StepStats",
         score_rejected: bool = False,
-        scores: "_Scores | None" = None,
+        scores: "Scores | None" = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Supervised loss of the improver role: token-mean NLL of each kept target under its improver prompt.
 
@@ -1055,7 +776,7 @@ class SGPOTrainer(OnlineDPOTrainer):
                 after = torch.tensor(prompts.after_lengths, device=target_ids.device).unsqueeze(1)
                 rejected = torch.tensor(prompts.rejected_lengths, device=target_ids.device).unsqueeze(1)
                 tail_mask = (offsets >= tail - after - rejected) & (offsets < tail - after)
-            logps = self._forward(
+            logps = self.scorer.forward(
                 model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail, tail_mask=tail_mask
             )
             rejected_logps = self._rejected_from_tail(logps[:, :tail], prompts) if score_rejected else None
@@ -1126,7 +847,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         references = [self._reference_completion(reference_text(completion)) for completion in inputs["completion"]]
         completion_ids, completion_mask = self._pad_completions(references)
         with torch.no_grad():
-            logps = self._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+            logps = self.scorer.forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
             loss = -(logps * completion_mask).sum() / completion_mask.sum()
         return loss.detach(), None, None
 
@@ -1236,75 +957,6 @@ class SGPOTrainer(OnlineDPOTrainer):
                 os.replace(card, os.path.join(output_dir, "README.md"))
 
 
-# class of a model (the base model's under PEFT) -> whether its forward slices logits with `slice_logits_to_keep`
-_SLICES_LOGITS: dict[type, bool] = {}
-
-
-def _base_class(unwrapped: nn.Module) -> type:
-    """The class whose forward computes the logits: the base model's under PEFT."""
-    return type(unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped)
-
-
-def _forward_slices_logits(model_class: type) -> bool:
-    """Whether ``model_class.forward`` hands ``logits_to_keep`` to transformers' `slice_logits_to_keep`, and that
-    function keeps the positions of a boolean (rows x columns) mask (the models of transformers 5.x)."""
-    if model_class not in _SLICES_LOGITS:
-        try:
-            from transformers.modeling_utils import slice_logits_to_keep
-
-            source = inspect.getsource(model_class.forward)
-            probe = slice_logits_to_keep(torch.zeros(2, 3, 1), torch.tensor([[True, False, True], [False] * 3]))
-            _SLICES_LOGITS[model_class] = "slice_logits_to_keep(" in source and probe.shape == (2, 1)
-        except (ImportError, OSError, TypeError, IndexError, RuntimeError):
-            _SLICES_LOGITS[model_class] = False
-    return _SLICES_LOGITS[model_class]
-
-
-def _gathered_log_softmax(logits: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(logits[source[q]])[tokens[q]]`` for every ``q``, from 2D ``logits`` (positions x vocabulary).
-
-    What TRL's `selective_log_softmax` computes (the picked logit minus its row's logsumexp), as one autograd
-    function: the logsumexp is computed once per row (a row may be picked several times), in chunks, and the
-    backward writes the logits' gradient in one buffer (``g * (onehot - softmax)``) instead of a zero-filled buffer
-    per term plus their sum. Positions x vocabulary temporaries are the costly part of a step with a real vocabulary.
-    Half-precision logits are normalised in float32.
-    """
-    return _GatheredLogSoftmax.apply(logits, source, tokens)
-
-
-def _row_chunks(logits: torch.Tensor) -> list[slice]:
-    """Row ranges of about 64K logits each: temporaries small enough for the allocator to reuse from chunk to chunk
-    (a fresh large buffer costs a page fault per page, each time)."""
-    rows = max(1, 2**16 // max(1, logits.size(-1)))
-    return [slice(start, start + rows) for start in range(0, logits.size(0), rows)]
-
-
-class _GatheredLogSoftmax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        normalisers = torch.empty(logits.size(0), dtype=dtype, device=logits.device)
-        for rows in _row_chunks(logits):
-            torch.logsumexp(logits[rows].to(normalisers.dtype), dim=-1, out=normalisers[rows])
-        ctx.save_for_backward(logits, normalisers, source, tokens)
-        return (logits[source, tokens].to(normalisers.dtype) - normalisers[source]).to(logits.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        logits, normalisers, source, tokens = ctx.saved_tensors
-        grad = grad.to(normalisers.dtype)
-        # d/d logits[i, v] of sum_q grad[q] * (logits[s_q, t_q] - logsumexp(logits[s_q])):
-        # [v == t_q] * grad[q] summed over q with s_q = i, minus softmax(logits[i])[v] * (sum of grad[q] with s_q = i).
-        row_grad = torch.zeros_like(normalisers).index_add_(0, source, grad)
-        logits_grad = torch.empty_like(logits)
-        for rows in _row_chunks(logits):
-            softmax = (logits[rows].to(normalisers.dtype) - normalisers[rows, None]).exp_()
-            logits_grad[rows] = softmax.mul_(-row_grad[rows, None])
-        logits_grad.index_put_((source, tokens), grad.to(logits.dtype), accumulate=True)
-        return logits_grad, None, None
-
-
 @dataclass
 class _ImproverPrompts:
     """The improver's prompts: texts (for vLLM), left-padded ids and mask; next-turn extras where they apply.
@@ -1320,33 +972,6 @@ class _ImproverPrompts:
     after_lengths: list[int] | None = None
     generation_ids: torch.Tensor | None = None
     generation_mask: torch.Tensor | None = None
-
-
-@dataclass
-class _Packed:
-    """Rows of `SGPOTrainer._pack`: ``[x | branch 1 | branch 2 | ...]`` per prompt.
-
-    ``segments``: -1 for padding, 0 for the prompt ``x``, ``k + 1`` for branch ``k``; ``starts`` / ``lengths`` (rows x
-    branches, on the CPU): where each branch begins after the prompt block, and its tokens.
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    segments: torch.Tensor
-    prompt_width: int
-    starts: torch.Tensor
-    lengths: torch.Tensor
-
-
-@dataclass
-class _Scores:
-    """Per-token log-probabilities from one packed pass, each right-padded like `_pad_completions` of its side:
-    the drafts (DPO rejected), the improver's targets, the rewrites (DPO chosen), the references (policy SFT)."""
-
-    rejected: torch.Tensor | None = None
-    target: torch.Tensor | None = None
-    chosen: torch.Tensor | None = None
-    reference: torch.Tensor | None = None
 
 
 @dataclass

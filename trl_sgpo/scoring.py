@@ -1,0 +1,405 @@
+"""Scoring: per-token log-probabilities of completions under a prompt, as cheaply as the model allows.
+
+`Scorer` (the trainer's ``scorer``) runs every forward pass a step scores: separate passes (`forward`), one packed
+row per prompt whose continuations share the prompt (`pack`, `packed_forward`, `pair_logps`, `packed_scores`), and
+the LM head and log-softmax only at the scored positions (`token_logps`, selective logits), each falling back to the
+plain path where the model does not allow it.
+"""
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .pairs import Completion
+
+
+class Scorer:
+    """The forward passes of `SGPOTrainer`'s steps; reads the trainer's tokenizer, `max_length`, accelerator and
+    its switches (``select_logits``, ``pack_shared_prefix``). Tests and benchmarks may replace a method on the
+    instance (``trainer.scorer.forward = ...``): the methods call each other through ``self``."""
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+        self._rotary_models: dict[int, bool] = {}  # id of a model -> whether it has rotary position embeddings
+
+    def forward(
+        self,
+        model,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        prompt_tail: int = 0,
+        tail_mask: torch.Tensor | None = None,
+    ):
+        """Per-token log-probabilities of the completion tokens, like the parent's, but cheaper.
+
+        The parent computes logits and a full log-softmax for every prompt position too. The improver's prompts are
+        long (template, prompt and draft), so with a real vocabulary that is most of the memory of a step: the LM head
+        and the log-softmax run at the scored positions only (`token_logps`). Padding is not scored (zeros there).
+        Like the parent, sequences longer than `max_length` lose prompt tokens from the left.
+
+        ``prompt_tail > 0`` also scores the last ``prompt_tail`` prompt tokens (their log-probabilities come first in
+        the result): the fused next-turn pass reads the draft's log-probabilities there. ``tail_mask`` (rows x
+        ``prompt_tail``, default: the prompt's mask there) says which of them to score; the others read zero.
+        """
+        excess = max(prompt_ids.size(1) + completion_ids.size(1) - self.trainer.max_length, 0)
+        prompt_ids, prompt_mask = prompt_ids[:, excess:], prompt_mask[:, excess:]
+        if prompt_ids.size(1) == 0:
+            raise ValueError(
+                f"max_length ({self.trainer.max_length}) leaves no room for the prompt: raise max_length."
+            )
+        input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
+        attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
+        start = prompt_ids.size(1) - prompt_tail  # column of the first scored token
+        if tail_mask is None:
+            tail_mask = prompt_mask[:, start:]
+        scored = torch.cat((tail_mask.bool(), completion_mask.bool()), dim=1)
+        rows, offsets = scored.nonzero(as_tuple=True)
+        columns = start + offsets  # each token is predicted at the column before it
+        logps = self.token_logps(
+            model,
+            {"input_ids": input_ids, "attention_mask": attention_mask},
+            rows,
+            columns - 1,
+            input_ids[rows, columns],
+        )
+        return torch.zeros(scored.shape, dtype=logps.dtype, device=logps.device).index_put((rows, offsets), logps)
+
+    # ------------------------------------------------------------- selective logits
+
+    def selects_logits(self, model) -> bool:
+        """Whether the model computes logits at chosen positions only, given a boolean ``logits_to_keep`` (rows x
+        columns; transformers' `slice_logits_to_keep`, which then returns the kept positions flattened).
+
+        It needs a forward that hands ``logits_to_keep`` to `slice_logits_to_keep` (nearly every transformers
+        causal LM since 5.x; checked on the model's class, under PEFT on the base model's) and no prompt-learning
+        adapter (virtual tokens widen the rows the mask is laid on). Otherwise `token_logps` asks for every
+        position from the first scored one on, as before, and gathers from there: the same log-probabilities.
+        """
+        if not self.trainer.select_logits:
+            return False
+        unwrapped = self.trainer.accelerator.unwrap_model(model)
+        peft_config = getattr(unwrapped, "active_peft_config", None)
+        if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+            return False
+        return _forward_slices_logits(_base_class(unwrapped))
+
+    def token_logps(
+        self, model, inputs: dict[str, torch.Tensor], rows: torch.Tensor, columns: torch.Tensor, tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """``log p(tokens[q] | the input up to (rows[q], columns[q]))`` for every query ``q``: one forward pass of
+        ``model(**inputs)`` whose LM head and log-softmax run only at the queried positions where `selects_logits`
+        allows (a position may be queried several times, for several tokens), else from the first queried column on.
+        """
+        width = inputs["input_ids"].size(1)
+        if self.selects_logits(model):
+            keep = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool, device=rows.device)
+            keep[rows, columns] = True
+            flat = rows * width + columns
+            source = keep.flatten().cumsum(0)[flat] - 1  # kept positions come out flattened, row after row
+            logits = model(**inputs, logits_to_keep=keep).logits
+            if logits.shape[:-1] == (int(keep.sum()),):
+                return _gathered_log_softmax(logits, source, tokens)
+            _SLICES_LOGITS[_base_class(self.trainer.accelerator.unwrap_model(model))] = (
+                False  # unexpected layout: not again
+            )
+        first = int(columns.min()) if columns.numel() else width - 1
+        logits = model(**inputs, logits_to_keep=width - first).logits
+        source = rows * (width - first) + (columns - first)
+        return _gathered_log_softmax(logits.flatten(0, 1), source, tokens)
+
+    # ------------------------------------------------------------- packing
+
+    def packs(self, model, width: int) -> bool:
+        """Whether the continuations of each prompt may be scored in one packed row instead of separate passes.
+
+        ``width``: the widest row the separate passes would forward; past ``max_length`` they cut prompt tokens from
+        the left (differently per pass), which one shared prompt cannot reproduce, so those batches are not packed.
+        """
+        return self.trainer.pack_shared_prefix and width <= self.trainer.max_length and self.packable(model)
+
+    def packable(self, model) -> bool:
+        """Whether packing gives exactly the separate passes' log-probabilities for this model (checked each call).
+
+        It needs an attention that takes a custom 4D mask (``sdpa`` or ``eager``; not flash-attention, flex or
+        kernels that build their own masks), rotary position embeddings (a branch's positions restart after the
+        prompt, and only relative positions then match those of the separately padded rows), attention layers only
+        (a recurrent layer would carry state across branches), no sliding window shorter than ``max_length`` (the
+        custom mask replaces the model's own), and no prompt-learning adapter (virtual tokens change the row width).
+        Otherwise the step falls back to the separate passes.
+        """
+        unwrapped = self.trainer.accelerator.unwrap_model(model)
+        config = getattr(unwrapped, "config", None)
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+            return False
+        peft_config = getattr(unwrapped, "active_peft_config", None)
+        if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+            return False
+        layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+        if any(layer not in ("full_attention", "sliding_attention") for layer in layer_types):
+            return False
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if window is not None and window < self.trainer.max_length:
+            return False
+        rotary = self._rotary_models.get(id(unwrapped))
+        if rotary is None:  # the models a trainer holds live as long as it does
+            rotary = any("rotary" in type(module).__name__.lower() for module in unwrapped.modules())
+            self._rotary_models[id(unwrapped)] = rotary
+        return rotary
+
+    def pack(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, branches: list[list[list[int]]]) -> "Packed":
+        """One row per prompt: ``[x | branch 1 | branch 2 | ...]``, each branch a continuation of ``x`` alone.
+
+        ``x`` is the left-padded prompt block as the separate passes feed it; branch ``k`` of row ``i`` is the token
+        list ``branches[k][i]``; the branches follow each other without gaps and the rows are right-padded. Position
+        ids are the columns the separate passes give: the prompt block's own, then ``width(x) + j`` for token ``j``
+        of every branch.
+        """
+        rows, width = prompt_ids.shape
+        lengths = torch.tensor([[len(branch[row]) for branch in branches] for row in range(rows)], dtype=torch.long)
+        total = width + max(1, int(lengths.sum(1).max()))
+        ids = torch.full((rows, total), self.trainer._tokenizer.pad_token_id, dtype=torch.long)
+        segments = torch.full((rows, total), -1, dtype=torch.long)
+        positions = torch.arange(total, dtype=torch.long).repeat(rows, 1)
+        starts = torch.zeros_like(lengths)
+        ids[:, :width] = prompt_ids.cpu()
+        segments[:, :width] = torch.where(prompt_mask.cpu().bool(), 0, -1)
+        for row in range(rows):
+            offset = 0
+            for k, branch in enumerate(branches):
+                tokens = branch[row]
+                span = slice(width + offset, width + offset + len(tokens))
+                ids[row, span] = torch.tensor(tokens, dtype=torch.long)
+                segments[row, span] = k + 1
+                positions[row, span] = torch.arange(width, width + len(tokens))
+                starts[row, k] = offset
+                offset += len(tokens)
+        device = self.trainer.accelerator.device
+        return Packed(ids.to(device), positions.to(device), segments.to(device), width, starts, lengths)
+
+    def packed_forward(
+        self, model, packed: "Packed", scored: "list[torch.Tensor | None] | None" = None
+    ) -> list[torch.Tensor]:
+        """Per-token log-probabilities of every branch of `pack`'s rows, each given ``x`` and its own tokens only.
+
+        Returns one tensor per branch, right-padded with zeros to its longest row (at least one column): the layout
+        `SGPOTrainer._pad_completions` gives the same tokens. A 4D mask lets a token see the prompt's real tokens
+        and the earlier tokens of its own branch; each padding token sees itself only (no empty rows in the softmax).
+        ``scored[k]`` (rows x that layout's width, boolean; None: all): the tokens of branch ``k`` to score; the
+        others read zero, and the LM head does not run for them (`token_logps`).
+        """
+        segments, width = packed.segments, packed.prompt_width
+        query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+        total = segments.size(1)
+        causal = torch.ones(total, total, dtype=torch.bool, device=segments.device).tril()
+        allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+        allowed |= torch.eye(total, dtype=torch.bool, device=segments.device)
+        unwrapped = self.trainer.accelerator.unwrap_model(model)
+        if unwrapped.config._attn_implementation == "eager":  # eager adds the mask to the scores
+            dtype = unwrapped.get_input_embeddings().weight.dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        else:  # sdpa takes a boolean mask, True where attention is allowed
+            mask = allowed
+        device = segments.device
+        starts, lengths = packed.starts.to(device), packed.lengths.to(device)
+        queries, shapes = [], []
+        for k in range(starts.size(1)):
+            offsets = torch.arange(max(1, int(lengths[:, k].max())), device=device).unsqueeze(0)
+            wanted = offsets < lengths[:, k : k + 1]
+            if scored is not None and scored[k] is not None:
+                wanted = wanted & scored[k].to(device).bool()
+            rows, offset = wanted.nonzero(as_tuple=True)
+            column = width + starts[rows, k] + offset
+            # A branch's first token follows the prompt's last column; every other token the one before it.
+            queries.append((rows, offset, torch.where(offset == 0, width - 1, column - 1), column))
+            shapes.append(wanted.shape)
+        rows, _, predictors, columns = (torch.cat(parts) for parts in zip(*queries))
+        inputs = {
+            "input_ids": packed.input_ids,
+            "attention_mask": mask.unsqueeze(1),
+            "position_ids": packed.position_ids,
+        }
+        logps = self.token_logps(model, inputs, rows, predictors, packed.input_ids[rows, columns])
+        result = []
+        for (rows, offset, _, _), shape, values in zip(queries, shapes, logps.split([len(q[0]) for q in queries])):
+            result.append(torch.zeros(shape, dtype=logps.dtype, device=device).index_put((rows, offset), values))
+        return result
+
+    @staticmethod
+    def spans(logps: torch.Tensor, starts: list[int], lengths: list[int]) -> torch.Tensor:
+        """Row ``i``'s ``lengths[i]`` values from ``starts[i]``, right-padded with zeros (one column or more)."""
+        start = torch.tensor(starts, device=logps.device).unsqueeze(1)
+        length = torch.tensor(lengths, device=logps.device).unsqueeze(1)
+        offsets = torch.arange(max(1, *lengths), device=logps.device).unsqueeze(0)
+        index = (start + offsets).clamp(max=logps.size(1) - 1)
+        return logps.gather(1, index) * (offsets < length)
+
+    def pair_logps(self, model, prompt_ids, prompt_mask, chosen, rejected, completion_ids, completion_mask):
+        """Per-token log-probabilities of ``chosen + rejected`` rows (laid out as ``completion_ids``) under the
+        prompt: one packed row ``[x | chosen | rejected]`` per prompt where `packs` allows, else 2 rows each."""
+        if self.packs(model, prompt_ids.size(1) + completion_ids.size(1)):
+            branches = [[self.trainer._completion_tokens(c) for c in side] for side in (chosen, rejected)]
+            width = completion_ids.size(1)
+            sides = self.packed_forward(model, self.pack(prompt_ids, prompt_mask, branches))
+            return torch.cat([torch.nn.functional.pad(side, (0, width - side.size(1))) for side in sides], dim=0)
+        return self.forward(model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), completion_ids, completion_mask)
+
+    def packed_scores(
+        self,
+        model,
+        batch: "_Batch",  # noqa: F821 (the trainer's types; Any at run time)
+        prompts: "_ImproverPrompts",  # noqa: F821
+        targets: list[Completion],
+        chosen,
+        score_rejected: bool = True,
+    ) -> "Scores | None":
+        """Next turn: everything the step scores under the policy prompt ``x``, in one packed forward pass.
+
+        One row per prompt, ``[x | y, new turn, target | y' | reference]`` (``y'`` in DPO steps, the reference when
+        ``policy_sft_weight > 0``), gives the draft's and the target's log-probabilities (the fused next-turn pass),
+        the rewrite's (the DPO chosen side) and the reference's (the policy's SFT loss). None where packing does not
+        apply: the template format (its prompt does not continue ``x``), a single branch, or `packs` says no.
+        Of the conversation branch only the target, and the draft where ``score_rejected`` (else the scores'
+        ``rejected`` is None), are scored: the new turn's instruction is context, its logits are not computed.
+        """
+        sft = self.trainer.args.policy_sft_weight > 0
+        if prompts.rejected_lengths is None or (chosen is None and not sft):
+            return None
+        target_tokens = [self.trainer._completion_tokens(t) for t in targets]
+        widths = [prompts.ids.size(1) + max(1, *map(len, target_tokens))]
+        prompt_width = batch.prompt_ids.size(1)
+        if sft:
+            widths.append(prompt_width + max(1, *(len(self.trainer._completion_tokens(r)) for r in batch.references)))
+        if chosen is not None:
+            pair = [len(self.trainer._completion_tokens(c)) for c in [*chosen, *batch.drafts]]
+            widths.append(prompt_width + max(1, *pair))
+        if not self.packs(model, max(widths)):
+            return None
+        prompt_lengths = batch.prompt_mask.sum(1).tolist()
+        conversations = [
+            row[mask.bool()].tolist()[length:] + target
+            for row, mask, length, target in zip(prompts.ids, prompts.mask, prompt_lengths, target_tokens)
+        ]
+        branches = [conversations]
+        if chosen is not None:
+            branches.append([self.trainer._completion_tokens(c) for c in chosen])
+        if sft:
+            branches.append([self.trainer._completion_tokens(r) for r in batch.references])
+        before_target = [r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths)]
+        offsets = torch.arange(max(1, *map(len, conversations))).unsqueeze(0)
+        starts = torch.tensor(before_target).unsqueeze(1)
+        scored = offsets >= starts  # the target
+        if score_rejected:
+            scored |= offsets < torch.tensor(prompts.rejected_lengths).unsqueeze(1)  # the draft
+        packed = self.pack(batch.prompt_ids, batch.prompt_mask, branches)
+        logps = self.packed_forward(model, packed, [scored] + [None] * (len(branches) - 1))
+        conversation = logps[0]
+        return Scores(
+            rejected=self.spans(conversation, [0] * len(targets), prompts.rejected_lengths)
+            if score_rejected
+            else None,
+            target=self.spans(conversation, before_target, list(map(len, target_tokens))),
+            chosen=logps[1] if chosen is not None else None,
+            reference=logps[-1] if sft else None,
+        )
+
+
+# class of a model (the base model's under PEFT) -> whether its forward slices logits with `slice_logits_to_keep`
+_SLICES_LOGITS: dict[type, bool] = {}
+
+
+def _base_class(unwrapped: nn.Module) -> type:
+    """The class whose forward computes the logits: the base model's under PEFT."""
+    return type(unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped)
+
+
+def _forward_slices_logits(model_class: type) -> bool:
+    """Whether ``model_class.forward`` hands ``logits_to_keep`` to transformers' `slice_logits_to_keep`, and that
+    function keeps the positions of a boolean (rows x columns) mask (the models of transformers 5.x)."""
+    if model_class not in _SLICES_LOGITS:
+        try:
+            from transformers.modeling_utils import slice_logits_to_keep
+
+            source = inspect.getsource(model_class.forward)
+            probe = slice_logits_to_keep(torch.zeros(2, 3, 1), torch.tensor([[True, False, True], [False] * 3]))
+            _SLICES_LOGITS[model_class] = "slice_logits_to_keep(" in source and probe.shape == (2, 1)
+        except (ImportError, OSError, TypeError, IndexError, RuntimeError):
+            _SLICES_LOGITS[model_class] = False
+    return _SLICES_LOGITS[model_class]
+
+
+def _gathered_log_softmax(logits: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits[source[q]])[tokens[q]]`` for every ``q``, from 2D ``logits`` (positions x vocabulary).
+
+    What TRL's `selective_log_softmax` computes (the picked logit minus its row's logsumexp), as one autograd
+    function: the logsumexp is computed once per row (a row may be picked several times), in chunks, and the
+    backward writes the logits' gradient in one buffer (``g * (onehot - softmax)``) instead of a zero-filled buffer
+    per term plus their sum. Positions x vocabulary temporaries are the costly part of a step with a real vocabulary.
+    Half-precision logits are normalised in float32.
+    """
+    return _GatheredLogSoftmax.apply(logits, source, tokens)
+
+
+def _row_chunks(logits: torch.Tensor) -> list[slice]:
+    """Row ranges of about 64K logits each: temporaries small enough for the allocator to reuse from chunk to chunk
+    (a fresh large buffer costs a page fault per page, each time)."""
+    rows = max(1, 2**16 // max(1, logits.size(-1)))
+    return [slice(start, start + rows) for start in range(0, logits.size(0), rows)]
+
+
+class _GatheredLogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        normalisers = torch.empty(logits.size(0), dtype=dtype, device=logits.device)
+        for rows in _row_chunks(logits):
+            torch.logsumexp(logits[rows].to(normalisers.dtype), dim=-1, out=normalisers[rows])
+        ctx.save_for_backward(logits, normalisers, source, tokens)
+        return (logits[source, tokens].to(normalisers.dtype) - normalisers[source]).to(logits.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        logits, normalisers, source, tokens = ctx.saved_tensors
+        grad = grad.to(normalisers.dtype)
+        # d/d logits[i, v] of sum_q grad[q] * (logits[s_q, t_q] - logsumexp(logits[s_q])):
+        # [v == t_q] * grad[q] summed over q with s_q = i, minus softmax(logits[i])[v] * (sum of grad[q] with s_q = i).
+        row_grad = torch.zeros_like(normalisers).index_add_(0, source, grad)
+        logits_grad = torch.empty_like(logits)
+        for rows in _row_chunks(logits):
+            softmax = (logits[rows].to(normalisers.dtype) - normalisers[rows, None]).exp_()
+            logits_grad[rows] = softmax.mul_(-row_grad[rows, None])
+        logits_grad.index_put_((source, tokens), grad.to(logits.dtype), accumulate=True)
+        return logits_grad, None, None
+
+
+@dataclass
+class Packed:
+    """Rows of `Scorer.pack`: ``[x | branch 1 | branch 2 | ...]`` per prompt.
+
+    ``segments``: -1 for padding, 0 for the prompt ``x``, ``k + 1`` for branch ``k``; ``starts`` / ``lengths`` (rows x
+    branches, on the CPU): where each branch begins after the prompt block, and its tokens.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segments: torch.Tensor
+    prompt_width: int
+    starts: torch.Tensor
+    lengths: torch.Tensor
+
+
+@dataclass
+class Scores:
+    """Per-token log-probabilities from one packed pass, each right-padded like `SGPOTrainer._pad_completions` of its
+    side: the drafts (DPO rejected), the improver's targets, the rewrites (DPO chosen), the references (policy SFT)."""
+
+    rejected: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    chosen: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
