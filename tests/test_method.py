@@ -83,8 +83,8 @@ def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer):
     # The SFT part alone, computed directly on the same model and prompts.
     trainer.model.zero_grad()
     rows = _rows()
-    prompt_ids, prompt_mask = trainer._tokenize_prompts(trainer._policy_prompt_texts(rows["prompt"]))
-    references = [trainer._reference_completion(m[0]["content"]) for m in rows["completion"]]
+    prompt_ids, prompt_mask = trainer.layout.tokenize_prompts(trainer.layout.policy_prompt_texts(rows["prompt"]))
+    references = [trainer.layout.reference_completion(m[0]["content"]) for m in rows["completion"]]
     loss = trainer._policy_sft_loss(trainer.model, prompt_ids, prompt_mask, references, 1 / 4, _StepStats())
     (weight * loss).backward()
     sft = _gradients(trainer.model)

@@ -70,7 +70,7 @@ class _Stats:
 def test_the_improver_prompt_is_the_policy_conversation_continued(tmp_path):
     trainer, tokenizer = _toy_trainer(tmp_path)
     batch = _batch(trainer)
-    prompts = trainer._improver_prompts(batch)
+    prompts = trainer.layout.improver_prompts(batch)
     assert prompts.rejected_lengths is not None
     for row, (prompt, draft) in enumerate(zip(batch.prompts, batch.drafts)):
         draft_text = tokenizer.decode(draft.token_ids)
@@ -89,10 +89,10 @@ def test_the_improver_prompt_is_the_policy_conversation_continued(tmp_path):
 def test_fused_forward_equals_the_separate_passes(tmp_path):
     trainer, _ = _mixed_trainer(tmp_path)
     batch = _batch(trainer)
-    prompts = trainer._improver_prompts(batch)
+    prompts = trainer.layout.improver_prompts(batch)
     targets, _ = trainer._improver_targets(batch.drafts, batch.references, _Stats())
-    target_ids, target_mask = trainer._pad_completions(targets)
-    rejected_ids, rejected_mask = trainer._pad_completions(batch.drafts)
+    target_ids, target_mask = trainer.layout.pad_completions(targets)
+    rejected_ids, rejected_mask = trainer.layout.pad_completions(batch.drafts)
     model = trainer.model
     model.eval()
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_greedy_rewrites_are_the_same_with_and_without_the_drafts_cache(tmp_path
     assert [d.token_ids for d in with_cache.drafts] == [d.token_ids for d in without_cache.drafts]
     assert {d.ended for d in with_cache.drafts} == {True, False}  # padding inside the cached block, and cut drafts
 
-    cached_prompts = trainer._improver_prompts(with_cache)
+    cached_prompts = trainer.layout.improver_prompts(with_cache)
     cached_length = with_cache.draft_cache.cache.get_seq_length()
     # only the last draft token and the new turn are fed to the model; the rest is read from the cache
     assert cached_length == cached_prompts.generation_ids.size(1) - max(cached_prompts.after_lengths) - 1
@@ -162,7 +162,7 @@ def test_greedy_rewrites_are_the_same_with_and_without_the_drafts_cache(tmp_path
             "improver",
             with_cache.draft_cache,
         )
-        plain_prompts = trainer._improver_prompts(without_cache)
+        plain_prompts = trainer.layout.improver_prompts(without_cache)
         plain = trainer.sampler(model, plain_prompts.texts, plain_prompts.ids, plain_prompts.mask, "improver")
     finally:
         model.generate = generate
@@ -234,7 +234,7 @@ def test_the_instruction_may_show_the_reference(tmp_path, tokenizer):
         processing_class=tokenizer,
     )
     batch = _batch(trainer)
-    prompts = trainer._improver_prompts(batch)
+    prompts = trainer.layout.improver_prompts(batch)
     for text, reference in zip(prompts.texts, batch.reference_texts):
         assert text.endswith(f"<|user|>improve toward {reference}<|end|><|assistant|>")
     trainer.train()

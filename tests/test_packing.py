@@ -49,7 +49,7 @@ def test_packed_forward_equals_the_separate_passes(tmp_path, attention):
     prompt_ids, prompt_mask = batch.prompt_ids, batch.prompt_mask
     assert prompt_mask.sum(1).unique().numel() > 1 and not prompt_mask[:, 0].all()  # left padding, several lengths
     branches = _branches(trainer, prompt_ids.size(0))
-    tokens = [[trainer._completion_tokens(c) for c in side] for side in branches]
+    tokens = [[trainer.layout.completion_tokens(c) for c in side] for side in branches]
 
     packed = trainer.scorer.pack(prompt_ids, prompt_mask, tokens)
     packed_logps = trainer.scorer.packed_forward(model, packed)
@@ -61,7 +61,7 @@ def test_packed_forward_equals_the_separate_passes(tmp_path, attention):
 
     separate_sum = torch.zeros(())
     for k, (side, logps) in enumerate(zip(branches, packed_logps)):
-        ids, mask = trainer._pad_completions(side)
+        ids, mask = trainer.layout.pad_completions(side)
         separate = trainer.scorer.forward(model, prompt_ids, prompt_mask, ids, mask) * mask
         assert logps.shape == ids.shape
         _assert_close(logps, separate, atol=1e-5, rtol=1e-6, name=f"branch {k}")
@@ -79,13 +79,13 @@ def test_packed_next_turn_scores_equal_the_fused_and_separate_passes(tmp_path):
     model = trainer.model
     model.eval()
     batch = _batch(trainer)
-    prompts = trainer._improver_prompts(batch)
+    prompts = trainer.layout.improver_prompts(batch)
     targets, _ = trainer._improver_targets(batch.drafts, batch.references, _Stats())
     chosen = _branches(trainer, len(targets))[0]
     with torch.no_grad():
         scores = trainer.scorer.packed_scores(model, batch, prompts, targets, chosen)
         assert scores is not None
-        target_ids, target_mask = trainer._pad_completions(targets)
+        target_ids, target_mask = trainer.layout.pad_completions(targets)
         tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
         fused = trainer.scorer.forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
         expected = {
@@ -93,10 +93,10 @@ def test_packed_next_turn_scores_equal_the_fused_and_separate_passes(tmp_path):
             "target": (fused[:, tail:], targets),
         }
         for name, side in (("chosen", chosen), ("reference", batch.references)):
-            ids, mask = trainer._pad_completions(side)
+            ids, mask = trainer.layout.pad_completions(side)
             expected[name] = (trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask), side)
     for name, (separate, side) in expected.items():
-        _, mask = trainer._pad_completions(side)
+        _, mask = trainer.layout.pad_completions(side)
         value = getattr(scores, name)
         assert value.shape == mask.shape, name
         _assert_close(value * mask, separate * mask, atol=1e-5, rtol=1e-6, name=name)

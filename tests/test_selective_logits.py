@@ -2,9 +2,9 @@
 
 Checked against the full path it replaces (`SGPOTrainer.select_logits = False`: logits at every position from the
 first scored one on): per-token log-probabilities and their gradients, in float32 within 1e-5, for left-padded
-prompts with a scored prompt tail (`Scorer.forward`), packed rows with branches scored in part (`Scorer.packed_forward`), the
-next-turn scores of both phases (`Scorer.packed_scores`), and a LoRA model with its adapter on and off. Models whose forward
-does not slice logits with a boolean mask take the full path.
+prompts with a scored prompt tail (`Scorer.forward`), packed rows with branches scored in part
+(`Scorer.packed_forward`), the next-turn scores of both phases (`Scorer.packed_scores`), and a LoRA model with its
+adapter on and off. Models whose forward does not slice logits with a boolean mask take the full path.
 """
 
 import pytest
@@ -64,7 +64,7 @@ def test_forward_selects_only_the_scored_positions(tmp_path):
     batch = _batch(trainer)
     assert batch.prompt_mask.sum(1).unique().numel() > 1 and not batch.prompt_mask[:, 0].all()  # left padding
     completions = _branches(trainer, batch.prompt_ids.size(0))[0]
-    ids, mask = trainer._pad_completions(completions)
+    ids, mask = trainer.layout.pad_completions(completions)
     assert not mask.all()  # right padding, not scored
     tail = 5
     tail_mask = torch.rand(batch.prompt_mask[:, -tail:].shape, generator=torch.Generator().manual_seed(0)) < 0.5
@@ -94,7 +94,7 @@ def test_packed_forward_with_scored_branches_equals_the_full_path(tmp_path, atte
     model.set_attn_implementation(attention)
     batch = _batch(trainer)
     branches = _branches(trainer, batch.prompt_ids.size(0))
-    tokens = [[trainer._completion_tokens(c) for c in side] for side in branches]
+    tokens = [[trainer.layout.completion_tokens(c) for c in side] for side in branches]
     packed = trainer.scorer.pack(batch.prompt_ids, batch.prompt_mask, tokens)
     width = max(1, max(map(len, tokens[1])))
     scored = torch.arange(width).unsqueeze(0) % 2 == torch.arange(len(tokens[1])).unsqueeze(1) % 2  # a checkerboard
@@ -113,7 +113,7 @@ def test_packed_next_turn_scores_equal_the_full_path(tmp_path, score_rejected):
     trainer, _ = _mixed_trainer(tmp_path, policy_sft_weight=0.5)
     model = trainer.model
     batch = _batch(trainer)
-    prompts = trainer._improver_prompts(batch)
+    prompts = trainer.layout.improver_prompts(batch)
     targets, _ = trainer._improver_targets(batch.drafts, batch.references, _Stats())
     chosen = _branches(trainer, len(targets))[0]
     names = ["target", "chosen", "reference"] + (["rejected"] if score_rejected else [])
@@ -162,7 +162,7 @@ def test_lora_log_probabilities_with_the_adapter_on_and_off(tmp_path, tokenizer)
     trainer = _rule_trainer(tmp_path, tokenizer, peft=True)
     model = trainer.model
     batch = trainer._sample_drafts(model, trainer.train_dataset[:8], _Stats())
-    ids, mask = trainer._pad_completions(batch.drafts)
+    ids, mask = trainer.layout.pad_completions(batch.drafts)
 
     def compute():
         with model.disable_adapter(), torch.no_grad():
@@ -207,7 +207,7 @@ def test_models_that_do_not_slice_logits_take_the_full_path(tmp_path):
     model = OwnHead(GPT2Config(vocab_size=trainer.model.config.vocab_size, n_embd=16, n_layer=1, n_head=2)).eval()
     assert not trainer.scorer.selects_logits(model)
     batch = _batch(trainer)
-    ids, mask = trainer._pad_completions(batch.drafts)
+    ids, mask = trainer.layout.pad_completions(batch.drafts)
     logps = trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask)
     inputs = torch.cat((batch.prompt_ids, ids), 1), torch.cat((batch.prompt_mask, mask), 1)
     full = model(*inputs, logits_to_keep=ids.size(1) + 1).logits[:, :-1]

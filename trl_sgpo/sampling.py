@@ -115,7 +115,7 @@ class Sampler:
 
         ``cache`` (transformers generation only): for the policy, an empty holder that receives the drafts' KV cache
         and generated tokens; for the improver, a filled one that the generation continues from (``prompt_ids`` are
-        then laid out as the cached prompt and drafts followed by the new turn, see `SGPOTrainer._next_turn_prompts`).
+        then laid out as the cached prompt and drafts followed by the new turn, see `PromptLayout.next_turn_prompts`).
         vLLM ignores it: its prefix caching reuses the shared prefix by itself.
         """
         trainer = self.trainer

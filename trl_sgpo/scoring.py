@@ -187,7 +187,7 @@ class Scorer:
         """Per-token log-probabilities of every branch of `pack`'s rows, each given ``x`` and its own tokens only.
 
         Returns one tensor per branch, right-padded with zeros to its longest row (at least one column): the layout
-        `SGPOTrainer._pad_completions` gives the same tokens. A 4D mask lets a token see the prompt's real tokens
+        `PromptLayout.pad_completions` gives the same tokens. A 4D mask lets a token see the prompt's real tokens
         and the earlier tokens of its own branch; each padding token sees itself only (no empty rows in the softmax).
         ``scored[k]`` (rows x that layout's width, boolean; None: all): the tokens of branch ``k`` to score; the
         others read zero, and the LM head does not run for them (`token_logps`).
@@ -243,7 +243,7 @@ class Scorer:
         """Per-token log-probabilities of ``chosen + rejected`` rows (laid out as ``completion_ids``) under the
         prompt: one packed row ``[x | chosen | rejected]`` per prompt where `packs` allows, else 2 rows each."""
         if self.packs(model, prompt_ids.size(1) + completion_ids.size(1)):
-            branches = [[self.trainer._completion_tokens(c) for c in side] for side in (chosen, rejected)]
+            branches = [[self.trainer.layout.completion_tokens(c) for c in side] for side in (chosen, rejected)]
             width = completion_ids.size(1)
             sides = self.packed_forward(model, self.pack(prompt_ids, prompt_mask, branches))
             return torch.cat([torch.nn.functional.pad(side, (0, width - side.size(1))) for side in sides], dim=0)
@@ -253,7 +253,7 @@ class Scorer:
         self,
         model,
         batch: "_Batch",  # noqa: F821 (the trainer's types; Any at run time)
-        prompts: "_ImproverPrompts",  # noqa: F821
+        prompts: "ImproverPrompts",  # noqa: F821
         targets: list[Completion],
         chosen,
         score_rejected: bool = True,
@@ -270,13 +270,15 @@ class Scorer:
         sft = self.trainer.args.policy_sft_weight > 0
         if prompts.rejected_lengths is None or (chosen is None and not sft):
             return None
-        target_tokens = [self.trainer._completion_tokens(t) for t in targets]
+        target_tokens = [self.trainer.layout.completion_tokens(t) for t in targets]
         widths = [prompts.ids.size(1) + max(1, *map(len, target_tokens))]
         prompt_width = batch.prompt_ids.size(1)
         if sft:
-            widths.append(prompt_width + max(1, *(len(self.trainer._completion_tokens(r)) for r in batch.references)))
+            widths.append(
+                prompt_width + max(1, *(len(self.trainer.layout.completion_tokens(r)) for r in batch.references))
+            )
         if chosen is not None:
-            pair = [len(self.trainer._completion_tokens(c)) for c in [*chosen, *batch.drafts]]
+            pair = [len(self.trainer.layout.completion_tokens(c)) for c in [*chosen, *batch.drafts]]
             widths.append(prompt_width + max(1, *pair))
         if not self.packs(model, max(widths)):
             return None
@@ -287,9 +289,9 @@ class Scorer:
         ]
         branches = [conversations]
         if chosen is not None:
-            branches.append([self.trainer._completion_tokens(c) for c in chosen])
+            branches.append([self.trainer.layout.completion_tokens(c) for c in chosen])
         if sft:
-            branches.append([self.trainer._completion_tokens(r) for r in batch.references])
+            branches.append([self.trainer.layout.completion_tokens(r) for r in batch.references])
         before_target = [r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths)]
         offsets = torch.arange(max(1, *map(len, conversations))).unsqueeze(0)
         starts = torch.tensor(before_target).unsqueeze(1)
@@ -396,7 +398,7 @@ class Packed:
 
 @dataclass
 class Scores:
-    """Per-token log-probabilities from one packed pass, each right-padded like `SGPOTrainer._pad_completions` of its
+    """Per-token log-probabilities from one packed pass, each right-padded like `PromptLayout.pad_completions` of its
     side: the drafts (DPO rejected), the improver's targets, the rewrites (DPO chosen), the references (policy SFT)."""
 
     rejected: torch.Tensor | None = None

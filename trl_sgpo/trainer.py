@@ -22,7 +22,6 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 from transformers.utils import logging
-from trl.data_utils import maybe_apply_chat_template
 from trl.experimental.online_dpo import OnlineDPOTrainer
 from trl.trainer.callbacks import SyncRefModelCallback
 
@@ -32,15 +31,13 @@ from .data import prepare_training_data, reference_text
 from .improver import (
     edit_distance,
     improver_target,
-    next_turn_suffix,
-    render_improver_prompt,
     select_targets,
-    uses_reference,
 )
 from .losses import preference_loss
 from .model_card import config_section, describe_sources, is_hub_dataset
 from .output_dir import check_output_dir
 from .pairs import DROP_REASONS, Completion, PairFilterResult, filter_pairs, uses_improver
+from .prompt_layout import ImproverPrompts, PromptLayout
 from .sampling import DraftCache, Sampler
 from .schedule import DPO, IMPROVER, PHASE_IDS
 from .scoring import Scorer, Scores
@@ -233,6 +230,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         # The seam for sampling: any callable with `Sampler.__call__`'s signature may replace it (tests do).
         self.sampler: Callable[..., list[Completion]] = Sampler(self)
         self.scorer = Scorer(self)  # the forward passes: separate, packed, selective logits
+        self.layout = PromptLayout(self)  # prompts of both roles as token ids; completions padded for scoring
         if args.log_completions:
             self.add_callback(SGPOSampleTableCallback(self, num_rows=args.num_completions_to_print))
 
@@ -267,41 +265,6 @@ class SGPOTrainer(OnlineDPOTrainer):
             epoch = int(self.state.epoch or 0)
             return self._beta[min(epoch, len(self._beta) - 1)]
         return self._beta
-
-    # ------------------------------------------------------------- tokens
-
-    def _tokenize_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.processing_class(
-            text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-        )
-        device = self.accelerator.device
-        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
-
-    def _policy_prompt_texts(self, prompts: list) -> list[str]:
-        return [maybe_apply_chat_template({"prompt": prompt}, self.processing_class)["prompt"] for prompt in prompts]
-
-    def _reference_completion(self, text: str) -> Completion:
-        ids = self.processing_class(text=text, add_special_tokens=False)["input_ids"]
-        return Completion(list(ids), ended=True)
-
-    def _pad_completions(self, completions: list[Completion]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ids (content, then EOS if the completion ended) and their mask."""
-        width = max(1, *(len(c.token_ids) + int(c.ended) for c in completions))
-        ids = torch.full((len(completions), width), self._tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(completions), width), dtype=torch.long)
-        for row, completion in enumerate(completions):
-            tokens = self._completion_tokens(completion)
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, : len(tokens)] = 1
-        device = self.accelerator.device
-        return ids.to(device), mask.to(device)
-
-    def _completion_tokens(self, completion: Completion) -> list[int]:
-        """The tokens a completion is scored on: its content, then its EOS if it ended."""
-        if not completion.ended:
-            return list(completion.token_ids)
-        end = completion.end_token if completion.end_token is not None else self.eos_token_ids[0]
-        return [*completion.token_ids, end]
 
     # ------------------------------------------------------------- step
 
@@ -353,8 +316,8 @@ class SGPOTrainer(OnlineDPOTrainer):
         ``keep_cache``: keep the drafts' KV cache in the batch, for the improver's next turn to continue from.
         """
         prompts = inputs["prompt"]
-        policy_texts = self._policy_prompt_texts(prompts)
-        prompt_ids, prompt_mask = self._tokenize_prompts(policy_texts)
+        policy_texts = self.layout.policy_prompt_texts(prompts)
+        prompt_ids, prompt_mask = self.layout.tokenize_prompts(policy_texts)
         draft_cache = DraftCache() if keep_cache else None
         drafts = self.sampler(model, policy_texts, prompt_ids, prompt_mask, "policy", cache=draft_cache)
         reference_texts = [reference_text(completion) for completion in inputs["completion"]]
@@ -367,7 +330,7 @@ class SGPOTrainer(OnlineDPOTrainer):
             prompt_mask=prompt_mask,
             drafts=drafts,
             reference_texts=reference_texts,
-            references=[self._reference_completion(text) for text in reference_texts],
+            references=[self.layout.reference_completion(text) for text in reference_texts],
             draft_cache=draft_cache if draft_cache is not None and draft_cache.cache is not None else None,
         )
 
@@ -380,7 +343,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         loss = torch.zeros((), device=self.accelerator.device)
         scores = None
         if uses_improver(self.args.pair_source):
-            prompts = self._improver_prompts(batch)
+            prompts = self.layout.improver_prompts(batch)
             if batch.draft_cache is not None:  # next turn: continue from the drafts' cache
                 ids, mask = prompts.generation_ids, prompts.generation_mask
                 chosen = self.sampler(model, prompts.texts, ids, mask, "improver", cache=batch.draft_cache)
@@ -412,14 +375,16 @@ class SGPOTrainer(OnlineDPOTrainer):
         self, model: nn.Module, batch: "_Batch", scale: float, stats: "_StepStats"
     ) -> tuple[torch.Tensor, list[Completion], list[str]]:
         """The improver objective alone (Step 1 and the improver refreshes)."""
-        loss, targets, keep, _ = self._improver_objective(model, batch, self._improver_prompts(batch), scale, stats)
+        loss, targets, keep, _ = self._improver_objective(
+            model, batch, self.layout.improver_prompts(batch), scale, stats
+        )
         return loss, targets, ["kept" if kept else "filtered" for kept in keep]
 
     def _improver_objective(
         self,
         model: nn.Module,
         batch: "_Batch",
-        prompts: "_ImproverPrompts",
+        prompts: "ImproverPrompts",
         scale: float,
         stats: "_StepStats",
         score_rejected: bool = False,
@@ -429,7 +394,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         loss on the references (which keeps the policy role intact while the shared model learns the improver role).
 
         ``score_rejected`` (next-turn prompts only): the same forward pass also scores the drafts, returned as the
-        ``rejected`` of the scores (laid out as `_pad_completions(drafts)`) for the DPO loss's rejected side.
+        ``rejected`` of the scores (laid out as `layout.pad_completions(drafts)`) for the DPO loss's rejected side.
         ``chosen`` (DPO steps, next turn): the rewrites, scored in the same packed pass where `Scorer.packed_scores`
         applies (then the scores' ``chosen`` is set). Returns the scores for the DPO loss, or None.
         """
@@ -455,84 +420,6 @@ class SGPOTrainer(OnlineDPOTrainer):
         ratio = self.args.improver_learning_rate / self.args.learning_rate if phase == IMPROVER else 1.0
         for group, scheduled in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
             group["lr"] = scheduled * ratio
-
-    def _improver_prompts(self, batch: "_Batch") -> "_ImproverPrompts":
-        """The improver prompts for each (prompt, draft), showing the reference where the template asks, tokenized."""
-        if self.args.improver_format == "next_turn":
-            return self._next_turn_prompts(batch)
-        draft_texts = self.processing_class.batch_decode([d.token_ids for d in batch.drafts], skip_special_tokens=True)
-        show_reference = uses_reference(self.args.improver_template)
-        texts = [
-            render_improver_prompt(
-                self.args.improver_template,
-                prompt,
-                draft,
-                self.processing_class,
-                reference=reference if show_reference else None,
-            )
-            for prompt, draft, reference in zip(batch.prompts, draft_texts, batch.reference_texts)
-        ]
-        return _ImproverPrompts(texts, *self._tokenize_prompts(texts))
-
-    def _next_turn_prompts(self, batch: "_Batch") -> "_ImproverPrompts":
-        """The improver's prompt as the next turn of each row's conversation, built from token ids.
-
-        Row ``i`` is the policy's prompt tokens, the draft's tokens (with the EOS it sampled), then the tokens of the
-        new turn (`next_turn_suffix`: end of turn, instruction, assistant header). The draft is taken as sampled, not
-        re-tokenized from its text, so the prefix is exactly what the policy generated: its cache and log-probabilities
-        stay valid. When the suffix opens with an EOS token (the end of the assistant turn), an ended draft's own EOS
-        stands for it; a draft cut at the length limit gets it appended.
-
-        Two layouts: ``ids``/``mask`` (left-padded rows, for the forward passes and generation without a cache) and,
-        when the drafts' cache was kept, ``generation_ids``/``generation_mask``: the policy's padded prompt block and
-        the generated block exactly as the cache holds them (padding after an EOS masked), then the new turns,
-        left-padded. Positions come from the mask in `generate`, so both layouts give the same rewrite.
-        """
-        show_reference = uses_reference(self.args.improver_instruction)
-        suffix_texts = [
-            next_turn_suffix(
-                self.args.improver_instruction,
-                prompt,
-                self.processing_class,
-                reference=reference if show_reference else None,
-            )
-            for prompt, reference in zip(batch.prompts, batch.reference_texts)
-        ]
-        suffixes = self.processing_class(text=suffix_texts, add_special_tokens=False)["input_ids"]
-        eos = self.eos_token_ids[0]
-        rows, rejected_lengths, afters = [], [], []
-        for prompt_row, mask_row, draft, suffix in zip(
-            batch.prompt_ids.tolist(), batch.prompt_mask.tolist(), batch.drafts, suffixes
-        ):
-            prompt = [token for token, real in zip(prompt_row, mask_row) if real]
-            end = [draft.end_token if draft.end_token is not None else eos] if draft.ended else []
-            rejected = draft.token_ids + end
-            closes = bool(suffix) and suffix[0] in self.eos_token_ids
-            after = suffix[1:] if closes and draft.ended else suffix
-            rows.append(prompt + rejected + after)
-            rejected_lengths.append(len(rejected))
-            afters.append(after)
-        texts = self.processing_class.batch_decode(rows, skip_special_tokens=False)
-        ids, mask = self._left_pad(rows)
-        prompts = _ImproverPrompts(texts, ids, mask, rejected_lengths, [len(after) for after in afters])
-        cache = batch.draft_cache
-        if cache is not None:
-            after_ids, after_mask = self._left_pad(afters)
-            prompts.generation_ids = torch.cat((batch.prompt_ids, cache.generated_ids, after_ids), dim=1)
-            prompts.generation_mask = torch.cat((batch.prompt_mask, cache.generated_mask, after_mask), dim=1)
-        return prompts
-
-    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids and mask of token-id rows (at least one column)."""
-        width = max(1, *(len(row) for row in rows))
-        ids = torch.full((len(rows), width), self._tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for index, row in enumerate(rows):
-            if row:
-                ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-                mask[index, width - len(row) :] = 1
-        device = self.accelerator.device
-        return ids.to(device), mask.to(device)
 
     def _edit_toward(self, draft: Completion, reference: Completion) -> Completion:
         """The ``edit`` source's chosen side: the draft moved a fraction ``improver_alpha`` toward the reference."""
@@ -662,12 +549,12 @@ class SGPOTrainer(OnlineDPOTrainer):
         both to one width wasted most of the compute); the gradient graphs meet in the step's one backward. Where
         `Scorer.packs` allows, each prompt is one packed row ``[x | chosen | rejected]`` (`Scorer.pair_logps`), for
         the policy and the reference model alike. ``scores`` (next turn): the rejected side, per-token as
-        `_pad_completions(rejected)` lays it out, was already scored by the fused pass, and the chosen side too
+        `layout.pad_completions(rejected)` lays it out, was already scored by the fused pass, and the chosen side too
         when that pass was packed; whatever is missing is forwarded here.
         """
         batch_size = len(chosen)
         completions = chosen + rejected
-        completion_ids, completion_mask = self._pad_completions(completions)
+        completion_ids, completion_mask = self.layout.pad_completions(completions)
         width = completion_ids.size(1)
 
         def padded(logps: torch.Tensor) -> torch.Tensor:
@@ -739,7 +626,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         Mixed into improver updates so that training the improver role does not erase the policy role. The
         references' log-probabilities come from ``scores`` (the packed pass) when it holds them.
         """
-        reference_ids, reference_mask = self._pad_completions(references)
+        reference_ids, reference_mask = self.layout.pad_completions(references)
         if scores is not None and scores.reference is not None:
             logps = scores.reference
         else:
@@ -751,7 +638,7 @@ class SGPOTrainer(OnlineDPOTrainer):
     def _improver_loss(
         self,
         model,
-        prompts: "_ImproverPrompts",
+        prompts: "ImproverPrompts",
         targets: list[Completion],
         keep: list[bool],
         scale: float,
@@ -763,9 +650,9 @@ class SGPOTrainer(OnlineDPOTrainer):
 
         With ``score_rejected`` (next-turn prompts), the one forward pass also yields the log-probabilities of each
         draft inside the prompt (the policy's own sample, in the policy's own context): returned right-padded like
-        `_pad_completions(drafts)`, else None. ``scores``: both already computed by the packed pass.
+        `layout.pad_completions(drafts)`, else None. ``scores``: both already computed by the packed pass.
         """
-        target_ids, target_mask = self._pad_completions(targets)
+        target_ids, target_mask = self.layout.pad_completions(targets)
         if scores is not None:
             logps, rejected_logps = scores.target, scores.rejected if score_rejected else None
         else:
@@ -787,7 +674,7 @@ class SGPOTrainer(OnlineDPOTrainer):
         return (nll * keep).sum() * scale, rejected_logps
 
     @staticmethod
-    def _rejected_from_tail(tail_logps: torch.Tensor, prompts: "_ImproverPrompts") -> torch.Tensor:
+    def _rejected_from_tail(tail_logps: torch.Tensor, prompts: "ImproverPrompts") -> torch.Tensor:
         """The drafts' log-probabilities out of the scored prompt tail, right-padded (zeros) to the longest draft.
 
         Row ``i`` of the tail ends with its draft (``rejected_lengths[i]`` tokens) and then ``after_lengths[i]``
@@ -842,10 +729,12 @@ class SGPOTrainer(OnlineDPOTrainer):
         Upstream has no `prediction_step` for prompt-only data and crashes in `Trainer.compute_loss`. The reference
         NLL needs no sampling, so it is deterministic and comparable between evaluations.
         """
-        texts = self._policy_prompt_texts(inputs["prompt"])
-        prompt_ids, prompt_mask = self._tokenize_prompts(texts)
-        references = [self._reference_completion(reference_text(completion)) for completion in inputs["completion"]]
-        completion_ids, completion_mask = self._pad_completions(references)
+        texts = self.layout.policy_prompt_texts(inputs["prompt"])
+        prompt_ids, prompt_mask = self.layout.tokenize_prompts(texts)
+        references = [
+            self.layout.reference_completion(reference_text(completion)) for completion in inputs["completion"]
+        ]
+        completion_ids, completion_mask = self.layout.pad_completions(references)
         with torch.no_grad():
             logps = self.scorer.forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
             loss = -(logps * completion_mask).sum() / completion_mask.sum()
@@ -866,8 +755,8 @@ class SGPOTrainer(OnlineDPOTrainer):
         model = self.model_wrapped
         model.eval()
         for batch in dataloader:
-            texts = self._policy_prompt_texts(batch["prompt"])
-            prompt_ids, prompt_mask = self._tokenize_prompts(texts)
+            texts = self.layout.policy_prompt_texts(batch["prompt"])
+            prompt_ids, prompt_mask = self.layout.tokenize_prompts(texts)
             completions = self.sampler(model, texts, prompt_ids, prompt_mask, "eval", cache=None)
             predictions += self.processing_class.batch_decode(
                 [c.token_ids for c in completions], skip_special_tokens=True
@@ -955,23 +844,6 @@ class SGPOTrainer(OnlineDPOTrainer):
             card = os.path.join(self.args.output_dir, "README.md")
             if output_dir and os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
                 os.replace(card, os.path.join(output_dir, "README.md"))
-
-
-@dataclass
-class _ImproverPrompts:
-    """The improver's prompts: texts (for vLLM), left-padded ids and mask; next-turn extras where they apply.
-
-    ``rejected_lengths`` / ``after_lengths`` (next turn): tokens of each draft (with its EOS) inside the prompt, and
-    of the new turn after it. ``generation_ids`` / ``generation_mask``: the layout that continues the drafts' cache.
-    """
-
-    texts: list[str]
-    ids: torch.Tensor
-    mask: torch.Tensor
-    rejected_lengths: list[int] | None = None
-    after_lengths: list[int] | None = None
-    generation_ids: torch.Tensor | None = None
-    generation_mask: torch.Tensor | None = None
 
 
 @dataclass

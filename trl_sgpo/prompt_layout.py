@@ -1,0 +1,157 @@
+"""The prompt layout: what each role is prompted with, as token ids, and how completions are laid out for scoring.
+
+`PromptLayout` (the trainer's ``layout``) renders the policy's prompts with the chat template, builds the improver's
+prompts in both formats (the single-turn template, or the next turn of the policy's own conversation, from token
+ids so that the draft's prefix stays exactly what was sampled), and pads completions (content, then the EOS a
+completion ended on) for the forward passes.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from trl.data_utils import maybe_apply_chat_template
+
+from .improver import next_turn_suffix, render_improver_prompt, uses_reference
+from .pairs import Completion
+
+
+@dataclass
+class ImproverPrompts:
+    """The improver's prompts: texts (for vLLM), left-padded ids and mask; next-turn extras where they apply.
+
+    ``rejected_lengths`` / ``after_lengths`` (next turn): tokens of each draft (with its EOS) inside the prompt, and
+    of the new turn after it. ``generation_ids`` / ``generation_mask``: the layout that continues the drafts' cache.
+    """
+
+    texts: list[str]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    rejected_lengths: list[int] | None = None
+    after_lengths: list[int] | None = None
+    generation_ids: torch.Tensor | None = None
+    generation_mask: torch.Tensor | None = None
+
+
+class PromptLayout:
+    """Prompts and padded completions for `SGPOTrainer`'s steps; reads the trainer's tokenizer, args, device and
+    end-of-sequence ids."""
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+
+    def tokenize_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.trainer.processing_class(
+            text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        )
+        device = self.trainer.accelerator.device
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+    def policy_prompt_texts(self, prompts: list) -> list[str]:
+        return [
+            maybe_apply_chat_template({"prompt": prompt}, self.trainer.processing_class)["prompt"]
+            for prompt in prompts
+        ]
+
+    def reference_completion(self, text: str) -> Completion:
+        ids = self.trainer.processing_class(text=text, add_special_tokens=False)["input_ids"]
+        return Completion(list(ids), ended=True)
+
+    def pad_completions(self, completions: list[Completion]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids (content, then EOS if the completion ended) and their mask."""
+        width = max(1, *(len(c.token_ids) + int(c.ended) for c in completions))
+        ids = torch.full((len(completions), width), self.trainer._tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(completions), width), dtype=torch.long)
+        for row, completion in enumerate(completions):
+            tokens = self.completion_tokens(completion)
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = 1
+        device = self.trainer.accelerator.device
+        return ids.to(device), mask.to(device)
+
+    def completion_tokens(self, completion: Completion) -> list[int]:
+        """The tokens a completion is scored on: its content, then its EOS if it ended."""
+        if not completion.ended:
+            return list(completion.token_ids)
+        end = completion.end_token if completion.end_token is not None else self.trainer.eos_token_ids[0]
+        return [*completion.token_ids, end]
+
+    def improver_prompts(self, batch: Any) -> "ImproverPrompts":  # batch: the trainer's `_Batch`
+        """The improver prompts for each (prompt, draft), showing the reference where the template asks, tokenized."""
+        if self.trainer.args.improver_format == "next_turn":
+            return self.next_turn_prompts(batch)
+        draft_texts = self.trainer.processing_class.batch_decode(
+            [d.token_ids for d in batch.drafts], skip_special_tokens=True
+        )
+        show_reference = uses_reference(self.trainer.args.improver_template)
+        texts = [
+            render_improver_prompt(
+                self.trainer.args.improver_template,
+                prompt,
+                draft,
+                self.trainer.processing_class,
+                reference=reference if show_reference else None,
+            )
+            for prompt, draft, reference in zip(batch.prompts, draft_texts, batch.reference_texts)
+        ]
+        return ImproverPrompts(texts, *self.tokenize_prompts(texts))
+
+    def next_turn_prompts(self, batch: Any) -> "ImproverPrompts":  # batch: the trainer's `_Batch`
+        """The improver's prompt as the next turn of each row's conversation, built from token ids.
+
+        Row ``i`` is the policy's prompt tokens, the draft's tokens (with the EOS it sampled), then the tokens of the
+        new turn (`next_turn_suffix`: end of turn, instruction, assistant header). The draft is taken as sampled, not
+        re-tokenized from its text, so the prefix is exactly what the policy generated: its cache and log-probabilities
+        stay valid. When the suffix opens with an EOS token (the end of the assistant turn), an ended draft's own EOS
+        stands for it; a draft cut at the length limit gets it appended.
+
+        Two layouts: ``ids``/``mask`` (left-padded rows, for the forward passes and generation without a cache) and,
+        when the drafts' cache was kept, ``generation_ids``/``generation_mask``: the policy's padded prompt block and
+        the generated block exactly as the cache holds them (padding after an EOS masked), then the new turns,
+        left-padded. Positions come from the mask in `generate`, so both layouts give the same rewrite.
+        """
+        show_reference = uses_reference(self.trainer.args.improver_instruction)
+        suffix_texts = [
+            next_turn_suffix(
+                self.trainer.args.improver_instruction,
+                prompt,
+                self.trainer.processing_class,
+                reference=reference if show_reference else None,
+            )
+            for prompt, reference in zip(batch.prompts, batch.reference_texts)
+        ]
+        suffixes = self.trainer.processing_class(text=suffix_texts, add_special_tokens=False)["input_ids"]
+        eos = self.trainer.eos_token_ids[0]
+        rows, rejected_lengths, afters = [], [], []
+        for prompt_row, mask_row, draft, suffix in zip(
+            batch.prompt_ids.tolist(), batch.prompt_mask.tolist(), batch.drafts, suffixes
+        ):
+            prompt = [token for token, real in zip(prompt_row, mask_row) if real]
+            end = [draft.end_token if draft.end_token is not None else eos] if draft.ended else []
+            rejected = draft.token_ids + end
+            closes = bool(suffix) and suffix[0] in self.trainer.eos_token_ids
+            after = suffix[1:] if closes and draft.ended else suffix
+            rows.append(prompt + rejected + after)
+            rejected_lengths.append(len(rejected))
+            afters.append(after)
+        texts = self.trainer.processing_class.batch_decode(rows, skip_special_tokens=False)
+        ids, mask = self.left_pad(rows)
+        prompts = ImproverPrompts(texts, ids, mask, rejected_lengths, [len(after) for after in afters])
+        cache = batch.draft_cache
+        if cache is not None:
+            after_ids, after_mask = self.left_pad(afters)
+            prompts.generation_ids = torch.cat((batch.prompt_ids, cache.generated_ids, after_ids), dim=1)
+            prompts.generation_mask = torch.cat((batch.prompt_mask, cache.generated_mask, after_mask), dim=1)
+        return prompts
+
+    def left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and mask of token-id rows (at least one column)."""
+        width = max(1, *(len(row) for row in rows))
+        ids = torch.full((len(rows), width), self.trainer._tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            if row:
+                ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+                mask[index, width - len(row) :] = 1
+        device = self.trainer.accelerator.device
+        return ids.to(device), mask.to(device)
