@@ -21,6 +21,7 @@ from trl_sgpo.toy.build_checkpoint import (
     improver_rows,
     initial_model,
     sft_dataset,
+    weight_summary,
 )
 from trl_sgpo.toy.checker import check_answer, detect_style, parse_parts
 from trl_sgpo.toy.model import TOY_CHECKPOINT_DIR, load_toy_model, toy_checkpoint_metadata
@@ -406,15 +407,7 @@ def test_initial_weight_check_tells_another_seed_apart():
         state = initial_model(dataclasses.replace(config, seed=seed), tokenizer).state_dict()
         if nudge_ulps:  # what another CPU kernel does: every weight a few ulps off
             state = {name: t + nudge_ulps * torch.finfo(t.dtype).eps * t.abs().max() for name, t in state.items()}
-        return {
-            name: {
-                "sum": t.double().sum().item(),
-                "sum_of_squares": t.double().square().sum().item(),
-                "head": t.flatten()[:4].tolist(),
-                "numel": t.numel(),
-            }
-            for name, t in state.items()
-        }
+        return weight_summary(state)
 
     _assert_initial_weights_match(summary(0, nudge_ulps=4), summary(0))
     with pytest.raises(AssertionError):

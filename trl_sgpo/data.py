@@ -261,13 +261,13 @@ def prepare_training_data(
     `SGPOTrainer.__init__` calls it, and the command line calls it after loading only the tokenizer, so bad data is
     refused before the model loads. Returns the data sets as SGPO trains on them: `messages` converted to
     prompt-completion, long prompts handled by ``args.long_prompts``. ``improver_format='auto'`` is resolved into
-    ``args`` here (so checkpoints, logs and the model card record the format used) and said at warning level.
+    ``args`` here (so checkpoints, logs and the model card record the format used) and said once at warning level.
     """
     train_dataset = messages_to_prompt_completion(train_dataset, "train_dataset")
     validate_prompt_completion_dataset(train_dataset, tokenizer, "train_dataset")
     if args.improver_format == "auto" and uses_improver(args.pair_source):
         args.improver_format, reason = resolve_improver_format(args.improver_instruction, train_dataset, tokenizer)
-        logger.info(f"improver_format='auto': using {args.improver_format!r}, as {reason}.")
+        logger.warning(f"improver_format='auto': using {args.improver_format!r}, as {reason}.")
     train_dataset = fit_prompts(train_dataset, tokenizer, prompt_budget(args, tokenizer), args.long_prompts)
     if args.pair_source == "sgpo" and args.improver_format == "next_turn":
         check_next_turn_conversation(args.improver_instruction, train_dataset, tokenizer)

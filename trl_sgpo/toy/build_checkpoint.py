@@ -158,6 +158,19 @@ def initial_model(config: BuildConfig, tokenizer: PreTrainedTokenizerBase) -> tr
     return build_tiny_model(tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers, seed=config.seed)
 
 
+def weight_summary(state: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """Per tensor: the sum and sum of squares (float64), the first four elements, the size (see build_fingerprint)."""
+    return {
+        name: {
+            "sum": tensor.double().sum().item(),
+            "sum_of_squares": tensor.double().square().sum().item(),
+            "head": tensor.flatten()[:4].tolist(),
+            "numel": tensor.numel(),
+        }
+        for name, tensor in state.items()
+    }
+
+
 def _sha256(value: Any) -> str:
     return hashlib.sha256(json.dumps(value).encode()).hexdigest()
 
@@ -190,15 +203,7 @@ def _fingerprint(
     model.train()
     batches = _batches(config, len(encoded))
     order = [next(batches) for _ in range(steps_of_order)]
-    weights = {
-        name: {
-            "sum": tensor.double().sum().item(),
-            "sum_of_squares": tensor.double().square().sum().item(),
-            "head": tensor.flatten()[:4].tolist(),
-            "numel": tensor.numel(),
-        }
-        for name, tensor in model.state_dict().items()
-    }
+    weights = weight_summary(model.state_dict())
     loss = model(**_collate([encoded[i] for i in order[0]], tokenizer.pad_token_id)).loss
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
