@@ -6,9 +6,8 @@ import sys
 import types
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.callbacks import SGPOSampleTableCallback
+from trl_sgpo.callbacks import SGPOSampleTableCallback, last_turns, sample_rows
 from trl_sgpo.pairs import Completion
-from trl_sgpo.trainer import _last_turns
 
 from .helpers import WORD, conversational_dataset, make_config, rule_sampler, tiny_model
 
@@ -52,9 +51,9 @@ def test_without_log_completions_no_table_is_shown(tmp_path, tokenizer, capsys):
 
 def test_a_conversational_prompt_shows_its_last_three_turns():
     turns = [{"role": role, "content": f"t{i}"} for i, role in enumerate(["system", "user", "assistant", "user"])]
-    assert _last_turns(turns) == "(1 earlier message)\nuser: t1\nassistant: t2\nuser: t3"
-    assert _last_turns(turns[1:]) == "user: t1\nassistant: t2\nuser: t3"
-    assert _last_turns("plain text") == "plain text"
+    assert last_turns(turns) == "(1 earlier message)\nuser: t1\nassistant: t2\nuser: t3"
+    assert last_turns(turns[1:]) == "user: t1\nassistant: t2\nuser: t3"
+    assert last_turns("plain text") == "plain text"
 
 
 def test_the_table_goes_to_trackio_as_completions(monkeypatch):
@@ -106,10 +105,9 @@ def test_a_logging_window_averages_the_steps_that_kept_pairs(tmp_path, tokenizer
         assert math.isfinite(window[key]), key
 
 
-def test_the_sample_rows_keep_the_kept_pairs_first_and_their_references(tmp_path, tokenizer):
-    trainer = _trainer(tmp_path, tokenizer)
-    trainer.num_sample_rows = 2
+def test_the_sample_rows_keep_the_kept_pairs_first_and_their_references(tokenizer):
     texts = ["a", "b", "c"]
     completions = [Completion(tokenizer(t, add_special_tokens=False).input_ids, True) for t in texts]
-    trainer._keep_samples("dpo", texts, completions, completions, ["empty", "kept", "kept"], ["ra", "rb", "rc"])
-    assert [(row["prompt"], row["reference"]) for row in trainer.last_samples] == [("b", "rb"), ("c", "rc")]
+    verdicts, references = ["empty", "kept", "kept"], ["ra", "rb", "rc"]
+    rows = sample_rows("dpo", texts, completions, completions, verdicts, tokenizer.decode, 2, references)
+    assert [(row["prompt"], row["reference"]) for row in rows] == [("b", "rb"), ("c", "rc")]

@@ -113,7 +113,7 @@ def test_a_batch_with_every_pair_dropped_does_not_crash_and_is_counted(tmp_path,
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_preference_loss_is_the_pure_formula(loss_type):
-    from trl_sgpo.losses import preference_loss
+    from trl_sgpo.objectives import preference_loss
 
     chosen, rejected = torch.tensor([-3.0, -1.0]), torch.tensor([-4.0, -0.5])
     ref_chosen, ref_rejected = torch.tensor([-3.5, -1.2]), torch.tensor([-3.9, -0.7])
@@ -129,7 +129,7 @@ def test_preference_loss_is_the_pure_formula(loss_type):
 
 
 def test_preference_loss_rejects_an_unknown_type():
-    from trl_sgpo.losses import preference_loss
+    from trl_sgpo.objectives import preference_loss
 
     zero = torch.zeros(1)
     with pytest.raises(ValueError, match="Unknown loss_type 'hinge'"):

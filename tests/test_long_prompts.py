@@ -92,8 +92,10 @@ def test_the_trainer_trains_on_the_fitted_rows(tmp_path, tokenizer):
 
 def test_prepare_training_data_needs_no_model_and_resolves_auto(tmp_path, tokenizer):
     args = make_config(tmp_path, improver_format="auto", improver_instruction="fix it")
-    train, _ = prepare_training_data(args, tokenizer, Dataset.from_list([{"messages": _chat("reverse abc", "cba")}]))
-    assert train.column_names == ["prompt", "completion"] and args.improver_format in ("next_turn", "template")
+    data = Dataset.from_list([{"messages": _chat("reverse abc", "cba")}])
+    resolved, train, _ = prepare_training_data(args, tokenizer, data)
+    assert train.column_names == ["prompt", "completion"] and resolved.improver_format in ("next_turn", "template")
+    assert args.improver_format == "auto"  # the caller's config is not changed behind its back
 
 
 def test_an_unknown_mode_is_refused_when_the_config_is_built(tmp_path):

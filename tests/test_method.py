@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from trl_sgpo import SGPOConfig, SGPOTrainer
+from trl_sgpo.callbacks import sample_rows
 from trl_sgpo.improver import improver_target, render_improver_prompt, uses_reference
+from trl_sgpo.objectives import token_mean_nll
 from trl_sgpo.schedule import DPO, IMPROVER, resolve_warmup_steps
-from trl_sgpo.trainer import REWRITE_HEALTH_WINDOW, _StepStats
+from trl_sgpo.step_stats import REWRITE_HEALTH_WINDOW
 
 from .helpers import assert_gradients_close, conversational_dataset, make_config, rule_sampler, tiny_model
 
@@ -85,7 +87,9 @@ def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer):
     rows = _rows()
     prompt_ids, prompt_mask = trainer.layout.tokenize_prompts(trainer.layout.policy_prompt_texts(rows["prompt"]))
     references = [trainer.layout.reference_completion(m[0]["content"]) for m in rows["completion"]]
-    loss = trainer._policy_sft_loss(trainer.model, prompt_ids, prompt_mask, references, 1 / 4, _StepStats())
+    reference_ids, reference_mask = trainer.layout.pad_completions(references)
+    logps = trainer.scorer.forward(trainer.model, prompt_ids, prompt_mask, reference_ids, reference_mask)
+    loss = token_mean_nll(logps, reference_mask).sum() / 4  # the SFT loss by its definition, over 4 prompts
     (weight * loss).backward()
     sft = _gradients(trainer.model)
     assert set(grads["mixed"]) == set(sft)
@@ -199,7 +203,7 @@ def test_health_warning_fires_once_when_rewrites_are_rarely_closer(tmp_path, tok
     def identical(model, texts, prompt_ids, prompt_mask, role, cache=None):  # the improver copies the draft
         return same(model, texts, prompt_ids, prompt_mask, "policy")
 
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.step_stats"):
         _run_dpo_steps(trainer, identical, REWRITE_HEALTH_WINDOW - 1)
         assert "improver role is not ready" not in caplog.text  # judged only after the window
         _run_dpo_steps(trainer, identical, 3)
@@ -209,7 +213,7 @@ def test_health_warning_fires_once_when_rewrites_are_rarely_closer(tmp_path, tok
 
 def test_no_health_warning_when_rewrites_are_closer(tmp_path, tokenizer, caplog):
     trainer = _trainer(tmp_path, tokenizer, improver_steps=0, dpo_steps=1, improver_loss_weight=0.0)
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.step_stats"):
         _run_dpo_steps(trainer, rule_sampler(tokenizer), REWRITE_HEALTH_WINDOW + 1)
     assert "improver role is not ready" not in caplog.text
 
@@ -252,24 +256,18 @@ def test_improver_steps_use_their_own_learning_rate(tmp_path, tokenizer):
     assert recorder.rates == pytest.approx(expected, rel=1e-6)
 
 
-def test_sample_table_shows_kept_pairs_first(tmp_path, tokenizer):
+def test_sample_table_shows_kept_pairs_first(tokenizer):
     """The rows worth reading are those where the improver changed the draft: they come first, in batch order."""
     from trl_sgpo.pairs import Completion
 
-    trainer = SGPOTrainer(
-        model=tiny_model(tokenizer),
-        args=make_config(tmp_path),
-        train_dataset=conversational_dataset(8),
-        processing_class=tokenizer,
-    )
-    trainer.num_sample_rows = 2
     texts = ["a", "b", "c", "d"]
     completions = [Completion(tokenizer(t, add_special_tokens=False).input_ids, True) for t in texts]
+    prompts = [f"prompt {t}" for t in texts]
     verdicts = ["identical", "kept", "empty", "kept"]
-    trainer._keep_samples("dpo", [f"prompt {t}" for t in texts], completions, completions, verdicts)
-    assert [(row["prompt"], row["kept"]) for row in trainer.last_samples] == [
-        ("prompt b", "kept"),
-        ("prompt d", "kept"),
+    rows = sample_rows("dpo", prompts, completions, completions, verdicts, tokenizer.decode, 2)
+    assert [(row["prompt"], row["kept"], row["response"]) for row in rows] == [
+        ("prompt b", "kept", "b"),
+        ("prompt d", "kept", "d"),
     ]
-    trainer._keep_samples("dpo", [f"prompt {t}" for t in texts], completions, completions, ["identical"] * 4)
-    assert [row["prompt"] for row in trainer.last_samples] == ["prompt a", "prompt b"]
+    rows = sample_rows("dpo", prompts, completions, completions, ["identical"] * 4, tokenizer.decode, 2)
+    assert [row["prompt"] for row in rows] == ["prompt a", "prompt b"]

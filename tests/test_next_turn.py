@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from trl_sgpo import SGPOConfig, SGPOTrainer
-from trl_sgpo.improver import next_turn_suffix
+from trl_sgpo.improver import improver_targets, next_turn_suffix
+from trl_sgpo.objectives import token_mean_nll
 from trl_sgpo.schedule import DPO, IMPROVER
+from trl_sgpo.scoring import drafts_in_tail
 from trl_sgpo.toy import build_char_tokenizer, load_toy_model, make_dataset
 
 from .helpers import conversational_dataset, make_config, standard_dataset, tiny_model
@@ -59,12 +61,12 @@ def _mixed_trainer(tmp_path, **overrides):
 def _batch(trainer, keep_cache=False, seed=0):
     rows = trainer.train_dataset[:8]
     torch.manual_seed(seed)
-    return trainer._sample_drafts(trainer.model, rows, _Stats(), keep_cache=keep_cache)
+    return trainer._sample_drafts(trainer.model, rows, keep_cache=keep_cache)
 
 
-class _Stats:
-    def add(self, *args, **kwargs):
-        pass
+def _targets(trainer, batch):
+    """The step's improver targets for ``batch`` under the trainer's config (`improver.improver_targets`)."""
+    return improver_targets(batch.drafts, batch.references, trainer.args)[0]
 
 
 def test_the_improver_prompt_is_the_policy_conversation_continued(tmp_path):
@@ -90,7 +92,7 @@ def test_fused_forward_equals_the_separate_passes(tmp_path):
     trainer, _ = _mixed_trainer(tmp_path)
     batch = _batch(trainer)
     prompts = trainer.layout.improver_prompts(batch)
-    targets, _ = trainer._improver_targets(batch.drafts, batch.references, _Stats())
+    targets = _targets(trainer, batch)
     target_ids, target_mask = trainer.layout.pad_completions(targets)
     rejected_ids, rejected_mask = trainer.layout.pad_completions(batch.drafts)
     model = trainer.model
@@ -98,7 +100,7 @@ def test_fused_forward_equals_the_separate_passes(tmp_path):
     with torch.no_grad():
         tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
         fused = trainer.scorer.forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
-        fused_rejected = trainer._rejected_from_tail(fused[:, :tail], prompts)
+        fused_rejected = drafts_in_tail(fused[:, :tail], prompts)
         separate_rejected = trainer.scorer.forward(
             model, batch.prompt_ids, batch.prompt_mask, rejected_ids, rejected_mask
         )
@@ -112,12 +114,13 @@ def test_fused_forward_equals_the_separate_passes(tmp_path):
     )
     assert (separate_rejected * rejected_mask).sum(1).lt(0).all()
 
-    # The same through the trainer's own losses: gradients of the fused step equal those of the two passes.
+    # The same through the scorer the step calls: the improver's loss and the drafts' gradients of the fused pass
+    # equal those of the two passes.
     model.train()
-    stats = _Stats()
-    loss, rejected_logps = trainer._improver_loss(model, prompts, targets, [True] * 8, 1.0, stats, True)
-    separate_loss, none = trainer._improver_loss(model, prompts, targets, [True] * 8, 1.0, stats, False)
+    target_logps, rejected_logps = trainer.scorer.improver_logps(model, prompts, target_ids, target_mask, True)
+    separate_logps, none = trainer.scorer.improver_logps(model, prompts, target_ids, target_mask, False)
     assert none is None
+    loss, separate_loss = (token_mean_nll(logps, target_mask).sum() for logps in (target_logps, separate_logps))
     torch.testing.assert_close(loss, separate_loss, atol=1e-5, rtol=0)
     fused_sum = (rejected_logps * rejected_mask).sum()
     separate_sum = (
@@ -274,6 +277,7 @@ def test_a_chat_template_that_does_not_continue_the_policy_prompt_is_refused_bef
 
 def test_the_builtin_command_uses_the_short_instruction(tmp_path):
     from trl_sgpo.cli import TOY_IMPROVER_INSTRUCTION, main
+    from trl_sgpo.config import DEFAULT_IMPROVER_INSTRUCTION
 
     result = main(
         [
@@ -295,10 +299,11 @@ def test_the_builtin_command_uses_the_short_instruction(tmp_path):
             "1",
         ]
     )
-    assert TOY_IMPROVER_INSTRUCTION == "improve"
     assert set(result) == {"before", "after"}
-    config = (tmp_path / "run" / "README.md").read_text()
-    assert "next_turn" in config
+    card = (tmp_path / "run" / "README.md").read_text()
+    # the run was prompted with the instruction the shipped checkpoint learned, not the library's default
+    assert TOY_IMPROVER_INSTRUCTION != DEFAULT_IMPROVER_INSTRUCTION
+    assert f"| `improver_instruction` | `{TOY_IMPROVER_INSTRUCTION}` |" in card
 
 
 # ------------------------------------------------------------------------------------------ improver_format="auto"

@@ -15,9 +15,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForC
 from trl_sgpo import SGPOTrainer
 from trl_sgpo.pairs import Completion
 from trl_sgpo.schedule import DPO, IMPROVER
+from trl_sgpo.scoring import drafts_in_tail
 
 from .helpers import conversational_dataset, make_config, rule_sampler, tiny_model
-from .test_next_turn import _batch, _mixed_trainer, _Stats
+from .test_next_turn import _batch, _mixed_trainer, _targets
 
 
 def _assert_close(actual, expected, name: str, **tolerance):
@@ -80,7 +81,7 @@ def test_packed_next_turn_scores_equal_the_fused_and_separate_passes(tmp_path):
     model.eval()
     batch = _batch(trainer)
     prompts = trainer.layout.improver_prompts(batch)
-    targets, _ = trainer._improver_targets(batch.drafts, batch.references, _Stats())
+    targets = _targets(trainer, batch)
     chosen = _branches(trainer, len(targets))[0]
     with torch.no_grad():
         scores = trainer.scorer.packed_scores(model, batch, prompts, targets, chosen)
@@ -89,7 +90,7 @@ def test_packed_next_turn_scores_equal_the_fused_and_separate_passes(tmp_path):
         tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
         fused = trainer.scorer.forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
         expected = {
-            "rejected": (trainer._rejected_from_tail(fused[:, :tail], prompts), batch.drafts),
+            "rejected": (drafts_in_tail(fused[:, :tail], prompts), batch.drafts),
             "target": (fused[:, tail:], targets),
         }
         for name, side in (("chosen", chosen), ("reference", batch.references)):
@@ -162,7 +163,7 @@ def _step(trainer, phase: str, pack: bool):
 @pytest.mark.parametrize("peft", [False, True])
 def test_a_packed_next_turn_step_equals_the_unpacked_step(tmp_path, tokenizer, phase, peft):
     trainer = _rule_trainer(tmp_path, tokenizer, peft)
-    batch = trainer._sample_drafts(trainer.model, trainer.train_dataset[:8], _Stats())
+    batch = trainer._sample_drafts(trainer.model, trainer.train_dataset[:8])
     assert batch.prompt_mask.sum(1).unique().numel() > 1  # left padding
     assert len({len(draft.token_ids) for draft in batch.drafts}) > 1  # drafts of different lengths
     assert trainer.scorer.packable(trainer.model)

@@ -11,9 +11,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from trl_sgpo.scoring import _forward_slices_logits, _gathered_log_softmax
+from trl_sgpo.gathered_log_softmax import gathered_log_softmax
+from trl_sgpo.scoring import _forward_slices_logits
 
-from .test_next_turn import _batch, _mixed_trainer, _Stats
+from .test_next_turn import _batch, _mixed_trainer, _targets
 from .test_packing import _branches, _rule_trainer
 
 
@@ -114,7 +115,7 @@ def test_packed_next_turn_scores_equal_the_full_path(tmp_path, score_rejected):
     model = trainer.model
     batch = _batch(trainer)
     prompts = trainer.layout.improver_prompts(batch)
-    targets, _ = trainer._improver_targets(batch.drafts, batch.references, _Stats())
+    targets = _targets(trainer, batch)
     chosen = _branches(trainer, len(targets))[0]
     names = ["target", "chosen", "reference"] + (["rejected"] if score_rejected else [])
 
@@ -161,7 +162,7 @@ def test_lora_steps_equal_the_full_path(tmp_path, tokenizer, phase_step):
 def test_lora_log_probabilities_with_the_adapter_on_and_off(tmp_path, tokenizer):
     trainer = _rule_trainer(tmp_path, tokenizer, peft=True)
     model = trainer.model
-    batch = trainer._sample_drafts(model, trainer.train_dataset[:8], _Stats())
+    batch = trainer._sample_drafts(model, trainer.train_dataset[:8])
     ids, mask = trainer.layout.pad_completions(batch.drafts)
 
     def compute():
@@ -182,14 +183,14 @@ def test_gathered_log_softmax_equals_log_softmax_and_gather():
     source = torch.tensor([0, 0, 3, 39, 7, 7, 7, 20])  # rows picked several times, rows never picked
     tokens = torch.tensor([5, 6, 0, 69, 1, 1, 2, 33])
     weights = torch.randn(len(source), generator=generator, dtype=torch.float64)
-    picked = _gathered_log_softmax(logits, source, tokens)
+    picked = gathered_log_softmax(logits, source, tokens)
     expected = logits.log_softmax(-1)[source, tokens]
     torch.testing.assert_close(picked, expected)
     (grad,) = torch.autograd.grad((picked * weights).sum(), logits)
     (expected_grad,) = torch.autograd.grad((expected * weights).sum(), logits)
     torch.testing.assert_close(grad, expected_grad)
     # half precision: normalised in float32, returned in the logits' dtype
-    half = _gathered_log_softmax(logits.detach().bfloat16(), source, tokens)
+    half = gathered_log_softmax(logits.detach().bfloat16(), source, tokens)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.double(), expected.detach(), atol=0.1, rtol=0.02)
 

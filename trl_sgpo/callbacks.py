@@ -1,4 +1,5 @@
-"""The alternation of SGPO's two phases, as a `TrainerCallback` the trainer asks before each step.
+"""The alternation of SGPO's two phases, as a `TrainerCallback` the trainer asks before each step; and the sample
+tables of ``log_completions`` (`sample_rows`, `SGPOSampleTableCallback`).
 
 One `train()` call alternates *improver* steps (supervised updates of the improver role) and *DPO* steps (preference
 updates of the policy on self-generated pairs). The schedule is the paper's Step 1, a warm-up of improver steps
@@ -17,6 +18,7 @@ callback also saves the phases already run (run-length encoded) in the checkpoin
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -24,7 +26,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
-from .pairs import uses_improver
+from .pairs import Completion, uses_improver
 from .schedule import DPO, PhaseSchedule
 
 
@@ -107,6 +109,41 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
             "args": {**asdict(self.schedule), "skip_improver": self.skip_improver},
             "attributes": {"phase_runs": [list(run) for run in self.phase_runs]},
         }
+
+
+def last_turns(prompt: str | list[dict], turns: int = 3) -> str:
+    """A prompt as a sample table shows it: the text, or its last ``turns`` messages as ``role: content``."""
+    if isinstance(prompt, str):
+        return prompt
+    shown = "\n".join(f"{message['role']}: {message['content']}" for message in prompt[-turns:])
+    hidden = len(prompt) - turns
+    return f"({hidden} earlier message{'s' if hidden > 1 else ''})\n{shown}" if hidden > 0 else shown
+
+
+def sample_rows(
+    phase: str,
+    prompts: list,
+    drafts: list[Completion],
+    improved: list[Completion],
+    verdicts: list[str],
+    decode: Callable[..., str],
+    num_rows: int,
+    references: list[str] | None = None,
+) -> list[dict[str, str]]:
+    """The rows a sample table shows for one step: the first ``num_rows``, kept pairs (or targets) first, in batch
+    order (the rows where the improver changed the draft are the ones worth reading), decoded with ``decode``."""
+    rows = sorted(range(len(prompts)), key=lambda i: verdicts[i] != "kept")[:num_rows]
+    return [
+        {
+            "phase": phase,
+            "prompt": last_turns(prompts[i]),
+            "response": decode(drafts[i].token_ids, skip_special_tokens=True),
+            "improved": decode(improved[i].token_ids, skip_special_tokens=True),
+            "reference": references[i] if references is not None else "",
+            "kept": verdicts[i],
+        }
+        for i in rows
+    ]
 
 
 class SGPOSampleTableCallback(TrainerCallback):

@@ -229,7 +229,9 @@ def _checked_inputs(argv: list[str] | None) -> tuple:
         eval_dataset = None
     check_eval_data(eval_dataset, script_args, training_args)
     tokenizer = load_tokenizer(model_args, training_args)
-    train_dataset, eval_dataset = prepare_training_data(training_args, tokenizer, train_dataset, eval_dataset)
+    training_args, train_dataset, eval_dataset = prepare_training_data(
+        training_args, tokenizer, train_dataset, eval_dataset
+    )
     return script_args, training_args, model_args, (train_dataset, eval_dataset, tokenizer)
 
 

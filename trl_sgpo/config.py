@@ -11,9 +11,9 @@ from trl.experimental.online_dpo import OnlineDPOConfig
 from trl.import_utils import is_vllm_available
 
 from .improver import IMPROVER_FORMATS, TARGET_STRATEGIES, validate_instruction, validate_template
-from .losses import LOSS_TYPES
-from .pairs import PAIR_SOURCES, uses_improver
-from .prompt_lengths import LONG_PROMPT_MODES
+from .objectives import LOSS_TYPES
+from .pairs import PAIR_SOURCES
+from .prompt_lengths import LONG_PROMPT_MODES, PromptBudget
 from .schedule import PhaseSchedule
 
 
@@ -454,18 +454,17 @@ class SGPOConfig(OnlineDPOConfig):
         """The generated tokens alone must leave room for a prompt in `max_length` (no tokenizer needed).
 
         The improver's sequence is the longest SGPO scores: template and prompt, a draft of `max_new_tokens`, then
-        a rewrite of `improver_max_new_tokens`. The template's own tokens are counted when the trainer is built.
+        a rewrite of `improver_max_new_tokens` (`prompt_lengths.PromptBudget`). The template's own tokens are counted
+        when the trainer is built, and every prompt is measured then.
         """
         if self.max_length is None:
             return
-        improver = 0 if not uses_improver(self.pair_source) else (self.improver_max_new_tokens or self.max_new_tokens)
-        left = self.max_length - self.max_new_tokens - improver
-        if left < 1:
+        budget = PromptBudget.of_generation(self)
+        if budget.available < 1:
             raise ValueError(
-                f"max_length {self.max_length} - max_new_tokens {self.max_new_tokens} - improver_max_new_tokens "
-                f"{improver} = {left} tokens for the prompt and the improver template: nothing fits. Raise max_length "
-                f"above {self.max_new_tokens + improver} plus your longest prompt and the template, or lower "
-                "max_new_tokens / improver_max_new_tokens."
+                f"{budget.arithmetic()} tokens for the prompt and the improver template: nothing fits. Raise "
+                f"max_length above {self.max_length - budget.available} plus your longest prompt and the template, "
+                "or lower max_new_tokens / improver_max_new_tokens."
             )
 
     def to_dict(self) -> dict[str, Any]:

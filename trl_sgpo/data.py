@@ -7,6 +7,7 @@ reference and the turns before it are the prompt. Anything else gets a `ValueErr
 row, the problem and the fix.
 """
 
+import copy
 from collections.abc import Iterable
 from itertools import islice
 from typing import Any
@@ -255,17 +256,19 @@ def prepare_training_data(
     tokenizer: PreTrainedTokenizerBase,
     train_dataset: Any,
     eval_dataset: Any = None,
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, Any]:
     """Every check of the data against the config and tokenizer, in the order a run meets them; no model needed.
 
     `SGPOTrainer.__init__` calls it, and the command line calls it after loading only the tokenizer, so bad data is
-    refused before the model loads. Returns the data sets as SGPO trains on them: `messages` converted to
-    prompt-completion, long prompts handled by ``args.long_prompts``. ``improver_format='auto'`` is resolved into
-    ``args`` here (so checkpoints, logs and the model card record the format used) and said once at warning level.
+    refused before the model loads. Returns the config and the data sets as SGPO trains on them: `messages`
+    converted to prompt-completion, long prompts handled by ``args.long_prompts``. ``improver_format='auto'`` is
+    resolved in a copy of ``args`` (the caller's config is left as it was; the trainer keeps the copy, so
+    checkpoints, logs and the model card record the format used), and the choice is said once at warning level.
     """
     train_dataset = messages_to_prompt_completion(train_dataset, "train_dataset")
     validate_prompt_completion_dataset(train_dataset, tokenizer, "train_dataset")
     if args.improver_format == "auto" and uses_improver(args.pair_source):
+        args = copy.copy(args)
         args.improver_format, reason = resolve_improver_format(args.improver_instruction, train_dataset, tokenizer)
         logger.warning(f"improver_format='auto': using {args.improver_format!r}, as {reason}.")
     train_dataset = fit_prompts(train_dataset, tokenizer, prompt_budget(args, tokenizer), args.long_prompts)
@@ -276,4 +279,4 @@ def prepare_training_data(
     if eval_dataset is not None:
         eval_dataset = messages_to_prompt_completion(eval_dataset, "eval_dataset")
         validate_prompt_completion_dataset(eval_dataset, tokenizer, "eval_dataset")
-    return train_dataset, eval_dataset
+    return args, train_dataset, eval_dataset

@@ -22,6 +22,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from .pairs import Completion
+
 
 TARGET_STRATEGIES = ("reference", "interpolate")
 # Every template shows the prompt and the draft; a reference-aware template also shows the SFT reference.
@@ -262,3 +264,34 @@ def next_turn_suffix(
             "improver_format='template', or a chat template whose generation prompt matches its assistant turns."
         )
     return after
+
+
+# ----------------------------------------------------------------------------------------- a step's targets
+
+
+def improver_targets(
+    drafts: Sequence[Completion], references: Sequence[Completion], args: Any
+) -> tuple[list[Completion], list[bool], list[int]]:
+    """A step's improver targets (one per draft, toward its reference, `improver_target`), which of them to train on
+    (`select_targets`), and their improvement sizes, as ``args`` (an `SGPOConfig`: ``improver_target``,
+    ``improver_alpha``, ``improver_drop_unchanged``, ``improver_filter_outliers``, ``improver_outlier_k``) says.
+    Targets are finished texts: they end with an EOS."""
+    targets, sizes = [], []
+    for draft, reference in zip(drafts, references):
+        tokens, size = improver_target(args.improver_target, draft.token_ids, reference.token_ids, args.improver_alpha)
+        targets.append(Completion(tokens, ended=True))
+        sizes.append(size)
+    keep = select_targets(
+        sizes,
+        drop_unchanged=args.improver_drop_unchanged,
+        filter_outliers=args.improver_filter_outliers,
+        k=args.improver_outlier_k,
+    )
+    return targets, keep, sizes
+
+
+def edit_toward(draft: Completion, reference: Completion, alpha: float) -> Completion:
+    """The ``edit`` pair source's chosen side: the draft moved a fraction ``alpha`` of its edits toward the
+    reference by arithmetic (the `interpolate` target), no model involved."""
+    tokens, _ = improver_target("interpolate", draft.token_ids, reference.token_ids, alpha)
+    return Completion(tokens, ended=True)

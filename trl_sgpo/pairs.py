@@ -36,6 +36,23 @@ class Completion:
     ended: bool
     end_token: int | None = None
 
+    # The end-of-sequence rules, in one place: how a generated row becomes a completion, and what is scored of it.
+
+    @classmethod
+    def from_generated(cls, ids: Sequence[int], eos_token_ids: Sequence[int], stopped: bool = False) -> "Completion":
+        """A generated row (up to its first EOS, no padding): the content, whether it ended (an EOS was sampled, or
+        ``stopped``: the engine stopped at a stop token it left out of the ids), and the EOS that was sampled."""
+        ends_with_eos = bool(ids) and ids[-1] in eos_token_ids
+        content = list(ids[:-1]) if ends_with_eos else list(ids)
+        return cls(content, ends_with_eos or stopped, ids[-1] if ends_with_eos else None)
+
+    def scored_tokens(self, default_end: int) -> list[int]:
+        """The tokens a completion is scored on: its content, then the EOS it ended on (``default_end`` where none
+        was sampled: references, improver targets, a stop the engine left out). A cut completion has no EOS."""
+        if not self.ended:
+            return list(self.token_ids)
+        return [*self.token_ids, self.end_token if self.end_token is not None else default_end]
+
 
 @dataclass
 class PairFilterResult:

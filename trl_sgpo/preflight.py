@@ -1,12 +1,17 @@
-"""Command-line options that cannot work together, refused before any data or model is loaded.
+"""Arguments that cannot work, refused before any data or model is loaded: the command line's and the trainer's.
 
 `SGPOConfig` checks its own fields when it is built; these checks need the other argument groups too (the model
-options, the script options) or the installed packages. Each error names the problem and the fix.
+options, the script options) or the installed packages. Each error names the problem and the fix. The checks
+`SGPOTrainer` makes on its own arguments too (the model path, PEFT with a re-synced reference) live here once.
 """
 
 import importlib.util
 import os
 from typing import Any
+
+from transformers import AutoTokenizer
+
+from .config import SGPOConfig
 
 
 def check_options(script_args: Any, training_args: Any, model_args: Any) -> None:
@@ -27,29 +32,43 @@ def check_options(script_args: Any, training_args: Any, model_args: Any) -> None
             f"{quantized} loads frozen quantized weights, which cannot be trained directly: add --use_peft to train "
             f"a LoRA adapter on top (QLoRA), or drop {quantized}."
         )
-    if model_args.use_peft and training_args.sync_ref_model_each_dpo_phase:
-        raise ValueError(
-            "--sync_ref_model_each_dpo_phase is not supported with --use_peft: the reference model is the base model "
-            "with the adapter disabled. Drop one of the two options."
-        )
-    _check_model_path(model_args.model_name_or_path)
+    check_peft_reference(model_args.use_peft, training_args.sync_ref_model_each_dpo_phase, command_line=True)
+    check_model_path(model_args.model_name_or_path, option="--model_name_or_path")
     _check_eval_options(script_args, training_args)
 
 
-def _check_model_path(name: str | None) -> None:
+def check_peft_reference(uses_peft: bool, sync_ref_model: bool, command_line: bool = False) -> None:
+    """PEFT's reference model is the base model with the adapter disabled: there is no copy to re-sync."""
+    if not (uses_peft and sync_ref_model):
+        return
+    sync, peft = (
+        ("--sync_ref_model_each_dpo_phase", "--use_peft")
+        if command_line
+        else ("sync_ref_model_each_dpo_phase", "PEFT")
+    )
+    fix = "Drop one of the two options." if command_line else f"Set {sync}=False or train without PEFT."
+    raise ValueError(
+        f"{sync} is not supported with {peft}: the reference model is the base model with the adapter disabled. {fix}"
+    )
+
+
+def check_model_path(name: str | None, option: str = "model") -> None:
+    """A model named by a path must be a folder written by `save_pretrained`; anything else is a Hub id."""
     if name is None:
         return
     path = os.path.expanduser(name)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise FileNotFoundError(
-                f"--model_name_or_path {name!r} is a folder without config.json: pass a folder written by "
+                f"{option} {name!r} is a folder without config.json: pass a folder written by "
                 "`model.save_pretrained(...)` and `tokenizer.save_pretrained(...)`."
             )
     elif name.startswith((".", "/", "~")) or os.path.exists(path):
+        what = "it is a file" if os.path.exists(path) else "it does not exist"
+        or_object = "" if option.startswith("--") else ", or a model object"
         raise FileNotFoundError(
-            f"--model_name_or_path {name!r} is not a folder (looked for it from {os.getcwd()!r}). Pass a folder "
-            "written by `save_pretrained`, or a Hub model id like 'Qwen/Qwen2.5-0.5B-Instruct'."
+            f"{option} {name!r} is not a folder: {what} (looked for it from {os.getcwd()!r}). Pass a folder written "
+            f"by `save_pretrained` or a Hub model id like 'Qwen/Qwen2.5-0.5B-Instruct'{or_object}."
         )
 
 
@@ -69,3 +88,42 @@ def check_eval_data(eval_dataset: Any, script_args: Any, training_args: Any) -> 
             f"{script_args.dataset_name!r} has no {script_args.dataset_test_split!r} split. Pass an eval file or "
             "folder with --eval_dataset_name, name the split with --dataset_test_split, or use --eval_strategy no."
         )
+
+
+def check_trainer_arguments(
+    model: Any,
+    args: Any,
+    train_dataset: Any,
+    processing_class: Any,
+    peft_config: Any = None,
+    reward_funcs: Any = None,
+) -> tuple[Any, Any]:
+    """`SGPOTrainer`'s own arguments, checked before the model loads: returns the config (a default `SGPOConfig`
+    named after the model when none is given) and the tokenizer (loaded from ``model`` when it is a path or id)."""
+    if reward_funcs is not None:
+        raise ValueError(
+            "SGPOTrainer takes no `reward_funcs`: SGPO builds its pairs without any reward (chosen = the "
+            "improver's rewrite). Remove the argument, or use TRL's OnlineDPOTrainer for reward-ranked pairs."
+        )
+    if args is None:
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "")
+        # a model built in Python has no name or path: name the folder after its class
+        name = os.path.basename(os.path.normpath(name)) if name else type(model).__name__
+        args = SGPOConfig(output_dir=f"{name}-SGPO")
+    elif not isinstance(args, SGPOConfig):
+        raise TypeError(f"`args` must be an SGPOConfig, got {type(args).__name__}. Build one with SGPOConfig(...).")
+    if train_dataset is None:
+        raise ValueError("`train_dataset` is required: prompt-completion rows whose completion is the reference.")
+    if isinstance(model, str):
+        check_model_path(model)
+    if processing_class is None:
+        if not isinstance(model, str):
+            raise ValueError("`processing_class` (the tokenizer) is required when `model` is a model object.")
+        processing_class = AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+    if processing_class.eos_token is None:
+        raise ValueError(
+            "The tokenizer has no EOS token: SGPO needs one to tell finished responses from cut ones. Set "
+            "`tokenizer.eos_token` (for chat models, the end-of-turn token)."
+        )
+    check_peft_reference(peft_config is not None, args.sync_ref_model_each_dpo_phase)
+    return args, processing_class

@@ -32,6 +32,25 @@ class ImproverPrompts:
     generation_ids: torch.Tensor | None = None
     generation_mask: torch.Tensor | None = None
 
+    @property
+    def next_turn(self) -> bool:
+        """Whether these are next-turn prompts (the policy's conversation continued, each draft inside its row)."""
+        return self.rejected_lengths is not None
+
+
+@dataclass
+class DraftBatch:
+    """One micro-batch as both phases see it: prompts (raw and tokenized), the policy's drafts, the references, and
+    (next turn) the drafts' KV cache for the rewrite to continue from."""
+
+    prompts: list
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    drafts: list[Completion]
+    reference_texts: list[str]
+    references: list[Completion]
+    draft_cache: Any = None  # a filled `sampling.DraftCache`, or None
+
 
 class PromptLayout:
     """Prompts and padded completions for `SGPOTrainer`'s steps; reads the trainer's tokenizer, args, device and
@@ -71,12 +90,9 @@ class PromptLayout:
 
     def completion_tokens(self, completion: Completion) -> list[int]:
         """The tokens a completion is scored on: its content, then its EOS if it ended."""
-        if not completion.ended:
-            return list(completion.token_ids)
-        end = completion.end_token if completion.end_token is not None else self.trainer.eos_token_ids[0]
-        return [*completion.token_ids, end]
+        return completion.scored_tokens(self.trainer.eos_token_ids[0])
 
-    def improver_prompts(self, batch: Any) -> "ImproverPrompts":  # batch: the trainer's `_Batch`
+    def improver_prompts(self, batch: DraftBatch) -> ImproverPrompts:
         """The improver prompts for each (prompt, draft), showing the reference where the template asks, tokenized."""
         if self.trainer.args.improver_format == "next_turn":
             return self.next_turn_prompts(batch)
@@ -96,7 +112,7 @@ class PromptLayout:
         ]
         return ImproverPrompts(texts, *self.tokenize_prompts(texts))
 
-    def next_turn_prompts(self, batch: Any) -> "ImproverPrompts":  # batch: the trainer's `_Batch`
+    def next_turn_prompts(self, batch: DraftBatch) -> ImproverPrompts:
         """The improver's prompt as the next turn of each row's conversation, built from token ids.
 
         Row ``i`` is the policy's prompt tokens, the draft's tokens (with the EOS it sampled), then the tokens of the
@@ -127,8 +143,7 @@ class PromptLayout:
             batch.prompt_ids.tolist(), batch.prompt_mask.tolist(), batch.drafts, suffixes
         ):
             prompt = [token for token, real in zip(prompt_row, mask_row) if real]
-            end = [draft.end_token if draft.end_token is not None else eos] if draft.ended else []
-            rejected = draft.token_ids + end
+            rejected = draft.scored_tokens(eos)
             closes = bool(suffix) and suffix[0] in self.trainer.eos_token_ids
             after = suffix[1:] if closes and draft.ended else suffix
             rows.append(prompt + rejected + after)

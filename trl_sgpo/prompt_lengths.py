@@ -40,22 +40,32 @@ class PromptBudget:
     max_new_tokens: int
     improver_tokens: int
 
+    @classmethod
+    def of_generation(cls, args: Any, template_tokens: int = 0) -> "PromptBudget":
+        """The budget from the config's lengths (``args``: an `SGPOConfig`), given the template's own tokens."""
+        improver_tokens = 0
+        if uses_improver(args.pair_source):
+            improver_tokens = args.improver_max_new_tokens or args.max_new_tokens
+        return cls(args.max_length, template_tokens, args.max_new_tokens, improver_tokens)
+
     @property
     def available(self) -> int:
         return self.max_length - self.template_tokens - self.max_new_tokens - self.improver_tokens
 
     def arithmetic(self) -> str:
-        """The sum spelled out, e.g. 'max_length 512 - template 220 - max_new_tokens 64 - improver 64 = 164'."""
+        """The sum spelled out, e.g. 'max_length 512 - improver template 220 - max_new_tokens 64 -
+        improver_max_new_tokens 64 = 164' (no template term before the template is measured)."""
+        template = f" - improver template {self.template_tokens}" if self.template_tokens else ""
         return (
-            f"max_length {self.max_length} - improver template {self.template_tokens} - max_new_tokens "
-            f"{self.max_new_tokens} - improver_max_new_tokens {self.improver_tokens} = {self.available}"
+            f"max_length {self.max_length}{template} - max_new_tokens {self.max_new_tokens} - improver_max_new_tokens "
+            f"{self.improver_tokens} = {self.available}"
         )
 
 
 def prompt_budget(args: Any, tokenizer: PreTrainedTokenizerBase) -> PromptBudget:
     """Longest prompt that leaves room for the improver's template, a draft and a rewrite within max_length."""
     if not uses_improver(args.pair_source):
-        return PromptBudget(args.max_length, 0, args.max_new_tokens, 0)
+        return PromptBudget.of_generation(args)
     try:  # the template's own tokens, chat markup included (counted twice with the prompt's: a safe margin)
         if args.improver_format == "next_turn":  # what follows the draft: end of turn, instruction, header
             empty = "" if getattr(tokenizer, "chat_template", None) is None else [{"role": "user", "content": ""}]
@@ -65,8 +75,7 @@ def prompt_budget(args: Any, tokenizer: PreTrainedTokenizerBase) -> PromptBudget
         template_tokens = len(tokenizer(template, add_special_tokens=False)["input_ids"])
     except Exception:  # a callable template may not accept empty texts; then only the lengths are reserved
         template_tokens = 0
-    improver_tokens = args.improver_max_new_tokens or args.max_new_tokens
-    return PromptBudget(args.max_length, template_tokens, args.max_new_tokens, improver_tokens)
+    return PromptBudget.of_generation(args, template_tokens)
 
 
 def prompt_tokens(prompt: str | list[dict], tokenizer: PreTrainedTokenizerBase) -> int:

@@ -160,12 +160,10 @@ class Sampler:
         """Generated rows -> content tokens up to the first EOS, and whether an EOS was sampled at all."""
         eos_token_ids, pad_token_id = self.trainer.eos_token_ids, self.trainer._tokenizer.pad_token_id
         completion_ids, mask = truncate_right(completion_ids, eos_token_ids, pad_token_id)
-        completions = []
-        for ids, row_mask in zip(completion_ids.tolist(), mask.tolist()):
-            tokens = ids[: sum(row_mask)]
-            ended = bool(tokens) and tokens[-1] in eos_token_ids
-            completions.append(Completion(tokens[:-1] if ended else tokens, ended, tokens[-1] if ended else None))
-        return completions
+        return [
+            Completion.from_generated(ids[: sum(row_mask)], eos_token_ids)
+            for ids, row_mask in zip(completion_ids.tolist(), mask.tolist())
+        ]
 
     def _sample_vllm(self, texts: list[str], role: str) -> list[Completion]:
         """vLLM sampling with n=1; weights are pushed with the parent's `_move_model_to_vllm` once per step."""
@@ -196,10 +194,8 @@ class Sampler:
             completion_ids = broadcast_object_list(completion_ids, from_process=0)
             start = trainer.accelerator.process_index * len(texts)
             completion_ids = completion_ids[start : start + len(texts)]
-        completions = []
-        for ids in completion_ids:
-            ends_with_eos = bool(ids) and ids[-1] in trainer.eos_token_ids
-            ended = ends_with_eos or len(ids) < sampling["max_tokens"]  # or stopped by a stop token vLLM left out
-            content = list(ids[:-1]) if ends_with_eos else list(ids)
-            completions.append(Completion(content, ended, ids[-1] if ends_with_eos else None))
-        return completions
+        # Shorter than max_tokens without an EOS: stopped by a stop token vLLM left out of the ids.
+        return [
+            Completion.from_generated(ids, trainer.eos_token_ids, stopped=len(ids) < sampling["max_tokens"])
+            for ids in completion_ids
+        ]

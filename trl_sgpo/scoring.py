@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .gathered_log_softmax import gathered_log_softmax
 from .pairs import Completion
+from .prompt_layout import DraftBatch, ImproverPrompts
 
 
 class Scorer:
@@ -103,14 +105,14 @@ class Scorer:
             source = keep.flatten().cumsum(0)[flat] - 1  # kept positions come out flattened, row after row
             logits = model(**inputs, logits_to_keep=keep).logits
             if logits.shape[:-1] == (int(keep.sum()),):
-                return _gathered_log_softmax(logits, source, tokens)
+                return gathered_log_softmax(logits, source, tokens)
             _SLICES_LOGITS[_base_class(self.trainer.accelerator.unwrap_model(model))] = (
                 False  # unexpected layout: not again
             )
         first = int(columns.min()) if columns.numel() else width - 1
         logits = model(**inputs, logits_to_keep=width - first).logits
         source = rows * (width - first) + (columns - first)
-        return _gathered_log_softmax(logits.flatten(0, 1), source, tokens)
+        return gathered_log_softmax(logits.flatten(0, 1), source, tokens)
 
     # ------------------------------------------------------------- packing
 
@@ -188,16 +190,12 @@ class Scorer:
 
         Returns one tensor per branch, right-padded with zeros to its longest row (at least one column): the layout
         `PromptLayout.pad_completions` gives the same tokens. A 4D mask lets a token see the prompt's real tokens
-        and the earlier tokens of its own branch; each padding token sees itself only (no empty rows in the softmax).
+        and the earlier tokens of its own branch (`packed_attention`).
         ``scored[k]`` (rows x that layout's width, boolean; None: all): the tokens of branch ``k`` to score; the
         others read zero, and the LM head does not run for them (`token_logps`).
         """
         segments, width = packed.segments, packed.prompt_width
-        query, key = segments.unsqueeze(2), segments.unsqueeze(1)
-        total = segments.size(1)
-        causal = torch.ones(total, total, dtype=torch.bool, device=segments.device).tril()
-        allowed = causal & (key >= 0) & ((key == 0) | (key == query))
-        allowed |= torch.eye(total, dtype=torch.bool, device=segments.device)
+        allowed = packed_attention(segments)
         unwrapped = self.trainer.accelerator.unwrap_model(model)
         if unwrapped.config._attn_implementation == "eager":  # eager adds the mask to the scores
             dtype = unwrapped.get_input_embeddings().weight.dtype
@@ -249,11 +247,75 @@ class Scorer:
             return torch.cat([torch.nn.functional.pad(side, (0, width - side.size(1))) for side in sides], dim=0)
         return self.forward(model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), completion_ids, completion_mask)
 
+    def improver_scores(
+        self, model, batch: DraftBatch, prompts: ImproverPrompts, targets: list[Completion], chosen=None
+    ) -> "Scores":
+        """Everything the improver objective scores, and what a DPO step can take from the same passes.
+
+        Always the targets (under the improver prompts) and, with ``policy_sft_weight > 0``, the references (under
+        the policy prompts). In a DPO step (``chosen``: the rewrites) with next-turn prompts, also the drafts, read
+        inside the improver's own pass, and the rewrites where that pass is packed (`packed_scores`); the DPO loss
+        forwards whatever is missing. Passes run in a fixed order: packed, else improver then reference.
+        """
+        chosen = chosen if prompts.next_turn else None
+        scores = self.packed_scores(model, batch, prompts, targets, chosen, score_rejected=chosen is not None)
+        if scores is None:
+            target_ids, target_mask = self.trainer.layout.pad_completions(targets)
+            target, rejected = self.improver_logps(model, prompts, target_ids, target_mask, chosen is not None)
+            scores = Scores(rejected=rejected, target=target)
+        if self.trainer.args.policy_sft_weight > 0 and scores.reference is None:
+            reference_ids, reference_mask = self.trainer.layout.pad_completions(batch.references)
+            scores.reference = self.forward(model, batch.prompt_ids, batch.prompt_mask, reference_ids, reference_mask)
+        return scores
+
+    def improver_logps(
+        self, model, prompts: ImproverPrompts, target_ids, target_mask, score_rejected: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The targets' per-token log-probabilities under the improver prompts, and, with ``score_rejected``
+        (next-turn prompts), the drafts' inside those prompts from the same pass (laid out like
+        `PromptLayout.pad_completions(drafts)`), else None. The unpacked path; `packed_scores` is the packed one."""
+        tail, tail_mask = 0, None
+        if score_rejected:  # score the drafts at the end of the prompt block, not the new turn after them
+            tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
+            offsets = torch.arange(tail, device=target_ids.device).unsqueeze(0)
+            after = torch.tensor(prompts.after_lengths, device=target_ids.device).unsqueeze(1)
+            rejected = torch.tensor(prompts.rejected_lengths, device=target_ids.device).unsqueeze(1)
+            tail_mask = (offsets >= tail - after - rejected) & (offsets < tail - after)
+        logps = self.forward(
+            model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail, tail_mask=tail_mask
+        )
+        rejected_logps = drafts_in_tail(logps[:, :tail], prompts) if score_rejected else None
+        return logps[:, tail:], rejected_logps
+
+    def policy_pair_logps(
+        self, model, batch: DraftBatch, chosen, completion_ids, completion_mask, scores: "Scores | None" = None
+    ) -> torch.Tensor:
+        """The policy's per-token log-probabilities of ``[chosen; drafts]`` (laid out as ``completion_ids``) under
+        the policy prompts: what ``scores`` already holds (the next turn's fused pass scored the drafts, and the
+        rewrites too when it was packed), the rest forwarded here (`pair_logps` when nothing is held)."""
+        if scores is None or scores.rejected is None:
+            return self.pair_logps(
+                model, batch.prompt_ids, batch.prompt_mask, chosen, batch.drafts, completion_ids, completion_mask
+            )
+        width = completion_ids.size(1)
+
+        def padded(logps: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(logps, (0, width - logps.size(1)))[:, :width]
+
+        if scores.chosen is not None:
+            chosen_logps = padded(scores.chosen)
+        else:
+            size = len(chosen)
+            chosen_logps = self.forward(
+                model, batch.prompt_ids, batch.prompt_mask, completion_ids[:size], completion_mask[:size]
+            )
+        return torch.cat((chosen_logps, padded(scores.rejected)), dim=0)
+
     def packed_scores(
         self,
         model,
-        batch: "_Batch",  # noqa: F821 (the trainer's types; Any at run time)
-        prompts: "ImproverPrompts",  # noqa: F821
+        batch: DraftBatch,
+        prompts: ImproverPrompts,
         targets: list[Completion],
         chosen,
         score_rejected: bool = True,
@@ -268,7 +330,7 @@ class Scorer:
         ``rejected`` is None), are scored: the new turn's instruction is context, its logits are not computed.
         """
         sft = self.trainer.args.policy_sft_weight > 0
-        if prompts.rejected_lengths is None or (chosen is None and not sft):
+        if not prompts.next_turn or (chosen is None and not sft):
             return None
         target_tokens = [self.trainer.layout.completion_tokens(t) for t in targets]
         widths = [prompts.ids.size(1) + max(1, *map(len, target_tokens))]
@@ -311,6 +373,34 @@ class Scorer:
         )
 
 
+def packed_attention(segments: torch.Tensor) -> torch.Tensor:
+    """The 4D mask of packed rows (rows x queries x keys, True where attention is allowed), from `Packed.segments`:
+    a token sees the prompt's real tokens (segment 0) and the earlier tokens of its own branch, never padding (-1)
+    nor another branch; every token, padding included, sees itself (no empty rows in the softmax). Padding's own
+    outputs are never read."""
+    query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+    total = segments.size(1)
+    causal = torch.ones(total, total, dtype=torch.bool, device=segments.device).tril()
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+    return allowed | torch.eye(total, dtype=torch.bool, device=segments.device)
+
+
+def drafts_in_tail(tail_logps: torch.Tensor, prompts: ImproverPrompts) -> torch.Tensor:
+    """The drafts' log-probabilities out of the scored prompt tail, right-padded (zeros) to the longest draft.
+
+    Row ``i`` of the tail ends with its draft (``rejected_lengths[i]`` tokens) and then ``after_lengths[i]`` tokens
+    of the new turn; rows are left-padded, so both are counted from the right.
+    """
+    tail = tail_logps.size(1)
+    rejected = torch.tensor(prompts.rejected_lengths, device=tail_logps.device)
+    after = torch.tensor(prompts.after_lengths, device=tail_logps.device)
+    width = max(1, int(rejected.max()))
+    offsets = torch.arange(width, device=tail_logps.device)
+    index = (tail - after - rejected).unsqueeze(1) + offsets.unsqueeze(0)
+    valid = offsets.unsqueeze(0) < rejected.unsqueeze(1)
+    return tail_logps.gather(1, index.clamp(0, max(tail - 1, 0))) * valid
+
+
 # class of a model (the base model's under PEFT) -> whether its forward slices logits with `slice_logits_to_keep`
 _SLICES_LOGITS: dict[type, bool] = {}
 
@@ -333,51 +423,6 @@ def _forward_slices_logits(model_class: type) -> bool:
         except (ImportError, OSError, TypeError, IndexError, RuntimeError):
             _SLICES_LOGITS[model_class] = False
     return _SLICES_LOGITS[model_class]
-
-
-def _gathered_log_softmax(logits: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(logits[source[q]])[tokens[q]]`` for every ``q``, from 2D ``logits`` (positions x vocabulary).
-
-    What TRL's `selective_log_softmax` computes (the picked logit minus its row's logsumexp), as one autograd
-    function: the logsumexp is computed once per row (a row may be picked several times), in chunks, and the
-    backward writes the logits' gradient in one buffer (``g * (onehot - softmax)``) instead of a zero-filled buffer
-    per term plus their sum. Positions x vocabulary temporaries are the costly part of a step with a real vocabulary.
-    Half-precision logits are normalised in float32.
-    """
-    return _GatheredLogSoftmax.apply(logits, source, tokens)
-
-
-def _row_chunks(logits: torch.Tensor) -> list[slice]:
-    """Row ranges of about 64K logits each: temporaries small enough for the allocator to reuse from chunk to chunk
-    (a fresh large buffer costs a page fault per page, each time)."""
-    rows = max(1, 2**16 // max(1, logits.size(-1)))
-    return [slice(start, start + rows) for start in range(0, logits.size(0), rows)]
-
-
-class _GatheredLogSoftmax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        normalisers = torch.empty(logits.size(0), dtype=dtype, device=logits.device)
-        for rows in _row_chunks(logits):
-            torch.logsumexp(logits[rows].to(normalisers.dtype), dim=-1, out=normalisers[rows])
-        ctx.save_for_backward(logits, normalisers, source, tokens)
-        return (logits[source, tokens].to(normalisers.dtype) - normalisers[source]).to(logits.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        logits, normalisers, source, tokens = ctx.saved_tensors
-        grad = grad.to(normalisers.dtype)
-        # d/d logits[i, v] of sum_q grad[q] * (logits[s_q, t_q] - logsumexp(logits[s_q])):
-        # [v == t_q] * grad[q] summed over q with s_q = i, minus softmax(logits[i])[v] * (sum of grad[q] with s_q = i).
-        row_grad = torch.zeros_like(normalisers).index_add_(0, source, grad)
-        logits_grad = torch.empty_like(logits)
-        for rows in _row_chunks(logits):
-            softmax = (logits[rows].to(normalisers.dtype) - normalisers[rows, None]).exp_()
-            logits_grad[rows] = softmax.mul_(-row_grad[rows, None])
-        logits_grad.index_put_((source, tokens), grad.to(logits.dtype), accumulate=True)
-        return logits_grad, None, None
 
 
 @dataclass

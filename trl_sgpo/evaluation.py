@@ -1,0 +1,71 @@
+"""Evaluation for `SGPOTrainer`: the policy's NLL of the SFT references as ``eval_loss``, and an optional metric
+(``eval_metric``) on greedy generations, as a mixin that overrides `transformers.Trainer`'s evaluation hooks."""
+
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from torch import nn
+
+from .data import reference_text
+
+
+def load_eval_metric(metric: Any) -> Any:
+    """An `evaluate` metric from its name (loaded from the local cache or the Hub); anything else as it is."""
+    if isinstance(metric, str):
+        import evaluate
+
+        return evaluate.load(metric)
+    return metric
+
+
+class EvaluationMixin:
+    """Needs the trainer's ``layout``, ``scorer``, ``sampler``, ``eval_metric`` and ``processing_class``."""
+
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys=None
+    ) -> tuple[torch.Tensor, None, None]:
+        """Evaluation loss: the policy's token-mean NLL of the SFT references.
+
+        Upstream has no `prediction_step` for prompt-only data and crashes in `Trainer.compute_loss`. The reference
+        NLL needs no sampling, so it is deterministic and comparable between evaluations.
+        """
+        texts = self.layout.policy_prompt_texts(inputs["prompt"])
+        prompt_ids, prompt_mask = self.layout.tokenize_prompts(texts)
+        references = [
+            self.layout.reference_completion(reference_text(completion)) for completion in inputs["completion"]
+        ]
+        completion_ids, completion_mask = self.layout.pad_completions(references)
+        with torch.no_grad():
+            logps = self.scorer.forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+            loss = -(logps * completion_mask).sum() / completion_mask.sum()
+        return loss.detach(), None, None
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ):
+        """The parent's loop (the reference NLL as `eval_loss`), plus `eval_metric` on greedy generations."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.eval_metric is not None:
+            for name, value in self._generation_metrics(dataloader).items():
+                output.metrics[f"{metric_key_prefix}_{name}"] = value
+        return output
+
+    def _generation_metrics(self, dataloader) -> dict[str, float]:
+        predictions, references = [], []
+        model = self.model_wrapped
+        model.eval()
+        for batch in dataloader:
+            texts = self.layout.policy_prompt_texts(batch["prompt"])
+            prompt_ids, prompt_mask = self.layout.tokenize_prompts(texts)
+            completions = self.sampler(model, texts, prompt_ids, prompt_mask, "eval", cache=None)
+            predictions += self.processing_class.batch_decode(
+                [c.token_ids for c in completions], skip_special_tokens=True
+            )
+            references += [reference_text(completion) for completion in batch["completion"]]
+        predictions, references = gather_object(predictions), gather_object(references)
+        if callable(self.eval_metric) and not hasattr(self.eval_metric, "compute"):
+            scores = self.eval_metric(predictions=predictions, references=references)
+        else:
+            scores = self.eval_metric.compute(predictions=predictions, references=references)
+        return {name: float(value) for name, value in scores.items() if isinstance(value, (int, float))}
