@@ -11,12 +11,13 @@ Llama (built from a config), the same prompts, the same batch size and the same 
 - ``online_dpo_rm``: upstream `OnlineDPOTrainer` with a reward model of the policy's own size (a
   `LlamaForSequenceClassification` head on the same config): the common real setup;
 - ``sgpo_dpo``: an `SGPOTrainer` DPO-phase step with ``improver_format="next_turn"`` (schedule ``improver_steps=0,
-  dpo_steps=1``, default ``improver_loss_weight=1.0``): one policy sample, the rewrite generated on the draft's KV
-  cache, DPO loss plus the improver loss, the draft scored inside the improver's forward pass;
+  dpo_steps=1``, the default ``improver_loss_weight`` of 0.3): one policy sample, the rewrite generated on the
+  draft's KV cache, DPO loss plus the improver loss, the draft scored inside the improver's forward pass;
 - ``sgpo_improver``: an `SGPOTrainer` improver-phase step, next turn (``improver_warmup_steps`` large): one policy
   sample and a supervised step of the improver role;
-- ``sgpo_dpo_template``, ``sgpo_improver_template``: the same with ``improver_format="template"`` (the library's
-  default today; ``--improver-template`` picks its template), for comparison.
+- ``sgpo_dpo_template``, ``sgpo_improver_template``: the same with ``improver_format="template"`` (what
+  ``improver_format="auto"``, the default, picks for plain-text prompts or a chat template that does not continue the
+  policy's prompt; ``--improver-template`` picks its template), for comparison.
 
 The tokenizer is a byte-level BPE (4096 tokens) trained offline, at start, on seeded pseudo-English text (function
 words and Zipf-distributed syllable words, plus the improver template and instruction), with the chat markup of
@@ -122,7 +123,6 @@ SGPO_FORMATS = {  # arm -> (phase, improver_format)
     "sgpo_improver_template": ("improver", "template"),
 }
 BPE_VOCAB_SIZE = 4096
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 # Frequent English words; the rest of the pseudo-English text is syllable words (see `pseudo_english`).
 FUNCTION_WORDS = (
     "the of and to in is that for it as with was on be by at this are from or have an they which one you were her "
@@ -281,13 +281,12 @@ def build_tokenizer(settings: Settings):
     """The benchmark's tokenizer: a byte-level BPE trained here, offline (default), or the toy character-level one."""
     from trl_sgpo.toy import build_char_tokenizer
 
-    char = build_char_tokenizer()
     if settings.tokenizer == "char":
-        return char
+        return build_char_tokenizer()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     from trl_sgpo.config import DEFAULT_IMPROVER_INSTRUCTION, DEFAULT_IMPROVER_TEMPLATE
+    from trl_sgpo.toy.tokenizer import SPECIAL_TOKENS, wrap_with_toy_markup
 
     corpus = (
         pseudo_english(random.Random(1234), 20000) + [DEFAULT_IMPROVER_TEMPLATE, DEFAULT_IMPROVER_INSTRUCTION] * 50
@@ -302,16 +301,7 @@ def build_tokenizer(settings: Settings):
         show_progress=False,
     )
     backend.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        additional_special_tokens=SPECIAL_TOKENS[4:],
-    )
-    tokenizer.chat_template = char.chat_template  # <|user|>...<|end|><|assistant|>...</s>
-    return tokenizer
+    return wrap_with_toy_markup(backend)  # the toy's special tokens and chat markup: <|user|>...<|assistant|>...</s>
 
 
 def token_count(tokenizer, text: str) -> int:
@@ -394,11 +384,13 @@ def tokens_per_row(settings: Settings, tokenizer) -> dict[str, int]:
 
 
 def max_length(settings: Settings, tokenizer) -> int:
-    """A `max_length` that truncates nothing in any arm: room for the improver's prompt, a draft and a rewrite."""
-    template_tokens = len(tokenizer(improver_template(settings), add_special_tokens=False)["input_ids"])
-    # SGPO reserves template + 16 (chat markup) + draft + rewrite beyond the prompt; keep a margin on top.
-    needed = settings.prompt_length + template_tokens + 16 + 2 * settings.max_new_tokens + 8
-    return 64 * math.ceil(needed / 64)
+    """A `max_length` that truncates nothing in any arm: the prompt, plus what SGPO's length budget reserves beyond
+    it (`PromptBudget`: the improver template with its chat markup, a draft and a rewrite), plus a margin."""
+    from trl_sgpo.prompt_lengths import PromptBudget
+
+    template_tokens = token_count(tokenizer, improver_template(settings)) + 16  # 16: the chat markup around it
+    reserved = -PromptBudget(0, template_tokens, settings.max_new_tokens, settings.max_new_tokens).available
+    return 64 * math.ceil((settings.prompt_length + reserved + 8) / 64)
 
 
 def build_model(settings: Settings, tokenizer, meta: bool = False):

@@ -31,6 +31,12 @@ def build_char_tokenizer(with_chat_template: bool = True) -> PreTrainedTokenizer
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
+    return wrap_with_toy_markup(backend, with_chat_template)
+
+
+def wrap_with_toy_markup(backend: Tokenizer, with_chat_template: bool = True) -> PreTrainedTokenizerFast:
+    """A `tokenizers` backend (whose vocabulary holds `SPECIAL_TOKENS`) as a transformers tokenizer with the toy
+    world's special tokens and chat markup; `benchmarks/speed.py` wraps its BPE tokenizer the same way."""
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
