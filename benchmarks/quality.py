@@ -58,6 +58,7 @@ from trl_sgpo.toy import (  # noqa: E402
     make_dataset,
     toy_checkpoint_metadata,
 )
+from trl_sgpo.toy.build_checkpoint import collate_conversations, encode_conversation  # noqa: E402
 from trl_sgpo.toy.checker import check_answer  # noqa: E402
 from trl_sgpo.toy.world import pass_at_k  # noqa: E402
 
@@ -168,21 +169,13 @@ def _run_sft(job: Job, model, tokenizer, dataset) -> dict[str, float]:
     model.train()
     for step in range(job.settings.steps):
         batch = dataset[step * job.settings.batch_size : (step + 1) * job.settings.batch_size]
-        sequences, masks = [], []
-        for prompt, completion in zip(batch["prompt"], batch["completion"]):
-            prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-            prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-            full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-            sequences.append(full_ids)
-            masks.append([0] * len(prompt_ids) + [1] * (len(full_ids) - len(prompt_ids)))
-        width = max(map(len, sequences))
-        ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in sequences])
-        loss_mask = torch.tensor([m + [0] * (width - len(m)) for m in masks], dtype=torch.float32)
-        attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
-        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
-        logps = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        loss = -(logps * loss_mask[:, 1:]).sum() / loss_mask[:, 1:].sum()
+        # The shipped checkpoint's own SFT: the same encoding (chat template, labels on the answer and its EOS) and
+        # the same loss (the model's token-mean NLL of the labels).
+        encoded = [
+            encode_conversation(tokenizer, prompt, completion[0]["content"])
+            for prompt, completion in zip(batch["prompt"], batch["completion"])
+        ]
+        loss = model(**collate_conversations(encoded, tokenizer.pad_token_id)).loss
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -459,16 +452,26 @@ def summarize(report: dict) -> dict:
 
 
 def gate_and_goal_lines(summary: dict) -> list[str]:
+    """The gate and the goal as the report states them; "not run" where their arms were left out of ``--arms``."""
     gain = summary["oracle_gain"]
-    gate = "PASS" if gain >= GATE_POINTS else "FAIL: the testbed cannot tell methods apart; change the world"
+    if math.isnan(gain):
+        gate_line = "Sensitivity gate: not run (it needs the online_dpo_oracle arm, which --arms left out)."
+    else:
+        gate = "PASS" if gain >= GATE_POINTS else "FAIL: the testbed cannot tell methods apart; change the world"
+        gate_line = (
+            f"Sensitivity gate: the oracle arm gains {gain:+.1f} points of test sampled exact match over the start "
+            f"(needs >= {GATE_POINTS:g}): {gate}."
+        )
+    others = ("spin", "sft")
+    if any(math.isnan(summary[f"sgpo_minus_{other}"]) for other in others):
+        return [gate_line, "Goal: not judged (it needs the sgpo, spin and sft arms, which --arms left out)."]
     goal_met = all(
         summary[f"sgpo_minus_{other}"] >= GOAL_POINTS
         and summary[f"sgpo_minus_{other}"] > 2 * summary[f"sigma_sgpo_minus_{other}"]
-        for other in ("spin", "sft")
+        for other in others
     )
     return [
-        f"Sensitivity gate: the oracle arm gains {gain:+.1f} points of test sampled exact match over the start "
-        f"(needs >= {GATE_POINTS:g}): {gate}.",
+        gate_line,
         f"Goal: SGPO - SPIN = {summary['sgpo_minus_spin']:+.1f} ± {summary['sigma_sgpo_minus_spin']:.1f} and "
         f"SGPO - SFT = {summary['sgpo_minus_sft']:+.1f} ± {summary['sigma_sgpo_minus_sft']:.1f} points "
         f"(needs >= {GOAL_POINTS:g} each, beyond 2 sigma): {'MET' if goal_met else 'NOT MET'}.",

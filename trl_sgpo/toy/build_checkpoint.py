@@ -102,7 +102,9 @@ def improver_rows(config: BuildConfig) -> list[tuple[list[dict], str]]:
     return result
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], answer: str) -> tuple[list[int], list[int]]:
+def encode_conversation(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict], answer: str
+) -> tuple[list[int], list[int]]:
     """Token ids and labels of one conversation, rendered by the chat template; labels only on the completion."""
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
@@ -110,7 +112,7 @@ def _encode(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], answer: str)
     return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids
 
 
-def _collate(encoded: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_conversations(encoded: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch of (ids, labels)."""
     length = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(encoded), length), pad_token_id)
@@ -132,8 +134,10 @@ def held_out_scores(model: transformers.PreTrainedModel, tokenizer: PreTrainedTo
 
 def _training_rows(config: BuildConfig, tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:
     """The encoded training rows of the build: the SFT set, then the improver-role rows."""
-    encoded = [_encode(tokenizer, row["prompt"], row["completion"][0]["content"]) for row in sft_dataset(config)]
-    encoded += [_encode(tokenizer, prompt, target) for prompt, target in improver_rows(config)]
+    encoded = [
+        encode_conversation(tokenizer, row["prompt"], row["completion"][0]["content"]) for row in sft_dataset(config)
+    ]
+    encoded += [encode_conversation(tokenizer, prompt, target) for prompt, target in improver_rows(config)]
     return encoded
 
 
@@ -204,7 +208,7 @@ def _fingerprint(
     batches = _batches(config, len(encoded))
     order = [next(batches) for _ in range(steps_of_order)]
     weights = weight_summary(model.state_dict())
-    loss = model(**_collate([encoded[i] for i in order[0]], tokenizer.pad_token_id)).loss
+    loss = model(**collate_conversations([encoded[i] for i in order[0]], tokenizer.pad_token_id)).loss
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
     return {
@@ -240,7 +244,7 @@ def build_checkpoint(output_dir: str | Path, config: BuildConfig | None = None, 
     trace: list[dict[str, float]] = []
     best_score, best_state, best_step, evaluations_without_gain = -1.0, None, 0, 0
     for step, batch in zip(range(1, config.max_steps + 1), batches):
-        loss = model(**_collate([encoded[i] for i in batch], tokenizer.pad_token_id)).loss
+        loss = model(**collate_conversations([encoded[i] for i in batch], tokenizer.pad_token_id)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
