@@ -143,3 +143,36 @@ def test_an_invalid_choice_is_refused_by_the_parser_before_anything_loads(capsys
         parse_args(["--model_name_or_path", "m", "--dataset_name", "d.jsonl", "--loss_type", "hinge"])
     assert caught.value.code == 2
     assert "invalid choice: 'hinge' (choose from 'sigmoid', 'ipo')" in capsys.readouterr().err
+
+
+def test_a_single_cpu_process_under_accelerate_launch_uses_every_core(monkeypatch, caplog):
+    """`accelerate launch` sets OMP_NUM_THREADS=1 by default: one core of many for the headline command."""
+    import logging
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from trl_sgpo.cli import use_all_cores_under_accelerate
+
+    args = SimpleNamespace(use_cpu=True)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
+    assert use_all_cores_under_accelerate(args) is None  # plain python: the user's threads
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")
+    try:
+        with caplog.at_level(logging.WARNING, logger="trl_sgpo.cli"):
+            assert use_all_cores_under_accelerate(args) == 6
+        assert torch.get_num_threads() == 6 and "using all 6" in caplog.text
+        torch.set_num_threads(threads)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice (--num_cpu_threads_per_process 3)
+        assert use_all_cores_under_accelerate(args) is None
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.setenv("WORLD_SIZE", "2")  # several processes share the cores
+        assert use_all_cores_under_accelerate(args) is None
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)

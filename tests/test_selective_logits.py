@@ -7,6 +7,8 @@ prompts with a scored prompt tail (`Scorer.forward`), packed rows with branches 
 adapter on and off. Models whose forward does not slice logits with a boolean mask take the full path.
 """
 
+import logging
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -195,7 +197,7 @@ def test_gathered_log_softmax_equals_log_softmax_and_gather():
     torch.testing.assert_close(half.double(), expected.detach(), atol=0.1, rtol=0.02)
 
 
-def test_models_that_do_not_slice_logits_take_the_full_path(tmp_path):
+def test_models_that_do_not_slice_logits_take_the_full_path(tmp_path, caplog):
     trainer, _ = _mixed_trainer(tmp_path)
     assert _forward_slices_logits(type(trainer.model))
 
@@ -206,7 +208,10 @@ def test_models_that_do_not_slice_logits_take_the_full_path(tmp_path):
 
     assert not _forward_slices_logits(OwnHead)
     model = OwnHead(GPT2Config(vocab_size=trainer.model.config.vocab_size, n_embd=16, n_layer=1, n_head=2)).eval()
-    assert not trainer.scorer.selects_logits(model)
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.scoring"):
+        assert not trainer.scorer.selects_logits(model)
+        assert not trainer.scorer.selects_logits(model)
+    assert caplog.text.count("Selective logits are off (OwnHead.forward does not slice logits by a mask)") == 1
     batch = _batch(trainer)
     ids, mask = trainer.layout.pad_completions(batch.drafts)
     logps = trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask)
@@ -215,3 +220,14 @@ def test_models_that_do_not_slice_logits_take_the_full_path(tmp_path):
     _assert_close(logps * mask, full.log_softmax(-1).gather(2, ids.unsqueeze(2)).squeeze(2) * mask, "own head")
     trainer.select_logits = False
     assert not trainer.scorer.selects_logits(trainer.model)
+
+
+def test_a_sequence_over_max_length_is_cut_from_the_left_and_said_once(tmp_path, caplog):
+    trainer, _ = _mixed_trainer(tmp_path)
+    batch = _batch(trainer)
+    ids, mask = trainer.layout.pad_completions(batch.references)
+    trainer.max_length = batch.prompt_ids.size(1) + ids.size(1) - 3
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.scoring"):
+        for _ in range(2):
+            trainer.scorer.forward(trainer.model, batch.prompt_ids, batch.prompt_mask, ids, mask)
+    assert caplog.text.count("first 3 prompt tokens are cut") == 1

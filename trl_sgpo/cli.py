@@ -7,6 +7,7 @@ real-world entry point; every `SGPOConfig` and `ModelConfig` option is a flag, a
 Options that cannot work are refused (`preflight`) before the data, then the model, are loaded.
 """
 
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_callback import ProgressCallback
+from transformers.utils import logging
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 from trl.trainer.callbacks import RichProgressCallback
 
@@ -26,6 +28,9 @@ from .output_dir import check_output_dir
 from .preflight import check_eval_data, check_options
 from .toy.world import TOY_IMPROVER_INSTRUCTION
 from .trainer import SGPOTrainer
+
+
+logger = logging.get_logger(__name__)
 
 
 # Settings for the built-in world, applied only where the command line does not set them. They are the settings of
@@ -235,6 +240,26 @@ def _checked_inputs(argv: list[str] | None) -> tuple:
     return script_args, training_args, model_args, (train_dataset, eval_dataset, tokenizer)
 
 
+def use_all_cores_under_accelerate(training_args) -> int | None:
+    """`accelerate launch` starts its process with ``OMP_NUM_THREADS=1`` unless told otherwise, so a single CPU
+    process would use one core of many. There (one process, on a CPU, the thread count accelerate's default),
+    use every core and say so once; returns the thread count set, or None where nothing was changed."""
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set in every process accelerate launch starts
+    one_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    on_cpu = training_args.use_cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    cores = os.cpu_count() or 1
+    if not (launched and one_process and on_cpu and os.environ.get("OMP_NUM_THREADS") == "1" and cores > 1):
+        return None
+    torch.set_num_threads(cores)
+    logger.warning(
+        "accelerate launch set OMP_NUM_THREADS=1 (its default), which would train on 1 of this CPU's %d cores: "
+        "using all %d. To choose, pass --num_cpu_threads_per_process N to accelerate launch.",
+        cores,
+        cores,
+    )
+    return cores
+
+
 def _train(script_args, training_args, model_args, data) -> dict:
     console = Console()
     builtin = data is None
@@ -274,6 +299,7 @@ def _train(script_args, training_args, model_args, data) -> dict:
         eval_for_trainer = None
     else:
         train_dataset, eval_for_trainer, tokenizer = data
+        use_all_cores_under_accelerate(training_args)
         model = load_model(model_args, training_args)
 
     trainer = SGPOTrainer(

@@ -12,10 +12,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
 from .gathered_log_softmax import gathered_log_softmax
 from .pairs import Completion
 from .prompt_layout import DraftBatch, ImproverPrompts
+
+
+logger = logging.get_logger(__name__)
 
 
 class Scorer:
@@ -26,6 +30,8 @@ class Scorer:
     def __init__(self, trainer: Any):
         self.trainer = trainer
         self._rotary_models: dict[int, bool] = {}  # id of a model -> whether it has rotary position embeddings
+        self._said_truncation = False  # each "said once" warning, once per trainer
+        self._said_full_logits = False
 
     def forward(
         self,
@@ -49,6 +55,17 @@ class Scorer:
         ``prompt_tail``, default: the prompt's mask there) says which of them to score; the others read zero.
         """
         excess = max(prompt_ids.size(1) + completion_ids.size(1) - self.trainer.max_length, 0)
+        if excess and not self._said_truncation:
+            self._said_truncation = True
+            logger.warning(
+                "A scored sequence is longer than max_length: prompt block %d + completion %d tokens > max_length %d, "
+                "so its first %d prompt tokens are cut (as TRL does). The prompts were measured against the budget, "
+                "but a long reference or target is not; raise max_length or improver_max_new_tokens. Said once.",
+                prompt_ids.size(1),
+                completion_ids.size(1),
+                self.trainer.max_length,
+                excess,
+            )
         prompt_ids, prompt_mask = prompt_ids[:, excess:], prompt_mask[:, excess:]
         if prompt_ids.size(1) == 0:
             raise ValueError(
@@ -87,8 +104,21 @@ class Scorer:
         unwrapped = self.trainer.accelerator.unwrap_model(model)
         peft_config = getattr(unwrapped, "active_peft_config", None)
         if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+            self._say_full_logits("a prompt-learning adapter adds virtual tokens to the rows")
             return False
-        return _forward_slices_logits(_base_class(unwrapped))
+        if not _forward_slices_logits(_base_class(unwrapped)):
+            self._say_full_logits(f"{_base_class(unwrapped).__name__}.forward does not slice logits by a mask")
+            return False
+        return True
+
+    def _say_full_logits(self, reason: str) -> None:
+        if not self._said_full_logits:
+            self._said_full_logits = True
+            logger.warning(
+                "Selective logits are off (%s): the LM head and log-softmax run at every position from the first "
+                "scored one on. The log-probabilities are the same; a step needs more memory. Said once.",
+                reason,
+            )
 
     def token_logps(
         self, model, inputs: dict[str, torch.Tensor], rows: torch.Tensor, columns: torch.Tensor, tokens: torch.Tensor
