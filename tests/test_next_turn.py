@@ -337,3 +337,47 @@ def test_auto_falls_back_to_the_template_when_the_chat_template_rewrites_earlier
     )
     assert "<|user|>{{ message['content'] }}</s>" in tokenizer.chat_template  # the edit took
     assert _built_format(tmp_path, tokenizer, conversational_dataset(8)) == "template"
+
+
+def test_generation_uses_the_cache_with_gradient_checkpointing_on(tmp_path):
+    """Gradient checkpointing (on by default on a GPU) made upstream generate with ``use_cache=False``: every token
+    recomputed the whole sequence and the next turn had no draft cache. Both roles now generate with the cache, the
+    rewrite continues from the drafts' cache, and checkpointing is back on (with its kwargs) for the backward pass."""
+    trainer, _ = _mixed_trainer(
+        tmp_path,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        improver_warmup_steps=0,
+        improver_steps=0,
+        dpo_steps=1,
+        max_steps=1,
+    )
+    model = trainer.model
+    assert model.is_gradient_checkpointing
+    calls, generate = [], model.generate
+
+    def recording_generate(*args, **kwargs):
+        cache = next((value for value in kwargs.values() if hasattr(value, "get_seq_length")), None)
+        calls.append(
+            (
+                kwargs["generation_config"].use_cache,
+                model.is_gradient_checkpointing,
+                cache.get_seq_length() if cache is not None else 0,
+                kwargs["input_ids"].size(1),
+            )
+        )
+        return generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    laid_out, improver_prompts = [], trainer.layout.improver_prompts
+    trainer.layout.improver_prompts = lambda batch: laid_out.append(improver_prompts(batch)) or laid_out[-1]
+    trainer.train()
+    (policy_cache, policy_checkpointing, policy_cached, _), improver = calls
+    improver_cache, improver_checkpointing, improver_cached, improver_width = improver
+    assert policy_cache and improver_cache
+    assert not policy_checkpointing and not improver_checkpointing  # off while generating
+    assert policy_cached == 0 and improver_cached > 0
+    # the improver is fed only what the cache does not hold: the last draft token and the new turn of each row
+    assert improver_width - improver_cached == max(laid_out[0].after_lengths) + 1
+    assert model.is_gradient_checkpointing  # back on after generation
+    assert _logged(trainer, "sgpo/improver_loss")

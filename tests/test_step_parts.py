@@ -114,10 +114,13 @@ def test_generated_rows_become_completions_with_the_eos_they_sampled():
     assert Completion.from_generated([1, 2], eos) == Completion([1, 2], False, None)
     assert Completion.from_generated([1, 2], eos, stopped=True) == Completion([1, 2], True, None)
     assert Completion.from_generated([], eos) == Completion([], False, None)
-    # scored: content, then the sampled EOS, else the default one; nothing after a cut completion
-    assert Completion([1, 2], True, 9).scored_tokens(default_end=7) == [1, 2, 9]
-    assert Completion([1, 2], True).scored_tokens(default_end=7) == [1, 2, 7]
-    assert Completion([1, 2], False).scored_tokens(default_end=7) == [1, 2]
+    # scored: content, then the template's end of turn whichever EOS was sampled; nothing after a cut completion
+    assert Completion([1, 2], True, 9).scored_tokens(end_of_turn=7) == [1, 2, 7]
+    assert Completion([1, 2], True).scored_tokens(end_of_turn=7) == [1, 2, 7]
+    assert Completion([1, 2], False).scored_tokens(end_of_turn=7) == [1, 2]
+    # a draft that ended on another EOS id than the end of turn: its cache differs from the rendered conversation
+    assert Completion([1, 2], True, 9).ended_off_turn(7) and not Completion([1, 2], True, 7).ended_off_turn(7)
+    assert not Completion([1, 2], True).ended_off_turn(7) and not Completion([1, 2], False).ended_off_turn(7)
 
 
 # ------------------------------------------------------------------------------------------- length budget

@@ -21,6 +21,11 @@ from .pairs import uses_improver
 from .prompt_lengths import ROWS_CHECKED_IN_STREAMS, fit_prompts, prompt_budget
 
 
+# The next-turn check renders the first row of each sequence of roles among this many rows (cheap; templates branch on
+# the roles, not on the content).
+ROWS_CHECKED_FOR_SHAPES = 1000
+
+
 REQUIRED_COLUMNS = ("prompt", "completion")
 PROMPT_ROLES = ("system", "user", "assistant", "tool")
 FORMAT_HINT = (
@@ -147,25 +152,37 @@ def check_improver_template(
 def check_next_turn_conversation(
     instruction: str, dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    """For improver_format='next_turn': render the first row's next turn now rather than fail at step 1.
+    """For improver_format='next_turn': render the next turn now rather than fail during training.
 
     A conversational prompt needs a chat template that writes an earlier assistant turn as the policy's generation
     prompt followed by the draft (so the draft continues what the policy saw); `next_turn_suffix` says what is wrong
-    otherwise. The tokens after the draft must hold more than an end-of-turn token.
+    otherwise. Templates branch on the conversation (a system message, several turns), so the first row of each
+    sequence of roles among the first ``ROWS_CHECKED_FOR_SHAPES`` rows is checked; every step checks its own rows
+    again (`PromptLayout.next_turn_prompts`). The tokens after the draft must hold more than an end-of-turn token.
     """
-    row = next(iter(dataset))
-    prompt = row["prompt"]
-    policy_prompt = (
-        tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        if isinstance(prompt, list)
-        else prompt
-    )
-    suffix = next_turn_suffix(instruction, prompt, tokenizer, reference="a reference", policy_prompt=policy_prompt)
-    if not tokenizer(suffix, add_special_tokens=False)["input_ids"]:
-        raise ValueError(
-            "improver_format='next_turn': the new turn renders to no tokens with this tokenizer; check "
-            "improver_instruction and the chat template."
+    shapes_seen = set()
+    for index, row in enumerate(islice(dataset, ROWS_CHECKED_FOR_SHAPES)):
+        prompt = row["prompt"]
+        shape = tuple(message["role"] for message in prompt) if isinstance(prompt, list) else "text"
+        if shape in shapes_seen:
+            continue
+        shapes_seen.add(shape)
+        policy_prompt = (
+            tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            if isinstance(prompt, list)
+            else prompt
         )
+        try:
+            suffix = next_turn_suffix(
+                instruction, prompt, tokenizer, reference="a reference", policy_prompt=policy_prompt
+            )
+        except ValueError as error:
+            raise ValueError(f"train_dataset row {index} (roles {list(shape)}): {error}") from error
+        if not tokenizer(suffix, add_special_tokens=False)["input_ids"]:
+            raise ValueError(
+                "improver_format='next_turn': the new turn renders to no tokens with this tokenizer; check "
+                "improver_instruction and the chat template."
+            )
 
 
 def resolve_improver_format(

@@ -218,6 +218,27 @@ def validate_instruction(instruction: str) -> None:
         )
 
 
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase, conversational: bool) -> int:
+    """The token that ends an assistant turn, as the chat template writes it (not `eos_token`, which differs for
+    some tokenizers: a base tokenizer carrying ChatML, Llama 3's ``<|end_of_text|>`` beside ``<|eot_id|>``).
+
+    Read from the template: the first token it writes after an assistant message's content (``<|im_end|>`` for
+    ChatML, ``<|eot_id|>`` for Llama 3), when that is a special token. Plain-text prompts, a template without
+    one, or one that writes ordinary text there: the tokenizer's EOS.
+    """
+    if conversational and getattr(tokenizer, "chat_template", None) is not None:
+        messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": _DRAFT_MARK}]
+        try:
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:  # a template that refuses this conversation: the EOS below
+            rendered = ""
+        _, mark, after = rendered.partition(_DRAFT_MARK)
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if mark else []
+        if ids and ids[0] in tokenizer.all_special_ids:
+            return ids[0]
+    return tokenizer.eos_token_id
+
+
 def next_turn_suffix(
     instruction: str,
     prompt: Prompt,

@@ -28,8 +28,10 @@ def uses_improver(pair_source: str) -> bool:
 class Completion:
     """A sampled (or reference) completion: its content tokens (no EOS, no padding) and whether it ended with EOS.
 
-    ``end_token`` is the EOS id that was sampled (a model may have several, e.g. end-of-turn and end-of-text), so
-    log-probabilities score the token that was really generated; unset means the tokenizer's EOS.
+    ``end_token`` is the EOS id that was sampled (a model may have several, e.g. Qwen's ``<|im_end|>`` and
+    ``<|endoftext|>``); unset for references and targets. A finished completion is *scored* as its content followed by
+    the chat template's end-of-turn token (`scored_tokens`), whichever EOS was sampled: every row then reads as the
+    template renders the conversation, in the policy's passes and inside the improver's next turn alike.
     """
 
     token_ids: list[int]
@@ -46,12 +48,17 @@ class Completion:
         content = list(ids[:-1]) if ends_with_eos else list(ids)
         return cls(content, ends_with_eos or stopped, ids[-1] if ends_with_eos else None)
 
-    def scored_tokens(self, default_end: int) -> list[int]:
-        """The tokens a completion is scored on: its content, then the EOS it ended on (``default_end`` where none
-        was sampled: references, improver targets, a stop the engine left out). A cut completion has no EOS."""
+    def scored_tokens(self, end_of_turn: int) -> list[int]:
+        """The tokens a completion is scored on: its content, then ``end_of_turn`` if it ended (the template's
+        end-of-turn token, see `improver.end_of_turn_token`). A cut completion has no end token."""
         if not self.ended:
             return list(self.token_ids)
-        return [*self.token_ids, self.end_token if self.end_token is not None else default_end]
+        return [*self.token_ids, end_of_turn]
+
+    def ended_off_turn(self, end_of_turn: int) -> bool:
+        """Whether it ended on an EOS id other than the end-of-turn token (then its generated tokens, and the KV
+        cache built on them, differ from the conversation as the template renders it)."""
+        return self.ended and self.end_token is not None and self.end_token != end_of_turn
 
 
 @dataclass

@@ -44,6 +44,7 @@ class DraftBatch:
     (next turn) the drafts' KV cache for the rewrite to continue from."""
 
     prompts: list
+    prompt_texts: list[str]  # the policy prompts as rendered (chat template)
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
     drafts: list[Completion]
@@ -53,11 +54,15 @@ class DraftBatch:
 
 
 class PromptLayout:
-    """Prompts and padded completions for `SGPOTrainer`'s steps; reads the trainer's tokenizer, args, device and
-    end-of-sequence ids."""
+    """Prompts and padded completions for `SGPOTrainer`'s steps; reads the trainer's tokenizer, args and device.
 
-    def __init__(self, trainer: Any):
+    ``end_of_turn``: the token a finished completion is scored with (`improver.end_of_turn_token`: the chat
+    template's, for conversational data).
+    """
+
+    def __init__(self, trainer: Any, end_of_turn: int):
         self.trainer = trainer
+        self.end_of_turn = end_of_turn
 
     def tokenize_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.trainer.processing_class(
@@ -90,7 +95,7 @@ class PromptLayout:
 
     def completion_tokens(self, completion: Completion) -> list[int]:
         """The tokens a completion is scored on: its content, then its EOS if it ended."""
-        return completion.scored_tokens(self.trainer.eos_token_ids[0])
+        return completion.scored_tokens(self.end_of_turn)
 
     def improver_prompts(self, batch: DraftBatch) -> ImproverPrompts:
         """The improver prompts for each (prompt, draft), showing the reference where the template asks, tokenized."""
@@ -118,13 +123,17 @@ class PromptLayout:
         Row ``i`` is the policy's prompt tokens, the draft's tokens (with the EOS it sampled), then the tokens of the
         new turn (`next_turn_suffix`: end of turn, instruction, assistant header). The draft is taken as sampled, not
         re-tokenized from its text, so the prefix is exactly what the policy generated: its cache and log-probabilities
-        stay valid. When the suffix opens with an EOS token (the end of the assistant turn), an ended draft's own EOS
-        stands for it; a draft cut at the length limit gets it appended.
+        stay valid. Each row is exactly the tokenization of the chat template's rendering: the suffix opens with the
+        end-of-turn token, which an ended draft's scored tokens already hold (`Completion.scored_tokens`); a draft cut
+        at the length limit gets it from the suffix. Each row's rendering is checked to continue its policy prompt.
 
         Two layouts: ``ids``/``mask`` (left-padded rows, for the forward passes and generation without a cache) and,
         when the drafts' cache was kept, ``generation_ids``/``generation_mask``: the policy's padded prompt block and
         the generated block exactly as the cache holds them (padding after an EOS masked), then the new turns,
-        left-padded. Positions come from the mask in `generate`, so both layouts give the same rewrite.
+        left-padded. Positions come from the mask in `generate`, so both layouts give the same rewrite. Not when a
+        draft ended on another EOS id than the end-of-turn token (Qwen's ``<|endoftext|>``, Llama 3's
+        ``<|eom_id|>``): the cache holds that token where the conversation has the end of turn, so the rewrite is
+        generated from the rows instead.
         """
         show_reference = uses_reference(self.trainer.args.improver_instruction)
         suffix_texts = [
@@ -133,18 +142,19 @@ class PromptLayout:
                 prompt,
                 self.trainer.processing_class,
                 reference=reference if show_reference else None,
+                policy_prompt=policy_text,  # each row: the template must continue what the policy saw
             )
-            for prompt, reference in zip(batch.prompts, batch.reference_texts)
+            for prompt, reference, policy_text in zip(batch.prompts, batch.reference_texts, batch.prompt_texts)
         ]
         suffixes = self.trainer.processing_class(text=suffix_texts, add_special_tokens=False)["input_ids"]
-        eos = self.trainer.eos_token_ids[0]
+        end_of_turn = self.end_of_turn
         rows, rejected_lengths, afters = [], [], []
         for prompt_row, mask_row, draft, suffix in zip(
             batch.prompt_ids.tolist(), batch.prompt_mask.tolist(), batch.drafts, suffixes
         ):
             prompt = [token for token, real in zip(prompt_row, mask_row) if real]
-            rejected = draft.scored_tokens(eos)
-            closes = bool(suffix) and suffix[0] in self.trainer.eos_token_ids
+            rejected = draft.scored_tokens(end_of_turn)
+            closes = bool(suffix) and suffix[0] == end_of_turn  # the template ends the draft's turn
             after = suffix[1:] if closes and draft.ended else suffix
             rows.append(prompt + rejected + after)
             rejected_lengths.append(len(rejected))
@@ -153,7 +163,7 @@ class PromptLayout:
         ids, mask = self.left_pad(rows)
         prompts = ImproverPrompts(texts, ids, mask, rejected_lengths, [len(after) for after in afters])
         cache = batch.draft_cache
-        if cache is not None:
+        if cache is not None and not any(draft.ended_off_turn(end_of_turn) for draft in batch.drafts):
             after_ids, after_mask = self.left_pad(afters)
             prompts.generation_ids = torch.cat((batch.prompt_ids, cache.generated_ids, after_ids), dim=1)
             prompts.generation_mask = torch.cat((batch.prompt_mask, cache.generated_mask, after_mask), dim=1)

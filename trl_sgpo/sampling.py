@@ -81,8 +81,14 @@ class Sampler:
                 },
             }
             return
+        # The KV cache, always (unless generation_kwargs says otherwise): the parent turns it off under gradient
+        # checkpointing, yet `unwrap_model_for_generation` disables checkpointing while generating, so the cache is
+        # safe there; without it every token recomputes the whole sequence and the next turn has no draft cache.
+        use_cache = (args.generation_kwargs or {}).get("use_cache", True)
+        # eos_token_id: the trainer's, which includes the chat template's end-of-turn token
+        policy_kwargs = {**trainer.generation_kwargs, "use_cache": use_cache, "eos_token_id": trainer.eos_token_ids}
         improver_kwargs = {
-            **trainer.generation_kwargs,
+            **policy_kwargs,
             "max_new_tokens": self.improver_max_new_tokens,
             "temperature": improver_temperature,
             "top_p": improver_top_p,
@@ -91,14 +97,12 @@ class Sampler:
             improver_kwargs.update(do_sample=False)
             for key in ("temperature", "top_p", "top_k", "min_p"):
                 improver_kwargs.pop(key, None)
-        greedy_kwargs = {
-            k: v for k, v in trainer.generation_kwargs.items() if k not in ("temperature", "top_p", "top_k")
-        }
+        greedy_kwargs = {k: v for k, v in policy_kwargs.items() if k not in ("temperature", "top_p", "top_k")}
         greedy_kwargs.update(do_sample=False)
         # role -> (generation config, the kwargs `unwrap_model_for_generation` reads, e.g. use_cache)
         self.hf_generation = {
             "eval": (GenerationConfig(**greedy_kwargs), greedy_kwargs),
-            "policy": (trainer.generation_config, trainer.generation_kwargs),
+            "policy": (GenerationConfig(**policy_kwargs), policy_kwargs),
             "improver": (GenerationConfig(**improver_kwargs), improver_kwargs),
         }
 
@@ -135,6 +139,8 @@ class Sampler:
                 trainer.accelerator,
                 gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                 generation_kwargs=generation_kwargs,
+                # re-enabled after generation with the user's settings (upstream's default drops them)
+                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
             ) as unwrapped_model,
             torch.no_grad(),
             FSDP.summon_full_params(trainer.model_wrapped, recurse=False)

@@ -17,6 +17,7 @@ from transformers import (
     TrainerCallback,
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
+from transformers.utils import logging
 from trl.experimental.online_dpo import OnlineDPOTrainer
 from trl.trainer.callbacks import SyncRefModelCallback
 
@@ -24,7 +25,7 @@ from .callbacks import SGPOPhaseCallback, SGPOSampleTableCallback, sample_rows
 from .config import SGPOConfig
 from .data import prepare_training_data, reference_text
 from .evaluation import EvaluationMixin, load_eval_metric
-from .improver import edit_toward, improver_targets
+from .improver import edit_toward, end_of_turn_token, improver_targets
 from .objectives import dpo_objective, improver_objective
 from .output_dir import check_output_dir
 from .pairs import Completion, filter_pairs, uses_improver
@@ -35,6 +36,9 @@ from .saving import SavingMixin
 from .schedule import DPO, IMPROVER, PHASE_IDS
 from .scoring import Scorer, Scores
 from .step_stats import RewriteHealth, StepStats, completion_stats, nan_mean, pair_stats, reduce_stats, target_stats
+
+
+logger = logging.get_logger(__name__)
 
 
 def _no_reward(*args, **kwargs):
@@ -163,9 +167,11 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         self.num_sample_rows = 0
         self.last_samples: list[dict[str, str]] = []
         # The seam for sampling: any callable with `Sampler.__call__`'s signature may replace it (tests do).
+        end_of_turn = self._stop_at_end_of_turn()
         self.sampler: Callable[..., list[Completion]] = Sampler(self)
         self.scorer = Scorer(self)  # the forward passes: separate, packed, selective logits
-        self.layout = PromptLayout(self)  # prompts of both roles as token ids; completions padded for scoring
+        # prompts of both roles as token ids; completions padded for scoring, ended ones with the end-of-turn token
+        self.layout = PromptLayout(self, end_of_turn)
         if args.log_completions:
             self.add_callback(SGPOSampleTableCallback(self, num_rows=args.num_completions_to_print))
 
@@ -176,6 +182,21 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------ set-up
+
+    def _stop_at_end_of_turn(self) -> int:
+        """The chat template's end-of-turn token (`improver.end_of_turn_token`); generation stops on it too."""
+        conversational = isinstance(next(iter(self.train_dataset))["prompt"], list)
+        end_of_turn = end_of_turn_token(self.processing_class, conversational)
+        if end_of_turn not in self.eos_token_ids:
+            # e.g. a base tokenizer carrying ChatML: eos_token <|endoftext|>, turns ending with <|im_end|>
+            self.eos_token_ids = [*self.eos_token_ids, end_of_turn]
+            logger.warning(
+                "The chat template ends assistant turns with %r, which is not among the end-of-sequence ids %s: "
+                "generation now stops on it too, and finished responses are scored ending with it.",
+                self.processing_class.convert_ids_to_tokens(end_of_turn),
+                self.eos_token_ids[:-1],
+            )
+        return end_of_turn
 
     @property
     def phase_callback(self) -> SGPOPhaseCallback:
@@ -255,6 +276,7 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         reference_texts = [reference_text(completion) for completion in inputs["completion"]]
         return DraftBatch(
             prompts=prompts,
+            prompt_texts=policy_texts,
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
             drafts=drafts,
@@ -274,7 +296,7 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         scores = None
         if uses_improver(args.pair_source):
             prompts = self.layout.improver_prompts(batch)
-            if batch.draft_cache is not None:  # next turn: continue from the drafts' cache
+            if batch.draft_cache is not None and prompts.generation_ids is not None:  # continue the drafts' cache
                 ids, mask = prompts.generation_ids, prompts.generation_mask
                 chosen = self.sampler(model, prompts.texts, ids, mask, "improver", cache=batch.draft_cache)
             else:
