@@ -19,7 +19,7 @@ callback also saves the phases already run (run-length encoded) in the checkpoin
 import importlib.util
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -53,8 +53,9 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
         self.skip_improver = skip_improver
         # As configured; `schedule` is this resolved for the run's length when training begins.
         self.configured_schedule = PhaseSchedule(improver_warmup_steps, improver_steps, dpo_steps, num_cycles)
-        self.schedule = self.configured_schedule
+        self.schedule = self.run_schedule = self.configured_schedule
         self.phase_runs: list[list] = []  # [[phase, number of steps], ...] of the completed steps
+        self.warmup_ended_at: int | None = None  # where `ImproverReadiness` ended Step 1 early, if it did
         self.phase = self.phase_at(0)
         self.phase_started = True
 
@@ -72,12 +73,23 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
         return DPO if self.skip_improver else self.schedule.phase_at(step)
 
     @property
+    def warmup_cap(self) -> int:
+        """Step 1's length as configured, resolved for the run: its cap when readiness may end it earlier."""
+        return int(self.run_schedule.improver_warmup_steps)
+
+    def end_warmup_at(self, step: int) -> None:
+        """End Step 1 after ``step`` steps (the improver is ready): the schedule goes on as if it had been that long.
+        Saved in the checkpoint, so a resumed run keeps it."""
+        self.warmup_ended_at = step
+        self.schedule = replace(self.run_schedule, improver_warmup_steps=step)
+
+    @property
     def phase_history(self) -> list[str]:
         """The phase of every completed optimizer step, in order."""
         return [phase for phase, count in self.phase_runs for _ in range(count)]
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        self.schedule = self.configured_schedule.for_run(state.max_steps)
+        self.schedule = self.run_schedule = self.configured_schedule.for_run(state.max_steps)
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if state.global_step > 0 and isinstance(saved, dict):  # resuming: take back the phases already run
             if saved.get("args") != self.state()["args"]:
@@ -89,6 +101,8 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
                     state.global_step,
                 )
             self.phase_runs = [list(run) for run in saved.get("attributes", {}).get("phase_runs", [])]
+            if saved.get("attributes", {}).get("warmup_ended_at") is not None:
+                self.end_warmup_at(saved["attributes"]["warmup_ended_at"])
         self._set_phase(state.global_step)
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -106,8 +120,11 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         return {
-            "args": {**asdict(self.schedule), "skip_improver": self.skip_improver},
-            "attributes": {"phase_runs": [list(run) for run in self.phase_runs]},
+            "args": {**asdict(self.run_schedule), "skip_improver": self.skip_improver},
+            "attributes": {
+                "phase_runs": [list(run) for run in self.phase_runs],
+                "warmup_ended_at": self.warmup_ended_at,
+            },
         }
 
 

@@ -144,6 +144,12 @@ class SGPOConfig(OnlineDPOConfig):
             improver on the initial policy's samples, then optimizes preferences). A value below 1 is a fraction of
             the run's total steps (like `warmup_steps` in transformers); 0 starts with the cycles at once. Watch
             `sgpo/rewrite_closer` (warned about when low): if rewrites do not beat drafts, lengthen it.
+        improver_ready_at (`float`, *optional*):
+            End Step 1 as soon as this share of held-out rewrites gains token overlap with the reference (greedy,
+            measured every `improver_readiness_steps` steps on `improver_readiness_prompts` training rows set aside);
+            `improver_warmup_steps` is then the cap. Unset (default): Step 1 lasts `improver_warmup_steps`.
+        improver_readiness_steps (`int`, *optional*, defaults to `5`), improver_readiness_prompts (`int`, *optional*,
+            defaults to `8`): how often, and on how many held-out rows, `improver_ready_at` measures.
         improver_steps (`int`, *optional*, defaults to `0`):
             Improver-phase steps at the start of each cycle after Step 1. `0` (the default): no improver-only
             refreshes, every step after Step 1 is a DPO step, whose `improver_loss_weight` term keeps the improver
@@ -304,6 +310,20 @@ class SGPOConfig(OnlineDPOConfig):
             "the run's total steps. 0: start with the improver/DPO cycles at once."
         },
     )
+    improver_ready_at: float | None = field(
+        default=None,
+        metadata={
+            "help": "End Step 1 once this share of held-out rewrites gains token overlap with the reference "
+            "(improver_warmup_steps is then the cap). Unset: Step 1 lasts improver_warmup_steps."
+        },
+    )
+    improver_readiness_steps: int = field(
+        default=5, metadata={"help": "With improver_ready_at: measure the readiness every this many steps."}
+    )
+    improver_readiness_prompts: int = field(
+        default=8,
+        metadata={"help": "With improver_ready_at: training rows set aside to measure the readiness on."},
+    )
     improver_steps: int = field(
         default=0,
         metadata={
@@ -433,6 +453,7 @@ class SGPOConfig(OnlineDPOConfig):
         if self.improver_temperature is not None and self.improver_temperature < 0:
             raise ValueError(f"improver_temperature must be >= 0 (0 = greedy), got {self.improver_temperature}.")
         self._check_length_budget()
+        self._check_readiness()
         if self.pair_source == "sgpo" and self.improver_filter_outliers and self.per_device_train_batch_size < 4:
             warnings.warn(
                 f"per_device_train_batch_size={self.per_device_train_batch_size}: the improver's outlier filter "
@@ -448,6 +469,19 @@ class SGPOConfig(OnlineDPOConfig):
             raise TypeError(
                 "improver_template must be a string with {prompt} and {response} or a callable "
                 f"(prompt, response) -> str | messages, got {type(self.improver_template).__name__}."
+            )
+
+    def _check_readiness(self) -> None:
+        if self.improver_ready_at is None:
+            return
+        if not 0 < self.improver_ready_at <= 1:
+            raise ValueError(f"improver_ready_at must be a share in (0, 1], got {self.improver_ready_at}.")
+        if self.improver_readiness_steps < 1 or self.improver_readiness_prompts < 1:
+            raise ValueError("improver_readiness_steps and improver_readiness_prompts must be >= 1.")
+        if self.pair_source != "sgpo" or self.improver_warmup_steps == 0:
+            raise ValueError(
+                "improver_ready_at ends Step 1 early, so it needs pair_source='sgpo' and a Step 1 to end "
+                f"(improver_warmup_steps > 0, its cap; got {self.improver_warmup_steps})."
             )
 
     def _check_length_budget(self) -> None:

@@ -16,6 +16,7 @@ import difflib
 import math
 import re
 import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +147,22 @@ def apply_edits(draft: Sequence[int], operations: Sequence[EditOperation]) -> li
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     """Number of single-token operations in the edit script from ``a`` to ``b``."""
     return len(edit_script(a, b))
+
+
+def token_overlap(a: Sequence[int], b: Sequence[int]) -> float:
+    """F1 of the token multisets of ``a`` and ``b`` (1: the same tokens, 0: none shared; 1 for two empty texts).
+
+    The readiness signal of Step 1 (`readiness.ImproverReadiness`): unlike the edit distance, it does not reward a
+    rewrite for being short. A garbage rewrite of a long wrong draft is "closer" to a short reference by edit
+    distance; it shares no more of the reference's tokens than the draft did, so its overlap gain is none.
+    """
+    if not a and not b:
+        return 1.0
+    common = sum((Counter(a) & Counter(b)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(a), common / len(b)
+    return 2 * precision * recall / (precision + recall)
 
 
 def improver_target(

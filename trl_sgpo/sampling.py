@@ -79,6 +79,7 @@ class Sampler:
                     "top_p": improver_top_p,
                     "max_tokens": self.improver_max_new_tokens,
                 },
+                "improver_greedy": {**base, "temperature": 0.0, "max_tokens": self.improver_max_new_tokens},
             }
             return
         # The KV cache, always (unless generation_kwargs says otherwise): the parent turns it off under gradient
@@ -99,11 +100,14 @@ class Sampler:
                 improver_kwargs.pop(key, None)
         greedy_kwargs = {k: v for k, v in policy_kwargs.items() if k not in ("temperature", "top_p", "top_k")}
         greedy_kwargs.update(do_sample=False)
+        improver_greedy = {k: v for k, v in improver_kwargs.items() if k not in ("temperature", "top_p", "top_k")}
+        improver_greedy.update(do_sample=False)
         # role -> (generation config, the kwargs `unwrap_model_for_generation` reads, e.g. use_cache)
         self.hf_generation = {
             "eval": (GenerationConfig(**greedy_kwargs), greedy_kwargs),
             "policy": (GenerationConfig(**policy_kwargs), policy_kwargs),
             "improver": (GenerationConfig(**improver_kwargs), improver_kwargs),
+            "improver_greedy": (GenerationConfig(**improver_greedy), improver_greedy),  # Step 1's readiness
         }
 
     def __call__(

@@ -31,6 +31,7 @@ from .output_dir import check_output_dir
 from .pairs import Completion, filter_pairs, uses_improver
 from .preflight import check_trainer_arguments
 from .prompt_layout import DraftBatch, PromptLayout
+from .readiness import ImproverReadiness, set_aside_readiness_rows
 from .sampling import DraftCache, Sampler
 from .saving import SavingMixin
 from .schedule import DPO, IMPROVER, PHASE_IDS
@@ -134,6 +135,7 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         )
         # Reject bad data before the model is loaded or anything is generated ('auto' is resolved in a copy of args).
         args, train_dataset, eval_dataset = prepare_training_data(args, processing_class, train_dataset, eval_dataset)
+        train_dataset, readiness_rows = set_aside_readiness_rows(args, train_dataset)
 
         callbacks = list(callbacks or [])
         if not any(isinstance(callback, SGPOPhaseCallback) for callback in callbacks):
@@ -174,6 +176,8 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         self.layout = PromptLayout(self, end_of_turn)
         if args.log_completions:
             self.add_callback(SGPOSampleTableCallback(self, num_rows=args.num_completions_to_print))
+        if readiness_rows is not None:  # Step 1 ends when the improver is ready (`improver_ready_at`)
+            self.add_callback(ImproverReadiness(self, readiness_rows))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """Train; refuses a non-empty `output_dir` unless resuming or `overwrite_output_dir=True`."""

@@ -1,0 +1,141 @@
+"""Step 1 that ends when the improver is ready (`SGPOConfig.improver_ready_at`), measured without a reward.
+
+Every ``improver_readiness_steps`` steps of Step 1, the current model drafts greedy answers to a fixed slice of
+held-out training prompts (``improver_readiness_prompts`` rows, set aside from training) and rewrites them greedily
+as the improver. The readiness is the share of rewrites that share more of the SFT reference's tokens than their
+draft did (`improver.token_overlap`; a draft already equal to the reference counts when its rewrite stays so). Once
+it reaches ``improver_ready_at``, Step 1 ends and DPO starts; ``improver_warmup_steps`` is the cap. Each measurement
+is logged (``sgpo/improver_readiness``, and ``sgpo/readiness_rewrite_closer``, the edit-distance share, beside it)
+and said at warning level, so the curve is on the console.
+"""
+
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list
+from datasets import Dataset
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
+
+from .data import reference_text
+from .improver import edit_distance, token_overlap
+from .prompt_layout import DraftBatch
+from .schedule import IMPROVER
+
+
+logger = logging.get_logger(__name__)
+
+
+def set_aside_readiness_rows(args: Any, train_dataset: Any) -> tuple[Any, dict[str, list] | None]:
+    """With ``improver_ready_at``: the training data without its last ``improver_readiness_prompts`` rows, and those
+    rows (the held-out slice the readiness is measured on). Otherwise the data unchanged and None."""
+    if args.improver_ready_at is None:
+        return train_dataset, None
+    if not isinstance(train_dataset, Dataset):
+        raise ValueError(
+            "improver_ready_at sets training rows aside to measure the improver on, which needs a map-style "
+            "Dataset (not a stream). Load the data without streaming, or unset improver_ready_at."
+        )
+    held_out = args.improver_readiness_prompts
+    if len(train_dataset) <= held_out:
+        raise ValueError(
+            f"improver_ready_at sets improver_readiness_prompts={held_out} rows aside, and train_dataset has only "
+            f"{len(train_dataset)}: lower improver_readiness_prompts or add rows."
+        )
+    rows = train_dataset.select(range(len(train_dataset) - held_out, len(train_dataset)))
+    return train_dataset.select(range(len(train_dataset) - held_out)), rows[:]
+
+
+def readiness_of(drafts, rewrites, references) -> tuple[float, float]:
+    """(share of rewrites gaining token overlap with the reference, share closer by edit distance)."""
+    gains, closer = [], []
+    for draft, rewrite, reference in zip(drafts, rewrites, references):
+        before = token_overlap(draft.token_ids, reference.token_ids)
+        after = token_overlap(rewrite.token_ids, reference.token_ids)
+        gains.append(float(after > before or before == after == 1.0))
+        closer.append(
+            float(
+                edit_distance(rewrite.token_ids, reference.token_ids)
+                < edit_distance(draft.token_ids, reference.token_ids)
+            )
+        )
+    return sum(gains) / len(gains), sum(closer) / len(closer)
+
+
+class ImproverReadiness(TrainerCallback):
+    """Measures the improver on held-out rows during Step 1 and ends Step 1 once it is ready (see the module)."""
+
+    def __init__(self, trainer: Any, rows: dict[str, list]):
+        self.trainer = trainer
+        self.rows = rows  # the held-out prompts and completions (columns of a Dataset slice)
+        self.curve: list[tuple[int, float, float]] = []  # (global step, readiness, edit-distance closer share)
+
+    def measure(self) -> tuple[float, float, str]:
+        """The readiness of the current model on the held-out rows (greedy drafts and rewrites), the edit-distance
+        share beside it, and the first row as ``draft -> rewrite (reference)`` to show on the console."""
+        trainer = self.trainer
+        layout, model = trainer.layout, trainer.model_wrapped
+        texts = layout.policy_prompt_texts(self.rows["prompt"])
+        prompt_ids, prompt_mask = layout.tokenize_prompts(texts)
+        was_training = model.training
+        model.eval()
+        drafts = trainer.sampler(model, texts, prompt_ids, prompt_mask, "eval", cache=None)
+        reference_texts = [reference_text(completion) for completion in self.rows["completion"]]
+        batch = DraftBatch(
+            prompts=self.rows["prompt"],
+            prompt_texts=texts,
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            drafts=drafts,
+            reference_texts=reference_texts,
+            references=[layout.reference_completion(text) for text in reference_texts],
+        )
+        prompts = layout.improver_prompts(batch)
+        rewrites = trainer.sampler(model, prompts.texts, prompts.ids, prompts.mask, "improver_greedy", cache=None)
+        model.train(was_training)
+
+        def shown(completion) -> str:
+            text = trainer.processing_class.decode(completion.token_ids, skip_special_tokens=True)
+            return repr(text if len(text) <= 60 else text[:57] + "...")
+
+        example = f"{shown(drafts[0])} -> {shown(rewrites[0])} (reference {reference_texts[0][:60]!r})"
+        return (*readiness_of(drafts, rewrites, batch.references), example)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        phases = self.trainer.phase_callback
+        step = state.global_step  # steps done; the next step's index
+        if phases.warmup_ended_at is not None or phases.phase != IMPROVER or step > phases.warmup_cap:
+            return
+        if step == phases.warmup_cap:  # the cap: DPO starts whatever the readiness
+            logger.warning(
+                "Step 1 reached its cap (improver_warmup_steps=%d) before the improver was ready (last readiness %s; "
+                "needs %.0f%%): DPO starts on rewrites that rarely improve their drafts. Lengthen Step 1, or check "
+                "improver_template / improver_instruction.",
+                step,
+                f"{100 * self.curve[-1][1]:.0f}%" if self.curve else "not measured",
+                100 * args.improver_ready_at,
+            )
+            return
+        if step % args.improver_readiness_steps:
+            return
+        with torch.no_grad():
+            measured = list(self.measure())
+        broadcast_object_list(measured, from_process=0)  # every process decides alike
+        readiness, closer, example = measured
+        self.curve.append((step, readiness, closer))
+        self.trainer._metrics["sgpo/improver_readiness"].append(readiness)
+        self.trainer._metrics["sgpo/readiness_rewrite_closer"].append(closer)
+        ready = readiness >= args.improver_ready_at
+        logger.warning(
+            "Step 1 readiness at step %d: %.0f%% of %d held-out rewrites gain token overlap with the reference "
+            "(edit-distance closer: %.0f%%; needs %.0f%%)%s First row: %s",
+            step,
+            100 * readiness,
+            len(self.rows["prompt"]),
+            100 * closer,
+            100 * args.improver_ready_at,
+            ": Step 1 ends, DPO starts." if ready else ".",
+            example,
+        )
+        if ready:
+            phases.end_warmup_at(step)
