@@ -125,3 +125,30 @@ def test_too_few_rows_to_set_aside_is_refused(tmp_path, tokenizer):
             train_dataset=conversational_dataset(2),
             processing_class=tokenizer,
         )
+
+
+def test_on_smollm2_rewrites_the_overlap_tells_garbage_from_progress(smollm2_dir):
+    """The rewrites SmolLM2's untrained improver wrote (issue 17), against good ones, on its own tokenizer: the edit
+    distance calls every short rewrite of a long wrong draft closer to the reference; the token overlap only those
+    that carry the answer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+
+    def completion(text):
+        return Completion(tokenizer(text, add_special_tokens=False)["input_ids"], True)
+
+    draft = completion("To find the sum, we add the tens first: 80 + 40 is 120, and the ones make it 124 in total.")
+    garbage = [
+        "protein strengthens the bones 2+times more than 100%.",
+        "Try again, keep what is good, but fix the original original.",
+        "Improve the answer.",  # an echo of the instruction
+    ]
+    good = ["122", "The sum is 122.", "80 + 42 = 122"]
+    rewrites = [completion(text) for text in garbage + good]
+    references = [completion("122")] * len(rewrites)
+    gain, closer = readiness_of([draft] * len(rewrites), rewrites, references)
+    assert closer == 1.0  # every one "closer" by edit distance: they are all shorter than the draft
+    assert gain == 0.5  # the three good ones only
+    garbage_gain, _ = readiness_of([draft] * 3, rewrites[:3], references[:3])
+    assert garbage_gain == 0.0

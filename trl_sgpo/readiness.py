@@ -2,8 +2,9 @@
 
 Every ``improver_readiness_steps`` steps of Step 1, the current model drafts greedy answers to a fixed slice of
 held-out training prompts (``improver_readiness_prompts`` rows, set aside from training) and rewrites them greedily
-as the improver. The readiness is the share of rewrites that share more of the SFT reference's tokens than their
-draft did (`improver.token_overlap`; a draft already equal to the reference counts when its rewrite stays so). Once
+as the improver. The readiness is the share of rewrites whose token overlap with the SFT reference
+(`improver.token_overlap`, F1) beats their draft's by at least ``READINESS_MIN_GAIN`` (a discernible improvement; a
+draft already equal to the reference counts when its rewrite stays so). Once
 it reaches ``improver_ready_at``, Step 1 ends and DPO starts; ``improver_warmup_steps`` is the cap. Each measurement
 is logged (``sgpo/improver_readiness``, and ``sgpo/readiness_rewrite_closer``, the edit-distance share, beside it)
 and said at warning level, so the curve is on the console.
@@ -46,13 +47,21 @@ def set_aside_readiness_rows(args: Any, train_dataset: Any) -> tuple[Any, dict[s
     return train_dataset.select(range(len(train_dataset) - held_out)), rows[:]
 
 
+# A rewrite counts as progress when its token overlap with the reference (F1) beats the draft's by this much. Without
+# a margin, near-zero overlaps decide by noise: on SmolLM2's digit-level tokenizer the garbage rewrite "protein
+# strengthens the bones 2+times more than 100%." shares two digits with the reference "122" (F1 0.22) and beat a
+# wrong draft of 36 tokens (F1 0.15); the good rewrites "The sum is 122." and "80 + 42 = 122" gain 0.40 and 0.28.
+READINESS_MIN_GAIN = 0.1
+
+
 def readiness_of(drafts, rewrites, references) -> tuple[float, float]:
-    """(share of rewrites gaining token overlap with the reference, share closer by edit distance)."""
+    """(share of rewrites whose token overlap with the reference beats their draft's by ``READINESS_MIN_GAIN``, or
+    that keep a right draft right; share closer by edit distance, for comparison)."""
     gains, closer = [], []
     for draft, rewrite, reference in zip(drafts, rewrites, references):
         before = token_overlap(draft.token_ids, reference.token_ids)
         after = token_overlap(rewrite.token_ids, reference.token_ids)
-        gains.append(float(after > before or before == after == 1.0))
+        gains.append(float(after >= before + READINESS_MIN_GAIN or before == after == 1.0))
         closer.append(
             float(
                 edit_distance(rewrite.token_ids, reference.token_ids)
