@@ -25,6 +25,17 @@ from .pairs import Completion
 
 ROLES = ("policy", "improver", "eval")
 # `generate` takes and returns the KV cache as `cache` in recent transformers, `past_key_values` before.
+# The sampling settings `VLLMClient.generate` takes by name (TRL 1.16); others go in its `generation_kwargs`.
+_CLIENT_PARAMETERS = ("n", "repetition_penalty", "temperature", "top_p", "top_k", "min_p", "max_tokens", "logprobs")
+
+
+def vllm_sampling_params(**settings: Any) -> Any:
+    """vLLM's `SamplingParams` (imported only where vLLM runs)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(**settings)
+
+
 _CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
@@ -52,6 +63,7 @@ class Sampler:
 
     def __init__(self, trainer: Any):
         self.trainer = trainer
+        self._vllm_weights_asleep = False  # colocated vLLM in sleep mode level 2 has discarded the weights
         args = trainer.args
         improver_temperature = args.temperature if args.improver_temperature is None else args.improver_temperature
         self.improver_max_new_tokens = args.improver_max_new_tokens or args.max_new_tokens
@@ -59,7 +71,7 @@ class Sampler:
         if trainer.use_vllm:
             base = {
                 "repetition_penalty": args.repetition_penalty,
-                "top_k": args.top_k,
+                "top_k": args.top_k or 0,  # 0: no truncation (vLLM and TRL 1.16's client)
                 "min_p": args.min_p or 0.0,
                 "n": 1,
                 "detokenize": False,
@@ -128,7 +140,7 @@ class Sampler:
         """
         trainer = self.trainer
         if trainer.use_vllm:
-            return self._sample_vllm(texts, role)
+            return self._sample_vllm(prompt_ids, prompt_mask, role)
         generation_config, generation_kwargs = self.hf_generation[role]
         extra: dict[str, Any] = {}
         if cache is not None and cache.cache is not None:  # continue from the drafts
@@ -175,35 +187,46 @@ class Sampler:
             for ids, row_mask in zip(completion_ids.tolist(), mask.tolist())
         ]
 
-    def _sample_vllm(self, texts: list[str], role: str) -> list[Completion]:
-        """vLLM sampling with n=1; weights are pushed with the parent's `_move_model_to_vllm` once per step."""
-        from vllm import SamplingParams
+    def _sample_vllm(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, role: str) -> list[Completion]:
+        """vLLM sampling with n=1, from the prompts' token ids.
 
+        Token ids, not text: the improver's next-turn prompt holds the draft exactly as sampled, which decoding and
+        re-tokenizing does not always give back (and a rendered Llama 3 prompt tokenized again gets a second BOS).
+        The weights are pushed with the parent's `_move_model_to_vllm` once per optimizer step, shared by the
+        policy's and the improver's calls, and again after sleep mode (level 2 discards them after every call).
+        """
         trainer = self.trainer
         sampling = self.vllm_sampling[role]
-        if trainer.state.global_step != trainer._last_loaded_step:
-            if trainer.vllm_mode == "colocate" and trainer.args.vllm_enable_sleep_mode:
+        prompts = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids, prompt_mask)]  # without left padding
+        sleeps = trainer.vllm_mode == "colocate" and trainer.args.vllm_enable_sleep_mode
+        if trainer.state.global_step != trainer._last_loaded_step or self._vllm_weights_asleep:
+            if sleeps:
                 trainer.llm.wake_up(tags=["weights"])
             trainer._move_model_to_vllm()
             trainer._last_loaded_step = trainer.state.global_step
+            self._vllm_weights_asleep = False
         if trainer.vllm_mode == "colocate":
-            if trainer.args.vllm_enable_sleep_mode:
+            if sleeps:
                 trainer.llm.wake_up(tags=["kv_cache"])
-            outputs = trainer.llm.generate(texts, SamplingParams(**sampling), use_tqdm=False)
+            requests = [{"prompt_token_ids": ids} for ids in prompts]
+            outputs = trainer.llm.generate(requests, vllm_sampling_params(**sampling), use_tqdm=False)
             completion_ids = [list(output.outputs[0].token_ids) for output in outputs]
-            if trainer.args.vllm_enable_sleep_mode:
+            if sleeps:
                 trainer.llm.sleep(level=2)
+                self._vllm_weights_asleep = True
         else:
-            all_texts = gather_object(texts)
+            all_prompts = gather_object(prompts)
             if trainer.accelerator.is_main_process:
-                server_kwargs = {k: v for k, v in sampling.items() if k not in ("detokenize",)}
-                server_kwargs["top_k"] = -1 if server_kwargs.get("top_k") in (None, 0) else server_kwargs["top_k"]
-                completion_ids = trainer.vllm_client.generate(prompts=all_texts, **server_kwargs)["completion_ids"]
+                # `VLLMClient.generate`'s own parameters by name; the rest as its `generation_kwargs`, as upstream
+                named = {k: v for k, v in sampling.items() if k in _CLIENT_PARAMETERS}
+                extra = {k: v for k, v in sampling.items() if k not in _CLIENT_PARAMETERS and k != "detokenize"}
+                output = trainer.vllm_client.generate(prompts=all_prompts, **named, generation_kwargs=extra or None)
+                completion_ids = output["completion_ids"]
             else:
-                completion_ids = [None] * len(all_texts)
+                completion_ids = [None] * len(all_prompts)
             completion_ids = broadcast_object_list(completion_ids, from_process=0)
-            start = trainer.accelerator.process_index * len(texts)
-            completion_ids = completion_ids[start : start + len(texts)]
+            start = trainer.accelerator.process_index * len(prompts)
+            completion_ids = completion_ids[start : start + len(prompts)]
         # Shorter than max_tokens without an EOS: stopped by a stop token vLLM left out of the ids.
         return [
             Completion.from_generated(ids, trainer.eos_token_ids, stopped=len(ids) < sampling["max_tokens"])
