@@ -168,8 +168,8 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
         self.num_sample_rows = 0
         self.last_samples: list[dict[str, str]] = []
-        # The seam for sampling: any callable with `Sampler.__call__`'s signature may replace it (tests do).
         end_of_turn = self._stop_at_end_of_turn()
+        # The seam for sampling: any callable with `Sampler.__call__`'s signature may replace it (tests do).
         self.sampler: Callable[..., list[Completion]] = Sampler(self)
         self.scorer = Scorer(self)  # the forward passes: separate, packed, selective logits
         # prompts of both roles as token ids; completions padded for scoring, ended ones with the end-of-turn token
