@@ -18,9 +18,7 @@ from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
-from .data import reference_text
 from .improver import edit_distance, token_overlap
-from .prompt_layout import DraftBatch
 from .schedule import IMPROVER
 
 
@@ -83,23 +81,12 @@ class ImproverReadiness(TrainerCallback):
         """The readiness of the current model on the held-out rows (greedy drafts and rewrites), the edit-distance
         share beside it, and the first row as ``draft -> rewrite (reference)`` to show on the console."""
         trainer = self.trainer
-        layout, model = trainer.layout, trainer.model_wrapped
-        texts = layout.policy_prompt_texts(self.rows["prompt"])
-        prompt_ids, prompt_mask = layout.tokenize_prompts(texts)
+        model = trainer.model_wrapped
         was_training = model.training
         model.eval()
-        drafts = trainer.sampler(model, texts, prompt_ids, prompt_mask, "eval", cache=None)
-        reference_texts = [reference_text(completion) for completion in self.rows["completion"]]
-        batch = DraftBatch(
-            prompts=self.rows["prompt"],
-            prompt_texts=texts,
-            prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask,
-            drafts=drafts,
-            reference_texts=reference_texts,
-            references=[layout.reference_completion(text) for text in reference_texts],
-        )
-        prompts = layout.improver_prompts(batch)
+        batch = trainer._sample_drafts(model, self.rows, role="eval")  # a DPO step's first stage, greedy
+        drafts = batch.drafts
+        prompts = trainer.layout.improver_prompts(batch)
         rewrites = trainer.sampler(model, prompts.texts, prompts.ids, prompts.mask, "improver_greedy", cache=None)
         model.train(was_training)
 
@@ -107,7 +94,7 @@ class ImproverReadiness(TrainerCallback):
             text = trainer.processing_class.decode(completion.token_ids, skip_special_tokens=True)
             return repr(text if len(text) <= 60 else text[:57] + "...")
 
-        example = f"{shown(drafts[0])} -> {shown(rewrites[0])} (reference {reference_texts[0][:60]!r})"
+        example = f"{shown(drafts[0])} -> {shown(rewrites[0])} (reference {batch.reference_texts[0][:60]!r})"
         return (*readiness_of(drafts, rewrites, batch.references), example)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):

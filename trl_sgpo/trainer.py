@@ -267,16 +267,19 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
             and not self.use_vllm
         )
 
-    def _sample_drafts(self, model: nn.Module, inputs: dict[str, Any], keep_cache: bool = False) -> DraftBatch:
+    def _sample_drafts(
+        self, model: nn.Module, inputs: dict[str, Any], keep_cache: bool = False, role: str = "policy"
+    ) -> DraftBatch:
         """What both phases start from: the policy's drafts for the prompts, and the tokenized references.
 
         ``keep_cache``: keep the drafts' KV cache in the batch, for the improver's next turn to continue from.
+        ``role``: the sampler's role for the drafts (``"eval"``: greedy, for Step 1's readiness).
         """
         prompts = inputs["prompt"]
         policy_texts = self.layout.policy_prompt_texts(prompts)
         prompt_ids, prompt_mask = self.layout.tokenize_prompts(policy_texts)
         draft_cache = DraftCache() if keep_cache else None
-        drafts = self.sampler(model, policy_texts, prompt_ids, prompt_mask, "policy", cache=draft_cache)
+        drafts = self.sampler(model, policy_texts, prompt_ids, prompt_mask, role, cache=draft_cache)
         reference_texts = [reference_text(completion) for completion in inputs["completion"]]
         return DraftBatch(
             prompts=prompts,
