@@ -91,6 +91,12 @@ CASES = {
     ),
     "empty dataset": (dict(rows=[]), ValueError, "train_dataset is empty", "needs prompts"),
     "prompt too long": (dict(rows=[chat(user="x" * 400)]), ValueError, "the prompt has", "Raise max_length"),
+    "reference too long for the improver's target": (
+        dict(rows=[chat(answer="c" * 220)]),  # the default target is the reference: 221 tokens of max_length 256
+        ValueError,
+        "tokens and the reference 221; at most 3 fit beside it",
+        "Raise max_length",
+    ),
     "messages without an assistant turn": (
         dict(rows=[{"messages": [turn("user")]}]),
         ValueError,

@@ -7,6 +7,7 @@ from transformers.testing_utils import CaptureLogger
 from trl_sgpo import SGPOTrainer
 from trl_sgpo.data import prepare_training_data
 from trl_sgpo.prompt_lengths import PromptBudget, fit_prompts, logger, prompt_budget, prompt_tokens, truncate_prompt
+from trl_sgpo.toy.tokenizer import SPECIAL_TOKENS
 
 from .helpers import make_config, tiny_model
 
@@ -31,7 +32,7 @@ def test_the_default_refuses_and_names_the_row_the_arithmetic_and_the_options(to
         fit_prompts(dataset, tokenizer, BUDGET)
     message = str(caught.value)
     assert "train_dataset row 1: the prompt has 80 tokens, more than the 40 that fit" in message
-    assert BUDGET.arithmetic() in message and "2 of 4 rows are that long" in message
+    assert BUDGET.arithmetic() in message and "2 of 4 rows do not fit" in message
     assert "long_prompts='drop'" in message and "long_prompts='truncate'" in message
 
 
@@ -40,8 +41,8 @@ def test_drop_skips_exactly_the_long_rows_and_says_how_many(tokenizer):
     with CaptureLogger(logger) as captured:
         kept = fit_prompts(_rows(prompts), tokenizer, BUDGET, mode="drop")
     assert kept["prompt"] == ["reverse abc", "reverse ab", "z" * 40]
-    assert "2 of 5 train_dataset rows have prompts over the 40 tokens" in captured.out
-    assert "longest 90: dropped" in captured.out
+    assert "2 of 5 train_dataset rows do not fit: a prompt may have 40 tokens" in captured.out
+    assert "longest prompt 90: dropped" in captured.out
 
 
 def test_truncate_drops_the_earliest_turns_first_and_keeps_the_system_message_and_the_reference(tokenizer):
@@ -101,3 +102,71 @@ def test_prepare_training_data_needs_no_model_and_resolves_auto(tmp_path, tokeni
 def test_an_unknown_mode_is_refused_when_the_config_is_built(tmp_path):
     with pytest.raises(ValueError, match="long_prompts must be one of"):
         make_config(tmp_path, long_prompts="cut")
+
+
+# ------------------------------------------------------------------------ references longer than the rewrite room
+
+
+def test_a_long_reference_leaves_its_prompt_less_room_by_the_improvers_arithmetic():
+    # The improver's target is the reference: template 20 + draft 30 + a 50-token target take 100 of 120.
+    assert BUDGET.limit_for(10) == BUDGET.available == 40  # a short reference fits in the reserved rewrite room
+    assert BUDGET.limit_for(50) == 120 - 20 - 30 - 50
+    shown = PromptBudget(120, 20, 30, 30, shows_reference=True)  # a reference-aware template shows it as well
+    assert shown.limit_for(10) == 120 - 20 - 30 - 10 - 30 and shown.limit_for(50) == 120 - 20 - 30 - 50 - 50
+    spin = PromptBudget(120, 0, 30, 0)  # no improver: the policy's pass scores prompt + reference
+    assert spin.limit_for(10) == 90 and spin.limit_for(50) == 70
+    assert BUDGET.arithmetic(50) == (
+        "max_length 120 - improver template 20 - max_new_tokens 30 - the improver's target, up to the reference, 50 "
+        "(more than improver_max_new_tokens 30) = 20"
+    )
+
+
+def _with_references(pairs: list[tuple[str, str]]) -> Dataset:
+    return Dataset.from_list([{"prompt": prompt, "completion": completion} for prompt, completion in pairs])
+
+
+def test_a_row_whose_reference_does_not_fit_is_refused_up_front_with_its_arithmetic(tokenizer):
+    long_reference = " " + "c" * 59  # 60 characters + the end of turn = 61 tokens: 120 - 20 - 30 - 61 = 9 left
+    dataset = _with_references([("reverse ab", " ba"), ("reverse abc", long_reference)])
+    with pytest.raises(ValueError) as caught:
+        fit_prompts(dataset, tokenizer, BUDGET)
+    message = str(caught.value)
+    assert "row 1: the prompt has 11 tokens and the reference 61; at most 9 fit beside it" in message
+    assert "the improver's target, up to the reference, 61" in message and "1 of 2 rows do not fit" in message
+    with CaptureLogger(logger) as captured:
+        cut = fit_prompts(dataset, tokenizer, BUDGET, mode="truncate")
+    assert cut["prompt"] == ["reverse ab", "reverse abc"[-9:]] and cut["completion"] == dataset["completion"]
+    assert "1 of them for a long reference" in captured.out
+    assert fit_prompts(dataset, tokenizer, BUDGET, mode="drop")["prompt"] == ["reverse ab"]
+    hopeless = _with_references([("reverse ab", " ba"), ("reverse abc", " " + "c" * 80)])  # 82 > 120 - 20 - 30
+    with pytest.raises(ValueError, match="no prompt fits beside it.*cutting their prompts cannot help"):
+        fit_prompts(hopeless, tokenizer, BUDGET, mode="truncate")
+    with pytest.raises(ValueError, match="do not fit. Raise max_length, or set long_prompts='drop'") as caught:
+        fit_prompts(hopeless, tokenizer, BUDGET)
+    assert "truncate" not in str(caught.value)  # cutting the prompt cannot help that row
+
+
+def test_a_run_with_long_references_scores_no_sequence_over_max_length(tmp_path, tokenizer):
+    # Before the check counted references, this data passed (its prompts fit the reserved room) and every improver
+    # step cut the long targets' prompts from the left at max_length, with only a warning during training.
+    from trl_sgpo import scoring
+
+    pairs = [("reverse abc =", " " + "cba" * 30), ("reverse ab =", " ba"), ("reverse a =", " a"), ("x" * 60, " x")]
+    # Drafts of plain characters: a random model's special tokens would decode to text that tokenizes longer.
+    plain = {"forced_eos_token_id": 2, "suppress_tokens": [i for i in range(len(SPECIAL_TOKENS)) if i != 2]}
+    args = make_config(
+        tmp_path,
+        long_prompts="truncate",
+        max_length=120,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        generation_kwargs=plain,
+    )
+    assert prompt_budget(args, tokenizer).available >= 60  # every prompt fits the room reserved for a rewrite
+    trainer = SGPOTrainer(
+        model=tiny_model(tokenizer), args=args, train_dataset=_with_references(pairs), processing_class=tokenizer
+    )
+    assert len(trainer.train_dataset[0]["prompt"]) < len("reverse abc =")  # cut so the 91-token target fits
+    with CaptureLogger(scoring.logger) as captured:
+        trainer.train()
+    assert "longer than max_length" not in captured.out

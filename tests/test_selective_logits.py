@@ -16,6 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from trl_sgpo.gathered_log_softmax import gathered_log_softmax
 from trl_sgpo.scoring import _forward_slices_logits
 
+from .helpers import FLOAT32_REASSOCIATION_RTOL
 from .test_next_turn import _batch, _mixed_trainer, _targets
 from .test_packing import _branches, _rule_trainer
 
@@ -222,12 +223,22 @@ def test_models_that_do_not_slice_logits_take_the_full_path(tmp_path, caplog):
     assert not trainer.scorer.selects_logits(trainer.model)
 
 
-def test_a_sequence_over_max_length_is_cut_from_the_left_and_said_once(tmp_path, caplog):
+def test_a_padded_block_over_max_length_cuts_only_rows_that_are_longer(tmp_path, caplog):
+    # The prompt block is as wide as its longest prompt and the completion block as its longest reference; cutting
+    # the padded block from the left used to cut the start of the longest prompt whenever another row's reference
+    # was long, though that row fit on its own.
     trainer, _ = _mixed_trainer(tmp_path)
     batch = _batch(trainer)
     ids, mask = trainer.layout.pad_completions(batch.references)
-    trainer.max_length = batch.prompt_ids.size(1) + ids.size(1) - 3
+    lengths = batch.prompt_mask.sum(dim=1) + mask.sum(dim=1)
+    full = trainer.scorer.forward(trainer.model, batch.prompt_ids, batch.prompt_mask, ids, mask)
+    trainer.max_length = int(lengths.max()) - 3
+    fits = lengths <= trainer.max_length
+    assert batch.prompt_ids.size(1) + ids.size(1) > int(lengths.max()) and fits.any() and not fits.all()
     with caplog.at_level(logging.WARNING, logger="trl_sgpo.scoring"):
         for _ in range(2):
-            trainer.scorer.forward(trainer.model, batch.prompt_ids, batch.prompt_mask, ids, mask)
-    assert caplog.text.count("first 3 prompt tokens are cut") == 1
+            cut = trainer.scorer.forward(trainer.model, batch.prompt_ids, batch.prompt_mask, ids, mask)
+    assert caplog.text.count("first 3 prompt tokens are cut") == 1  # the longest row, said once
+    # rows that fit keep every token: the same log-probabilities (moved by padding only; RoPE is shift-invariant)
+    torch.testing.assert_close(cut[fits], full[fits], rtol=FLOAT32_REASSOCIATION_RTOL, atol=1e-5)
+    assert not torch.allclose(cut[~fits], full[~fits], atol=1e-3)  # the longest lost the start of its prompt

@@ -106,7 +106,8 @@ class SGPOConfig(OnlineDPOConfig):
             How many rows `log_completions` shows; all rows of the step if unset.
         long_prompts (`str`, *optional*, defaults to `"error"`):
             What to do with rows whose rendered prompt leaves no room, within `max_length`, for the improver
-            template, a draft and a rewrite: `"error"` refuses the data set before training (naming the row and the
+            template, a draft and a rewrite (or the row's reference, where longer: the improver's default target is
+            the reference): `"error"` refuses the data set before training (naming the row and the
             arithmetic), `"drop"` skips those rows, `"truncate"` cuts their prompts from the left (earliest turns
             first, a leading system message kept), the reference always whole. Dropped or cut rows are counted and
             said once, before training. The default asks for consent: both other modes change what is trained on.
@@ -257,9 +258,10 @@ class SGPOConfig(OnlineDPOConfig):
     long_prompts: str = field(
         default="error",
         metadata={
-            "help": "Rows whose prompt does not fit in max_length with the improver template, a draft and a rewrite: "
-            "'error' (refuse the data before training), 'drop' (skip them) or 'truncate' (cut the prompt from the "
-            "left, earliest turns first; the reference stays whole). Dropped or cut rows are counted up front.",
+            "help": "Rows whose prompt does not fit in max_length with the improver template, a draft and a rewrite "
+            "(or the reference, where longer): 'error' (refuse the data before training), 'drop' (skip them) or "
+            "'truncate' (cut the prompt from the left, earliest turns first; the reference stays whole). "
+            "Dropped or cut rows are counted up front.",
             "choices": list(LONG_PROMPT_MODES),
         },
     )
@@ -268,8 +270,9 @@ class SGPOConfig(OnlineDPOConfig):
         default=512,
         metadata={
             "help": "Maximum tokens of any sequence SGPO scores; the longest is the improver's (its template, the "
-            "prompt, a draft of max_new_tokens, a rewrite of improver_max_new_tokens). Every prompt is measured "
-            "before training against what is left; rows that do not fit are handled by long_prompts."
+            "prompt, a draft of max_new_tokens, a rewrite of improver_max_new_tokens or the reference as its target). "
+            "Every prompt and reference is measured before training against what is left; rows that do not fit are "
+            "handled by long_prompts."
         },
     )
     pair_source: str = field(

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .improver import next_turn_suffix, render_improver_prompt
-from .pairs import uses_improver
+from .pairs import reference_text, uses_improver
 from .prompt_lengths import ROWS_CHECKED_IN_STREAMS, fit_prompts, prompt_budget
 
 
@@ -72,13 +72,6 @@ def messages_to_prompt_completion(dataset: Any, name: str = "train_dataset") -> 
 
     removed = [column for column in ("messages", "prompt") if column in columns]
     return dataset.map(split, with_indices=True, remove_columns=removed)
-
-
-def reference_text(completion: str | list[dict[str, Any]]) -> str:
-    """The text of an SFT reference: the string itself, or the content of its assistant message(s)."""
-    if isinstance(completion, str):
-        return completion
-    return "".join(message["content"] for message in completion)
 
 
 def validate_prompt_completion_dataset(

@@ -7,7 +7,7 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 
-from .data import reference_text
+from .pairs import reference_text
 
 
 def load_eval_metric(metric: Any) -> Any:

@@ -12,6 +12,7 @@ text); such pairs are dropped and counted.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 PAIR_SOURCES = ("sgpo", "spin", "edit")
@@ -22,6 +23,13 @@ DROP_REASONS = ("identical", "empty", "truncated")
 def uses_improver(pair_source: str) -> bool:
     """Whether a pair source takes its chosen side from the improver role (so the run trains that role)."""
     return pair_source == "sgpo"
+
+
+def reference_text(completion: str | list[dict[str, Any]]) -> str:
+    """The text of an SFT reference: the string itself, or the content of its assistant message(s)."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(message["content"] for message in completion)
 
 
 @dataclass

@@ -54,23 +54,6 @@ class Scorer:
         the result): the fused next-turn pass reads the draft's log-probabilities there. ``tail_mask`` (rows x
         ``prompt_tail``, default: the prompt's mask there) says which of them to score; the others read zero.
         """
-        excess = max(prompt_ids.size(1) + completion_ids.size(1) - self.trainer.max_length, 0)
-        if excess and not self._said_truncation:
-            self._said_truncation = True
-            logger.warning(
-                "A scored sequence is longer than max_length: prompt block %d + completion %d tokens > max_length %d, "
-                "so its first %d prompt tokens are cut (as TRL does). The prompts were measured against the budget, "
-                "but a long reference or target is not; raise max_length or improver_max_new_tokens. Said once.",
-                prompt_ids.size(1),
-                completion_ids.size(1),
-                self.trainer.max_length,
-                excess,
-            )
-        prompt_ids, prompt_mask = prompt_ids[:, excess:], prompt_mask[:, excess:]
-        if prompt_ids.size(1) == 0:
-            raise ValueError(
-                f"max_length ({self.trainer.max_length}) leaves no room for the prompt: raise max_length."
-            )
         input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
         attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
         start = prompt_ids.size(1) - prompt_tail  # column of the first scored token
@@ -79,6 +62,11 @@ class Scorer:
         scored = torch.cat((tail_mask.bool(), completion_mask.bool()), dim=1)
         rows, offsets = scored.nonzero(as_tuple=True)
         columns = start + offsets  # each token is predicted at the column before it
+        excess = max(input_ids.size(1) - self.trainer.max_length, 0)
+        if excess:
+            input_ids, attention_mask, columns = self.fit_to_max_length(
+                input_ids, attention_mask, completion_mask, rows, columns, excess
+            )
         logps = self.token_logps(
             model,
             {"input_ids": input_ids, "attention_mask": attention_mask},
@@ -87,6 +75,37 @@ class Scorer:
             input_ids[rows, columns],
         )
         return torch.zeros(scored.shape, dtype=logps.dtype, device=logps.device).index_put((rows, offsets), logps)
+
+    def fit_to_max_length(self, input_ids, attention_mask, completion_mask, rows, columns, excess: int):
+        """The padded rows cut to `max_length` columns, losing real tokens only from rows longer than that.
+
+        The prompt block is left-padded to its widest row and the completion block right-padded to its widest, so
+        the block can be over `max_length` when no row is (a long prompt in one row, a long reference in another).
+        Each row's tokens are first moved right by its completion's padding (rows end on their last token, all the
+        padding on the left); then ``excess`` columns are cut from the left, as TRL does, which is padding in every
+        row that fits. A row still too long loses prompt tokens from the left, which is said once.
+        """
+        padding = completion_mask.size(1) - completion_mask.sum(dim=1)
+        width = input_ids.size(1)
+        source = (torch.arange(width, device=input_ids.device) - padding[:, None]) % width
+        input_ids, attention_mask = input_ids.gather(1, source), attention_mask.gather(1, source)
+        columns = columns + padding[rows]
+        lengths = attention_mask.sum(dim=1)
+        if (lengths > self.trainer.max_length).any() and not self._said_truncation:
+            self._said_truncation = True
+            logger.warning(
+                "A scored sequence has %d tokens, more than max_length %d, so its first %d prompt tokens are cut (as "
+                "TRL does). The data check measured every prompt and reference against the budget, so a rewrite or "
+                "a draft re-tokenized longer than it was sampled is the likely cause; raise max_length. Said once.",
+                int(lengths.max()),
+                self.trainer.max_length,
+                int(lengths.max()) - self.trainer.max_length,
+            )
+        if int(columns.min()) - excess < 1:
+            raise ValueError(
+                f"max_length ({self.trainer.max_length}) leaves no room for the prompt: raise max_length."
+            )
+        return input_ids[:, excess:], attention_mask[:, excess:], columns - excess
 
     # ------------------------------------------------------------- selective logits
 

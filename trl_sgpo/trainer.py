@@ -23,12 +23,12 @@ from trl.trainer.callbacks import SyncRefModelCallback
 
 from .callbacks import SGPOPhaseCallback, SGPOSampleTableCallback, sample_rows
 from .config import SGPOConfig
-from .data import prepare_training_data, reference_text
+from .data import prepare_training_data
 from .evaluation import EvaluationMixin, load_eval_metric
 from .improver import edit_toward, end_of_turn_token, improver_targets
 from .objectives import dpo_objective, improver_objective
 from .output_dir import check_output_dir
-from .pairs import Completion, filter_pairs, uses_improver
+from .pairs import Completion, filter_pairs, reference_text, uses_improver
 from .preflight import check_trainer_arguments
 from .prompt_layout import DraftBatch, PromptLayout
 from .readiness import ImproverReadiness, set_aside_readiness_rows
