@@ -11,6 +11,7 @@ from trl.experimental.online_dpo import OnlineDPOConfig
 from trl.import_utils import is_vllm_available
 
 from .improver import IMPROVER_FORMATS, TARGET_STRATEGIES, validate_instruction, validate_template
+from .initial_drafts import WARMUP_DRAFT_SOURCES
 from .objectives import LOSS_TYPES
 from .pairs import PAIR_SOURCES
 from .prompt_lengths import LONG_PROMPT_MODES, PromptBudget
@@ -151,6 +152,11 @@ class SGPOConfig(OnlineDPOConfig):
             `improver_warmup_steps` is then the cap. Unset (default): Step 1 lasts `improver_warmup_steps`.
         improver_readiness_steps (`int`, *optional*, defaults to `5`), improver_readiness_prompts (`int`, *optional*,
             defaults to `8`): how often, and on how many held-out rows, `improver_ready_at` measures.
+        improver_warmup_drafts (`str`, *optional*, defaults to `"fresh"`):
+            Where Step 1's drafts come from. `"fresh"`: sampled from the current model at every Step 1 step.
+            `"initial"`: the paper's Figure 1, drafts of the *initial* policy, sampled once before Step 1's first
+            update for as many training rows as Step 1 can use (its length or cap times a step's rows, at most the
+            data set); Step 1's steps train on them in turn without generating (`initial_drafts.py`).
         improver_steps (`int`, *optional*, defaults to `0`):
             Improver-phase steps at the start of each cycle after Step 1. `0` (the default): no improver-only
             refreshes, every step after Step 1 is a DPO step, whose `improver_loss_weight` term keeps the improver
@@ -327,6 +333,14 @@ class SGPOConfig(OnlineDPOConfig):
         default=8,
         metadata={"help": "With improver_ready_at: training rows set aside to measure the readiness on."},
     )
+    improver_warmup_drafts: str = field(
+        default="fresh",
+        metadata={
+            "help": "Step 1's drafts: 'fresh' (sampled from the current model every step) or 'initial' (the "
+            "paper's Figure 1: sampled once from the initial policy before Step 1, then trained on in turn).",
+            "choices": list(WARMUP_DRAFT_SOURCES),
+        },
+    )
     improver_steps: int = field(
         default=0,
         metadata={
@@ -457,6 +471,7 @@ class SGPOConfig(OnlineDPOConfig):
             raise ValueError(f"improver_temperature must be >= 0 (0 = greedy), got {self.improver_temperature}.")
         self._check_length_budget()
         self._check_readiness()
+        self._check_warmup_drafts()
         if self.pair_source == "sgpo" and self.improver_filter_outliers and self.per_device_train_batch_size < 4:
             warnings.warn(
                 f"per_device_train_batch_size={self.per_device_train_batch_size}: the improver's outlier filter "
@@ -472,6 +487,20 @@ class SGPOConfig(OnlineDPOConfig):
             raise TypeError(
                 "improver_template must be a string with {prompt} and {response} or a callable "
                 f"(prompt, response) -> str | messages, got {type(self.improver_template).__name__}."
+            )
+
+    def _check_warmup_drafts(self) -> None:
+        if self.improver_warmup_drafts not in WARMUP_DRAFT_SOURCES:
+            raise ValueError(
+                f"improver_warmup_drafts must be one of {list(WARMUP_DRAFT_SOURCES)}, got "
+                f"{self.improver_warmup_drafts!r}."
+            )
+        if self.improver_warmup_drafts == "initial" and (
+            self.pair_source != "sgpo" or self.improver_warmup_steps == 0
+        ):
+            raise ValueError(
+                "improver_warmup_drafts='initial' samples Step 1's drafts up front, so it needs pair_source='sgpo' "
+                f"and a Step 1 (improver_warmup_steps > 0, got {self.improver_warmup_steps})."
             )
 
     def _check_readiness(self) -> None:

@@ -26,6 +26,7 @@ from .config import SGPOConfig
 from .data import prepare_training_data
 from .evaluation import EvaluationMixin, load_eval_metric
 from .improver import edit_toward, end_of_turn_token, improver_targets
+from .initial_drafts import InitialDrafts
 from .objectives import dpo_objective, improver_objective
 from .output_dir import check_output_dir
 from .pairs import Completion, filter_pairs, reference_text, uses_improver
@@ -176,6 +177,8 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         self.layout = PromptLayout(self, end_of_turn)
         if args.log_completions:
             self.add_callback(SGPOSampleTableCallback(self, num_rows=args.num_completions_to_print))
+        # Step 1's drafts sampled once from the initial policy (the paper's Figure 1), or None: fresh every step.
+        self.initial_drafts = InitialDrafts(self) if args.improver_warmup_drafts == "initial" else None
         if readiness_rows is not None:  # Step 1 ends when the improver is ready (`improver_ready_at`)
             self.add_callback(ImproverReadiness(self, readiness_rows))
 
@@ -234,7 +237,7 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
             self._sync_ref_model()
         self._set_phase_learning_rate(phase)
         stats = StepStats()
-        batch = self._sample_drafts(model, inputs, keep_cache=phase == DPO and self._continues_drafts())
+        batch = self._step_drafts(model, inputs, phase)
         stats.update(completion_stats("draft", batch.drafts))
         scale = 1.0 / (len(batch.prompts) * self.current_gradient_accumulation_steps)
         step = self._dpo_step if phase == DPO else self._improver_step
@@ -257,6 +260,15 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
             kwargs["scale_wrt_gas"] = False  # the loss is already divided by the accumulation steps
         self.accelerator.backward(loss, **kwargs)
         return loss.detach()
+
+    def _step_drafts(self, model: nn.Module, inputs: dict[str, Any], phase: str) -> DraftBatch:
+        """The step's drafts: the policy's fresh samples, or in Step 1 with ``improver_warmup_drafts='initial'`` the
+        next micro-batch of the initial policy's (`InitialDrafts`), whose rows replace the data loader's."""
+        if self.initial_drafts is not None:
+            if phase == IMPROVER and self.state.global_step < int(self.phase_callback.schedule.improver_warmup_steps):
+                return self.initial_drafts.next_batch(model)
+            self.initial_drafts = None  # Step 1 is over: free the pool
+        return self._sample_drafts(model, inputs, keep_cache=phase == DPO and self._continues_drafts())
 
     def _continues_drafts(self) -> bool:
         """Whether the improver's rewrite is generated on the drafts' KV cache (next-turn format, transformers)."""
