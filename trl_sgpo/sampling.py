@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import GenerationConfig
@@ -25,17 +24,6 @@ from .pairs import Completion
 
 ROLES = ("policy", "improver", "eval")
 # `generate` takes and returns the KV cache as `cache` in recent transformers, `past_key_values` before.
-# The sampling settings `VLLMClient.generate` takes by name (TRL 1.16); others go in its `generation_kwargs`.
-_CLIENT_PARAMETERS = ("n", "repetition_penalty", "temperature", "top_p", "top_k", "min_p", "max_tokens", "logprobs")
-
-
-def vllm_sampling_params(**settings: Any) -> Any:
-    """vLLM's `SamplingParams` (imported only where vLLM runs)."""
-    from vllm import SamplingParams
-
-    return SamplingParams(**settings)
-
-
 _CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
@@ -56,44 +44,18 @@ class DraftCache:
 class Sampler:
     """One completion per prompt for a role (``"policy"``, ``"improver"`` or ``"eval"``, greedy).
 
-    Built by `SGPOTrainer` after the parent's set-up, whose generation settings, vLLM engine or client and weight
-    sync it uses (held through ``trainer``). The improver has its own temperature, top-p and length
-    (``improver_temperature``, ``improver_top_p``, ``improver_max_new_tokens``; unset: the policy's).
+    Built by `SGPOTrainer` after the parent's set-up, whose transformers generation settings it uses (held through
+    ``trainer``); with ``use_vllm`` it samples through ``trainer.vllm_roles`` (`vllm_engine.VLLMRoles`). The
+    improver has its own temperature, top-p and length (``improver_temperature``, ``improver_top_p``,
+    ``improver_max_new_tokens``; unset: the policy's).
     """
 
     def __init__(self, trainer: Any):
         self.trainer = trainer
-        self._vllm_weights_asleep = False  # colocated vLLM in sleep mode level 2 has discarded the weights
         args = trainer.args
         improver_temperature = args.temperature if args.improver_temperature is None else args.improver_temperature
         self.improver_max_new_tokens = args.improver_max_new_tokens or args.max_new_tokens
         improver_top_p = args.top_p if args.improver_top_p is None else args.improver_top_p
-        if trainer.use_vllm:
-            base = {
-                "repetition_penalty": args.repetition_penalty,
-                "top_k": args.top_k or 0,  # 0: no truncation (vLLM and TRL 1.16's client)
-                "min_p": args.min_p or 0.0,
-                "n": 1,
-                "detokenize": False,
-                **(args.generation_kwargs or {}),
-            }
-            self.vllm_sampling = {
-                "eval": {**base, "temperature": 0.0, "max_tokens": args.max_new_tokens},
-                "policy": {
-                    **base,
-                    "temperature": args.temperature,
-                    "top_p": args.top_p,
-                    "max_tokens": args.max_new_tokens,
-                },
-                "improver": {
-                    **base,
-                    "temperature": improver_temperature,
-                    "top_p": improver_top_p,
-                    "max_tokens": self.improver_max_new_tokens,
-                },
-                "improver_greedy": {**base, "temperature": 0.0, "max_tokens": self.improver_max_new_tokens},
-            }
-            return
         # The KV cache, always (unless generation_kwargs says otherwise): the parent turns it off under gradient
         # checkpointing, yet `unwrap_model_for_generation` disables checkpointing while generating, so the cache is
         # safe there; without it every token recomputes the whole sequence and the next turn has no draft cache.
@@ -188,47 +150,16 @@ class Sampler:
         ]
 
     def _sample_vllm(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, role: str) -> list[Completion]:
-        """vLLM sampling with n=1, from the prompts' token ids.
+        """vLLM sampling (`trainer.vllm_roles`, on TRL's `VLLMGeneration`) from the prompts' token ids.
 
         Token ids, not text: the improver's next-turn prompt holds the draft exactly as sampled, which decoding and
         re-tokenizing does not always give back (and a rendered Llama 3 prompt tokenized again gets a second BOS).
-        The weights are pushed with the parent's `_move_model_to_vllm` once per optimizer step, shared by the
-        policy's and the improver's calls, and again after sleep mode (level 2 discards them after every call).
         """
-        trainer = self.trainer
-        sampling = self.vllm_sampling[role]
+        roles = self.trainer.vllm_roles
         prompts = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids, prompt_mask)]  # without left padding
-        sleeps = trainer.vllm_mode == "colocate" and trainer.args.vllm_enable_sleep_mode
-        if trainer.state.global_step != trainer._last_loaded_step or self._vllm_weights_asleep:
-            if sleeps:
-                trainer.llm.wake_up(tags=["weights"])
-            trainer._move_model_to_vllm()
-            trainer._last_loaded_step = trainer.state.global_step
-            self._vllm_weights_asleep = False
-        if trainer.vllm_mode == "colocate":
-            if sleeps:
-                trainer.llm.wake_up(tags=["kv_cache"])
-            requests = [{"prompt_token_ids": ids} for ids in prompts]
-            outputs = trainer.llm.generate(requests, vllm_sampling_params(**sampling), use_tqdm=False)
-            completion_ids = [list(output.outputs[0].token_ids) for output in outputs]
-            if sleeps:
-                trainer.llm.sleep(level=2)
-                self._vllm_weights_asleep = True
-        else:
-            all_prompts = gather_object(prompts)
-            if trainer.accelerator.is_main_process:
-                # `VLLMClient.generate`'s own parameters by name; the rest as its `generation_kwargs`, as upstream
-                named = {k: v for k, v in sampling.items() if k in _CLIENT_PARAMETERS}
-                extra = {k: v for k, v in sampling.items() if k not in _CLIENT_PARAMETERS and k != "detokenize"}
-                output = trainer.vllm_client.generate(prompts=all_prompts, **named, generation_kwargs=extra or None)
-                completion_ids = output["completion_ids"]
-            else:
-                completion_ids = [None] * len(all_prompts)
-            completion_ids = broadcast_object_list(completion_ids, from_process=0)
-            start = trainer.accelerator.process_index * len(prompts)
-            completion_ids = completion_ids[start : start + len(prompts)]
+        completion_ids = roles(prompts, role)
         # Shorter than max_tokens without an EOS: stopped by a stop token vLLM left out of the ids.
         return [
-            Completion.from_generated(ids, trainer.eos_token_ids, stopped=len(ids) < sampling["max_tokens"])
+            Completion.from_generated(ids, self.trainer.eos_token_ids, stopped=len(ids) < roles.max_tokens(role))
             for ids in completion_ids
         ]

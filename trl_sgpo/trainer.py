@@ -38,6 +38,7 @@ from .saving import SavingMixin
 from .schedule import DPO, IMPROVER, PHASE_IDS
 from .scoring import Scorer, Scores
 from .step_stats import RewriteHealth, StepStats, completion_stats, nan_mean, pair_stats, reduce_stats, target_stats
+from .vllm_engine import VLLMRoles
 
 
 logger = logging.get_logger(__name__)
@@ -142,22 +143,30 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         if not any(isinstance(callback, SGPOPhaseCallback) for callback in callbacks):
             callbacks.append(SGPOPhaseCallback.from_args(args))
 
-        # The parent insists on a reward function; hand it a placeholder and forget it afterwards.
-        super().__init__(
-            model=model,
-            ref_model=ref_model,
-            reward_funcs=_no_reward,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            peft_config=peft_config,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        )
+        # The parent insists on a reward function; hand it a placeholder and forget it afterwards. Its vLLM engine
+        # is an older hand-rolled one, so it is built with use_vllm off (the same args object: the parent and
+        # transformers' Trainer write into it, e.g. the DeepSpeed config), and `VLLMRoles` builds TRL's
+        # `VLLMGeneration` below.
+        use_vllm, args.use_vllm = args.use_vllm, False
+        try:
+            super().__init__(
+                model=model,
+                ref_model=ref_model,
+                reward_funcs=_no_reward,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                peft_config=peft_config,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            )
+        finally:
+            args.use_vllm = use_vllm
+        self.use_vllm, self.vllm_mode = use_vllm, args.vllm_mode if use_vllm else None
         self.reward_funcs = None
         self.reward_func_names = []
         self.reward_processing_classes = []
@@ -170,6 +179,8 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         self.num_sample_rows = 0
         self.last_samples: list[dict[str, str]] = []
         end_of_turn = self._stop_at_end_of_turn()
+        # Both roles' vLLM sampling on TRL's VLLMGeneration (after the end-of-turn token joined the stop ids).
+        self.vllm_roles = VLLMRoles(self) if args.use_vllm else None
         # The seam for sampling: any callable with `Sampler.__call__`'s signature may replace it (tests do).
         self.sampler: Callable[..., list[Completion]] = Sampler(self)
         self.scorer = Scorer(self)  # the forward passes: separate, packed, selective logits
