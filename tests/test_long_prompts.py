@@ -133,6 +133,7 @@ def test_a_row_whose_reference_does_not_fit_is_refused_up_front_with_its_arithme
     message = str(caught.value)
     assert "row 1: the prompt has 11 tokens and the reference 61; at most 9 fit beside it" in message
     assert "the improver's target, up to the reference, 61" in message and "1 of 2 rows do not fit" in message
+    assert "improver_max_new_tokens, or" not in message  # a shorter rewrite budget would not shorten the target
     with CaptureLogger(logger) as captured:
         cut = fit_prompts(dataset, tokenizer, BUDGET, mode="truncate")
     assert cut["prompt"] == ["reverse ab", "reverse abc"[-9:]] and cut["completion"] == dataset["completion"]

@@ -191,6 +191,13 @@ class RowLength:
             f"{room} ({arithmetic})"
         )
 
+    def fixes(self, budget: PromptBudget) -> str:
+        """What helps this row: for a long prompt, any of the options; beside a long reference, not a shorter
+        rewrite budget; with no room at all, only more room or leaving the row out."""
+        if self.limit == budget.available:
+            return FIXES
+        return REFERENCE_FIXES if self.limit > 0 else NO_ROOM_FIXES
+
 
 def measure_row(index: int, row: dict, tokenizer: PreTrainedTokenizerBase, budget: PromptBudget) -> RowLength:
     reference = reference_tokens(row["completion"], tokenizer)
@@ -203,6 +210,11 @@ FIXES = (
     "--long_prompts drop."
 )
 
+# A reference longer than the room for a rewrite: the improver's target is that long whatever improver_max_new_tokens.
+REFERENCE_FIXES = (
+    "Raise max_length or lower max_new_tokens, or set long_prompts='truncate' (cut such prompts from the left; the "
+    "reference stays whole) or long_prompts='drop' (skip those rows); on the command line --long_prompts truncate."
+)
 # A reference that leaves no room for any prompt: only more room, or leaving the row out, helps.
 NO_ROOM_FIXES = "Raise max_length, or set long_prompts='drop' to skip such rows."
 
@@ -240,8 +252,10 @@ def fit_prompts(
     if not misfits:
         return dataset
     if mode == "error":
-        fixes = FIXES if misfits[0].limit > 0 else NO_ROOM_FIXES
-        raise ValueError(f"{misfits[0].problem(budget, name)}; {len(misfits)} of {len(rows)} rows do not fit. {fixes}")
+        first = misfits[0]
+        raise ValueError(
+            f"{first.problem(budget, name)}; {len(misfits)} of {len(rows)} rows do not fit. {first.fixes(budget)}"
+        )
     if mode == "truncate":
         _refuse_unfittable(misfits, budget, name)
     longest = max(row.prompt for row in misfits)
@@ -280,7 +294,7 @@ def _fit_stream(dataset: IterableDataset, tokenizer, budget: PromptBudget, mode:
         for index, row in enumerate(islice(dataset, ROWS_CHECKED_IN_STREAMS)):
             measured = measure_row(index, row, tokenizer, budget)
             if not measured.fits:
-                raise ValueError(f"{measured.problem(budget, name)}. {FIXES if measured.limit > 0 else NO_ROOM_FIXES}")
+                raise ValueError(f"{measured.problem(budget, name)}. {measured.fixes(budget)}")
         return dataset
     logger.warning(
         f"long_prompts={mode!r} on a streamed {name}: rows with prompts over the {budget.available} tokens that fit "
