@@ -8,6 +8,7 @@ optimizer; ``weights.pt``, the initial and final weights; ``summary.json``, the 
 (not Adam): see tests/test_distributed.py.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -52,6 +53,15 @@ class Float64RotaryEmbedding(LlamaRotaryEmbedding):
         freqs = position_ids[..., None].double() * self.inv_freq.to(device=x.device, dtype=torch.float64)
         emb = torch.cat((freqs, freqs), dim=-1)
         return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+
+def gathered(model: torch.nn.Module, deepspeed_enabled: bool):
+    """The full parameters for the duration (ZeRO-3 partitions them; a no-op otherwise)."""
+    if not deepspeed_enabled:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()))
 
 
 def main(output_dir: str, per_device_batch_size: int) -> None:
@@ -101,14 +111,20 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[recorder]
     )
     trainer.train()
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    with gathered(unwrapped, trainer.is_deepspeed_enabled):  # every rank takes part in ZeRO-3's gather
+        final = {name: p.detach().cpu().clone() for name, p in unwrapped.named_parameters()}
     if trainer.is_world_process_zero():
-        final = {
-            name: p.detach().cpu() for name, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()
-        }
         torch.save({"initial": initial, "final": final}, os.path.join(output_dir, "weights.pt"))
         torch.save(recorder.gradients, os.path.join(output_dir, "gradients.pt"))
         logs = [log for log in trainer.state.log_history if "loss" in log]
-        summary = {"num_processes": trainer.accelerator.num_processes, "logs": logs}
+        plugin = trainer.accelerator.state.deepspeed_plugin
+        summary = {
+            "num_processes": trainer.accelerator.num_processes,
+            "zero_stage": plugin.zero_stage if plugin is not None else None,
+            "partitioned": any(hasattr(p, "ds_id") and p.numel() == 0 for p in unwrapped.parameters()),
+            "logs": logs,
+        }
         with open(os.path.join(output_dir, "summary.json"), "w") as handle:
             json.dump(summary, handle)
     # Leave together and tear the process group down explicitly: a gloo group left to interpreter exit can abort a

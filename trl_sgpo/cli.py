@@ -24,6 +24,7 @@ from trl.trainer.callbacks import RichProgressCallback
 from .config import SGPOConfig, sgpo_field_names
 from .data import prepare_training_data
 from .data_files import load_train_and_eval
+from .deepspeed_models import deepspeed_stage
 from .output_dir import check_output_dir
 from .preflight import check_eval_data, check_options
 from .toy.world import TOY_IMPROVER_INSTRUCTION
@@ -301,9 +302,14 @@ def _train(script_args, training_args, model_args, data) -> dict:
         train_dataset, eval_for_trainer, tokenizer = data
         use_all_cores_under_accelerate(training_args)
         model = load_model(model_args, training_args)
+    ref_model = None
+    if not builtin and deepspeed_stage(training_args) == 3 and not model_args.use_peft:
+        # ZeRO-3 partitions the model as it loads, so the DPO reference cannot be copied from it: load it too.
+        ref_model = load_model(model_args, training_args)
 
     trainer = SGPOTrainer(
         model=model,
+        ref_model=ref_model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_for_trainer,

@@ -24,6 +24,7 @@ from trl.trainer.callbacks import SyncRefModelCallback
 from .callbacks import SGPOPhaseCallback, SGPOSampleTableCallback, sample_rows
 from .config import SGPOConfig
 from .data import prepare_training_data
+from .deepspeed_models import models_for_deepspeed
 from .evaluation import EvaluationMixin, load_eval_metric
 from .improver import edit_toward, end_of_turn_token, improver_targets
 from .initial_drafts import InitialDrafts
@@ -147,7 +148,13 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         # is an older hand-rolled one, so it is built with use_vllm off (the same args object: the parent and
         # transformers' Trainer write into it, e.g. the DeepSpeed config), and `VLLMRoles` builds TRL's
         # `VLLMGeneration` below.
+        # Under DeepSpeed the models are built here where the parent cannot (`deepspeed_models`); a path loaded here
+        # takes model_init_kwargs with it, which the parent refuses beside a model object.
+        model, ref_model, loaded = models_for_deepspeed(model, ref_model, args, peft_config)
+        init_kwargs = args.model_init_kwargs
         use_vllm, args.use_vllm = args.use_vllm, False
+        if loaded:
+            args.model_init_kwargs = None
         try:
             super().__init__(
                 model=model,
@@ -165,7 +172,7 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
                 preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             )
         finally:
-            args.use_vllm = use_vllm
+            args.use_vllm, args.model_init_kwargs = use_vllm, init_kwargs
         self.use_vllm, self.vllm_mode = use_vllm, args.vllm_mode if use_vllm else None
         self.reward_funcs = None
         self.reward_func_names = []

@@ -1,0 +1,72 @@
+"""The policy and reference models under DeepSpeed, where TRL's online DPO trainer cannot build them itself.
+
+TRL 1.16's `OnlineDPOTrainer.__init__` loads a model given as a path with ``device_map="auto"``, which DeepSpeed
+ZeRO-3 refuses ("not compatible with passing a device_map") and which leaves ZeRO-2 with a placed model, and it
+builds the reference model with `create_reference_model`, which refuses ZeRO-3 outright. Under DeepSpeed the trainer
+therefore loads a path itself (no ``device_map``: DeepSpeed places and, under ZeRO-3, partitions the weights; with
+``zero3_init_flag`` at load time) and, under ZeRO-3 without PEFT, builds the reference model: loaded again from the
+path, or copied from a model object that is not partitioned yet. A partitioned object cannot be copied: that is a
+clear error naming the two ways out. Without DeepSpeed nothing changes.
+"""
+
+import copy
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+
+def deepspeed_stage(args: Any) -> int | None:
+    """The ZeRO stage of the run (``args``: TrainingArguments), None without DeepSpeed."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    return None if plugin is None else int(plugin.zero_stage)
+
+
+def is_partitioned(model: torch.nn.Module) -> bool:
+    """Whether ZeRO-3 has partitioned the weights already (its parameters carry ``ds_id``)."""
+    return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
+
+
+def _load(path: str, model_init_kwargs: dict | None) -> PreTrainedModel:
+    kwargs = dict(model_init_kwargs or {})
+    kwargs.pop("device_map", None)  # DeepSpeed places (and under ZeRO-3 partitions) the weights itself
+    dtype = kwargs.get("dtype", "auto")
+    if isinstance(dtype, str) and dtype != "auto":
+        kwargs["dtype"] = getattr(torch, dtype)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def _frozen(model: PreTrainedModel) -> PreTrainedModel:
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model.eval()
+
+
+def models_for_deepspeed(model: Any, ref_model: Any, args: Any, peft_config: Any) -> tuple[Any, Any, bool]:
+    """(model, ref_model, loaded): the models the parent trainer gets under DeepSpeed; unchanged otherwise.
+
+    ``loaded`` says the model was loaded here from a path with ``args.model_init_kwargs`` (the parent must then not
+    see them: it refuses them beside a model object).
+    """
+    stage = deepspeed_stage(args)
+    if stage is None:
+        return model, ref_model, False
+    needs_reference = stage == 3 and ref_model is None and peft_config is None and not isinstance(model, PeftModel)
+    if isinstance(model, str):
+        path = model
+        model = _load(path, args.model_init_kwargs)
+        if needs_reference:
+            ref_model = _frozen(_load(path, args.model_init_kwargs))
+        return model, ref_model, True
+    if needs_reference:
+        if is_partitioned(model):
+            raise ValueError(
+                "DeepSpeed ZeRO-3 has partitioned the model already (it was loaded under `zero3_init_flag`), so the "
+                "DPO reference model cannot be copied from it. Pass the model as a path (`SGPOTrainer(model="
+                "'path/or/hub-id', ...)`; on the command line `--model_name_or_path`, which does this), or load the "
+                "reference model the same way and pass `ref_model=`, or train with PEFT (its reference is the base "
+                "model with the adapter off)."
+            )
+        ref_model = _frozen(copy.deepcopy(model))
+    return model, ref_model, False
