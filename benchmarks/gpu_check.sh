@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SGPO on a CUDA GPU, in one command of at most 8 minutes, from the repository root:
+# SGPO on a CUDA GPU, in one command (each check under its own time limit), from the repository root:
 #
 #     bash benchmarks/gpu_check.sh
 #
@@ -8,6 +8,10 @@
 #               JSONL file: bf16 full fine-tuning on CUDA; the saved model reloads with finite weights
 #   lora-bf16   the same with --use_peft; the saved adapter reloads onto the base model
 #   vllm        the same with --use_vllm --vllm_mode colocate ("skipped: vllm not installed" when it is absent)
+#   zero3       the same under DeepSpeed ZeRO-3 with the shipped config on one process (world size 1 still goes through
+#               ZeRO-3's partitioning and gathering); the consolidated model reloads ("skipped" without deepspeed)
+#   fsdp2       the same under FSDP2 with the shipped config on one process (CUDA only: accelerate starts FSDP only
+#               on accelerators)
 #   speed       python benchmarks/speed.py --device cuda --quick (timing and peak memory of SGPO's steps vs online DPO)
 # It exits non-zero if any check fails.
 #
@@ -82,12 +86,13 @@ COMMON=(--model_name_or_path "$WORK/my-model" --dataset_name "$WORK/data.jsonl" 
         --per_device_train_batch_size 8 --max_new_tokens 32 --logging_steps 1 --disable_tqdm true
         --improver_warmup_steps 0 --improver_steps 1 --dpo_steps 1 --report_to none "${CPU_FLAGS[@]}")
 
+LAUNCH=()  # accelerate launch's own flags for the next `train` (an engine's config file)
 # train NAME TIMEOUT_S EXTRA_FLAGS...: the user's command, then reload what it saved
 train() {
     local name="$1" limit="$2"; shift 2
     local out="$WORK/$name" start end
     start=$(date +%s)
-    timeout "$limit" "$PYTHON" -m accelerate.commands.launch --num_processes 1 examples/sgpo.py \
+    timeout "$limit" "$PYTHON" -m accelerate.commands.launch "${LAUNCH[@]}" --num_processes 1 examples/sgpo.py \
         "${COMMON[@]}" --output_dir "$out" "$@" >"$LOGS/$name.log" 2>&1
     local status=$?
     end=$(date +%s)
@@ -96,15 +101,19 @@ train() {
         return
     fi
     local verdict
-    verdict="$("$PYTHON" - "$out" "$WORK/my-model" "$DEVICE" <<'EOF' 2>>"$LOGS/$name.log"
+    verdict="$("$PYTHON" - "$out" "$WORK/my-model" "$DEVICE" "$name" <<'EOF' 2>>"$LOGS/$name.log"
 import math, os, sys
 import torch
 from transformers import AutoModelForCausalLM
 
-out, base, device = sys.argv[1:]
+out, base, device, name = sys.argv[1:]
 args = torch.load(os.path.join(out, "training_args.bin"), weights_only=False)
 expected_bf16 = device == "cuda"
 problems = []
+plugin = getattr(args, "deepspeed_plugin", None)
+engine = f"ZeRO-{plugin.zero_stage}" if plugin is not None else "no DeepSpeed"  # FSDP is not in the saved args
+if name == "zero3" and engine != "ZeRO-3":
+    problems.append(f"ran with {engine}")
 if bool(args.bf16) != expected_bf16:
     problems.append(f"bf16={args.bf16}, expected {expected_bf16}")
 if os.path.isfile(os.path.join(out, "adapter_config.json")):
@@ -120,7 +129,7 @@ if not all(torch.isfinite(p).all() for p in model.parameters()):
 card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
 if "## SGPO configuration" not in card:
     problems.append("no SGPO model card")
-print(("PROBLEM " + "; ".join(problems)) if problems else f"{kind} and card reload, bf16={args.bf16}")
+print(("PROBLEM " + "; ".join(problems)) if problems else f"{kind} and card reload, bf16={args.bf16}, {engine}")
 EOF
 )"
     local losses
@@ -140,6 +149,27 @@ if "$PYTHON" -c "import vllm" >/dev/null 2>&1; then
 else
     record vllm SKIP "(skipped: vllm not installed)"
 fi
+
+# ------------------------------------------------------- ZeRO-3 and FSDP2, one process
+if "$PYTHON" -c "import deepspeed" >/dev/null 2>&1; then
+    if [ "$DEVICE" = "cuda" ]; then
+        LAUNCH=(--config_file examples/accelerate_configs/deepspeed_zero3.yaml)
+    else  # DeepSpeed on a CPU: no bf16, and DeepSpeed's own CPU back end
+        LAUNCH=(--use_deepspeed --deepspeed_config_file tests/deepspeed_configs/zero3.json --zero3_init_flag true)
+        export DS_ACCELERATOR=cpu
+    fi
+    train zero3 120
+    unset DS_ACCELERATOR
+else
+    record zero3 SKIP "(skipped: deepspeed not installed)"
+fi
+if [ "$DEVICE" = "cuda" ]; then
+    LAUNCH=(--config_file examples/accelerate_configs/fsdp2.yaml)
+    train fsdp2 120
+else
+    record fsdp2 SKIP "(skipped: accelerate starts FSDP only on accelerators)"
+fi
+LAUNCH=()
 
 # ------------------------------------------------------------------ speed
 start=$(date +%s)

@@ -11,6 +11,7 @@ config, without its quantization entry, and saved with the tokenizer: a folder a
 committed. This installs nothing: without the two packages it raises, naming the install command.
 """
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -63,4 +64,8 @@ def smollm2_model_dir(cache_dir: str | Path | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    print(smollm2_model_dir(sys.argv[1] if len(sys.argv) > 1 else None))
+    # stdout holds the folder only, for `$(python benchmarks/smollm2.py)`: what the libraries print while loading
+    # (DeepSpeed, where installed, logs its accelerator choice to stdout when transformers imports it) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        folder = smollm2_model_dir(sys.argv[1] if len(sys.argv) > 1 else None)
+    print(folder)
