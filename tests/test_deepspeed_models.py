@@ -4,8 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers.testing_utils import CaptureLogger
 
-from trl_sgpo.deepspeed_models import models_for_deepspeed
+from trl_sgpo.deepspeed_models import logger, models_for_deepspeed
 
 from .helpers import tiny_model
 from .user_files import save_models
@@ -24,7 +25,9 @@ def test_without_deepspeed_nothing_changes(tokenizer):
 
 def test_zero3_copies_an_unpartitioned_model_into_a_frozen_reference(tokenizer):
     model = tiny_model(tokenizer)
-    same, reference, loaded = models_for_deepspeed(model, None, _args(3), None)
+    with CaptureLogger(logger) as captured:
+        same, reference, loaded = models_for_deepspeed(model, None, _args(3), None)
+    assert "the DPO reference model is a frozen copy of the model" in captured.out  # said where a user sees it
     assert same is model and not loaded and reference is not model
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
     assert not any(p.requires_grad for p in reference.parameters()) and not reference.training

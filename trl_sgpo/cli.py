@@ -306,6 +306,7 @@ def _train(script_args, training_args, model_args, data) -> dict:
     if not builtin and deepspeed_stage(training_args) == 3 and not model_args.use_peft:
         # ZeRO-3 partitions the model as it loads, so the DPO reference cannot be copied from it: load it too.
         ref_model = load_model(model_args, training_args)
+        logger.warning("DeepSpeed ZeRO-3: the DPO reference model is loaded a second time from --model_name_or_path.")
 
     trainer = SGPOTrainer(
         model=model,

@@ -15,6 +15,10 @@ from typing import Any
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
 
 
 def deepspeed_stage(args: Any) -> int | None:
@@ -58,6 +62,7 @@ def models_for_deepspeed(model: Any, ref_model: Any, args: Any, peft_config: Any
         model = _load(path, args.model_init_kwargs)
         if needs_reference:
             ref_model = _frozen(_load(path, args.model_init_kwargs))
+            logger.warning("DeepSpeed ZeRO-3: the DPO reference model is loaded a second time from %s.", path)
         return model, ref_model, True
     if needs_reference:
         if is_partitioned(model):
@@ -69,4 +74,7 @@ def models_for_deepspeed(model: Any, ref_model: Any, args: Any, peft_config: Any
                 "model with the adapter off)."
             )
         ref_model = _frozen(copy.deepcopy(model))
+        logger.warning(
+            "DeepSpeed ZeRO-3: the DPO reference model is a frozen copy of the model, made before sharding."
+        )
     return model, ref_model, False
