@@ -77,7 +77,7 @@ class PromptBudget:
         """The sum spelled out, e.g. 'max_length 512 - improver template 220 - max_new_tokens 64 -
         improver_max_new_tokens 64 = 164' (no template term before the template is measured); with the terms of a
         row's reference where they take more than the reserved room (see `limit_for`)."""
-        if self.limit_for(reference_tokens) == self.available and reference_tokens <= self.improver_tokens:
+        if self.limit_for(reference_tokens) == self.available:  # the reference fits the reserved room
             template = f" - improver template {self.template_tokens}" if self.template_tokens else ""
             return (
                 f"max_length {self.max_length}{template} - max_new_tokens {self.max_new_tokens} - "
