@@ -23,7 +23,16 @@ from .pairs import Completion
 
 
 ROLES = ("policy", "improver", "eval")
+
+
 # `generate` takes and returns the KV cache as `cache` in recent transformers, `past_key_values` before.
+def improver_sampling(args: Any) -> tuple[float, float, int]:
+    """The improver role's (temperature, top-p, max new tokens): its own settings where set, else the policy's."""
+    temperature = args.temperature if args.improver_temperature is None else args.improver_temperature
+    top_p = args.top_p if args.improver_top_p is None else args.improver_top_p
+    return temperature, top_p, args.improver_max_new_tokens or args.max_new_tokens
+
+
 _CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
@@ -53,9 +62,7 @@ class Sampler:
     def __init__(self, trainer: Any):
         self.trainer = trainer
         args = trainer.args
-        improver_temperature = args.temperature if args.improver_temperature is None else args.improver_temperature
-        self.improver_max_new_tokens = args.improver_max_new_tokens or args.max_new_tokens
-        improver_top_p = args.top_p if args.improver_top_p is None else args.improver_top_p
+        improver_temperature, improver_top_p, self.improver_max_new_tokens = improver_sampling(args)
         # The KV cache, always (unless generation_kwargs says otherwise): the parent turns it off under gradient
         # checkpointing, yet `unwrap_model_for_generation` disables checkpointing while generating, so the cache is
         # safe there; without it every token recomputes the whole sequence and the next turn has no draft cache.

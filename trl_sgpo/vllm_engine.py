@@ -15,6 +15,8 @@ from typing import Any
 
 from trl.extras.profiling import profiling_context
 
+from .sampling import improver_sampling
+
 
 # The attributes `VLLMGeneration.generate` reads its sampling settings from (TRL 1.16), set per role.
 ROLE_SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_completion_length")
@@ -27,9 +29,7 @@ def role_settings(args: Any, eos_token_ids: list[int]) -> dict[str, dict[str, An
     trainer's end-of-sequence ids, which hold the chat template's end-of-turn token even where the model's
     `generation_config` lacks it. ``"eval"`` and ``"improver_greedy"`` are greedy (temperature 0).
     """
-    improver_temperature = args.temperature if args.improver_temperature is None else args.improver_temperature
-    improver_top_p = args.top_p if args.improver_top_p is None else args.improver_top_p
-    improver_tokens = args.improver_max_new_tokens or args.max_new_tokens
+    improver_temperature, improver_top_p, improver_tokens = improver_sampling(args)
     common = {
         "repetition_penalty": args.repetition_penalty,
         "top_k": args.top_k or 0,  # 0: no truncation, in vLLM and TRL's client
