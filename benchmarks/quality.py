@@ -31,6 +31,7 @@ Output: a markdown table (printed, and written to ``benchmarks/results/quality.m
 """
 
 import argparse
+import difflib
 import json
 import math
 import multiprocessing
@@ -94,7 +95,7 @@ class Settings:
     checkpoint: str = str(TOY_CHECKPOINT_DIR)  # the start: an SFT checkpoint with its world.json
     steps: int = 60
     batch_size: int = 32
-    learning_rates: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
+    learning_rates: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)  # every choice must lie inside it
     seeds: tuple[int, ...] = (0, 1, 2)
     validation_prompts: int = 400
     test_prompts: int = 800
@@ -206,26 +207,44 @@ def _shared_settings(job: Job, output_dir: str) -> dict:
     )
 
 
-class PairDiagnostics:
-    """Judges each DPO pair with the checker: is the improver's rewrite better than the draft, worse, or equal?"""
+def copied_share(draft_ids: list[int], rewrite_ids: list[int]) -> float:
+    """The share of the rewrite's tokens copied from the draft: the tokens of their longest matching blocks
+    (difflib), over the rewrite's length. What a rewrite speculated from the draft could accept without sampling."""
+    if not rewrite_ids:
+        return 0.0
+    blocks = difflib.SequenceMatcher(a=draft_ids, b=rewrite_ids, autojunk=False).get_matching_blocks()
+    return sum(block.size for block in blocks) / len(rewrite_ids)
 
-    def __init__(self, trainer):
+
+class PairDiagnostics:
+    """Judges each DPO pair with the checker: is the improver's rewrite better than the draft, worse, or equal?
+    Also measures how much of each rewrite is copied from its draft (``copied_share``).
+
+    ``score(text, gold)`` is the checker's partial credit of ``text`` given a row's ``gold_column`` value.
+    """
+
+    def __init__(self, trainer, gold_column: str, score, skip_special_tokens: bool = False):
         self.counts = {"better": 0, "worse": 0, "same_score": 0, "identical": 0, "pairs": 0}
-        self._gold: list[list[str]] = []
+        self.copied: list[float] = []
+        self._gold: list[str] = []
         self._drafts: list[str] = []
+        self._draft_ids: list[list[int]] = []
+        self._score = score
         step, sample = trainer.training_step, trainer.sampler
 
         def training_step(model, inputs, *args, **kwargs):
-            self._gold = [json.loads(parts) for parts in inputs["answer_parts"]]
+            self._gold = list(inputs[gold_column])
             return step(model, inputs, *args, **kwargs)
 
         def sample_and_judge(model, texts, prompt_ids, prompt_mask, role, *args, **kwargs):
             completions = sample(model, texts, prompt_ids, prompt_mask, role, *args, **kwargs)
-            decoded = trainer.processing_class.batch_decode([c.token_ids for c in completions])
+            ids = [list(c.token_ids) for c in completions]
+            decoded = trainer.processing_class.batch_decode(ids, skip_special_tokens=skip_special_tokens)
             if role == "policy":
-                self._drafts = decoded
+                self._drafts, self._draft_ids = decoded, ids
             elif role == "improver":
                 self._judge(decoded)
+                self.copied += [copied_share(d, r) for d, r in zip(self._draft_ids, ids)]
             return completions
 
         trainer.training_step, trainer.sampler = training_step, sample_and_judge
@@ -236,14 +255,18 @@ class PairDiagnostics:
             if draft == rewrite:
                 self.counts["identical"] += 1
                 continue
-            before = check_answer(draft, gold).partial_credit
-            after = check_answer(rewrite, gold).partial_credit
+            before, after = self._score(draft, gold), self._score(rewrite, gold)
             key = "better" if after > before else "worse" if after < before else "same_score"
             self.counts[key] += 1
 
     def summary(self) -> dict[str, float]:
         pairs = max(self.counts["pairs"], 1)
-        return {f"rewrite_{key}": value / pairs for key, value in self.counts.items() if key != "pairs"}
+        shares = {f"rewrite_{key}": value / pairs for key, value in self.counts.items() if key != "pairs"}
+        return shares | ({"copied_share": statistics.fmean(self.copied)} if self.copied else {})
+
+
+def _toy_score(text: str, answer_parts: str) -> float:
+    return check_answer(text, json.loads(answer_parts)).partial_credit
 
 
 def _run_sgpo(job: Job, model, tokenizer, dataset, overrides: dict) -> dict[str, float]:
@@ -261,7 +284,8 @@ def _run_sgpo(job: Job, model, tokenizer, dataset, overrides: dict) -> dict[str,
         trainer = SGPOTrainer(
             model=model, args=SGPOConfig(**settings), train_dataset=dataset, processing_class=tokenizer
         )
-        diagnostics = PairDiagnostics(trainer) if settings.get("pair_source", "sgpo") == "sgpo" else None
+        judged = settings.get("pair_source", "sgpo") == "sgpo"
+        diagnostics = PairDiagnostics(trainer, "answer_parts", _toy_score) if judged else None
         trainer.train()
         logged = _mean_logs(trainer.state.log_history)
     return {**logged, **(diagnostics.summary() if diagnostics else {})}
@@ -289,13 +313,14 @@ def _checker_reward(completions, answer_parts, **kwargs) -> list[float]:
     return [check_answer(text, json.loads(parts)).partial_credit for text, parts in zip(texts, answer_parts)]
 
 
-def _tie_dropping_online_dpo(dataset):
+def tie_dropping_online_dpo(dataset, gold_column: str, score):
     """TRL's OnlineDPOTrainer whose tied pairs carry no gradient.
 
     Upstream ranks the two samples of a prompt even when the reward scores them the same, so a tie becomes a pair
     ranked at random: noise that DPO learns from. Here, right after generation, a tied prompt's second sample is
     replaced by its first; identical sides give the DPO loss a zero gradient. The loss is still averaged over all
-    prompts, as upstream does. The tie rate is counted.
+    prompts, as upstream does. The tie rate is counted. ``score(text, gold)`` is the checker, ``gold`` a row's
+    ``gold_column`` value, found by the prompt's last message.
     """
     from trl.experimental.online_dpo import OnlineDPOTrainer
 
@@ -312,22 +337,22 @@ def _tie_dropping_online_dpo(dataset):
             texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
             n = len(prompts)
             for i, prompt in enumerate(prompts):
-                parts = gold[prompt[-1]["content"]]
+                row_gold = gold[prompt[-1]["content"]]
                 self.pairs += 1
-                if check_answer(texts[i], parts).partial_credit == check_answer(texts[i + n], parts).partial_credit:
+                if score(texts[i], row_gold) == score(texts[i + n], row_gold):
                     self.ties += 1
                     completion_ids[i + n], completion_mask[i + n] = completion_ids[i], completion_mask[i]
             return prompt_ids, prompt_mask, completion_ids, completion_mask, vision
 
     for row in dataset:
-        gold[row["prompt"][-1]["content"]] = json.loads(row["answer_parts"])
+        gold[row["prompt"][-1]["content"]] = row[gold_column]
     return TieDroppingOnlineDPOTrainer
 
 
 def _run_online_dpo(job: Job, model, tokenizer, dataset) -> dict[str, float]:
     from trl.experimental.online_dpo import OnlineDPOConfig
 
-    trainer_class = _tie_dropping_online_dpo(dataset)
+    trainer_class = tie_dropping_online_dpo(dataset, "answer_parts", _toy_score)
     with tempfile.TemporaryDirectory() as output_dir:
         config = OnlineDPOConfig(**_shared_settings(job, output_dir), bf16=False, gradient_checkpointing=False)
         trainer = trainer_class(
@@ -387,32 +412,80 @@ def start_scores(settings: Settings) -> dict:
 # ------------------------------------------------------------------------------------------------- the protocol
 
 
-def _run_all(jobs: list[Job], workers: int) -> list[RunResult]:
-    if workers <= 1:
-        return [run_job(job) for job in jobs]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return pool.map(run_job, jobs, chunksize=1)
+def _result_path(cache_dir: str, job: Job) -> str:
+    name = f"{job.arm}-lr{job.learning_rate:g}-seed{job.seed}-test{int(job.evaluate_test)}.json"
+    return os.path.join(cache_dir, name)
 
 
-def run_benchmark(settings: Settings, arms: tuple[str, ...], workers: int) -> dict:
-    """Search each method's learning rate on validation (first seed), then run every seed of the chosen settings."""
+def _run_all(jobs: list[Job], workers: int, runner=None, cache_dir: str | None = None) -> list[RunResult]:
+    """Every job's result; with ``cache_dir``, a job whose result an earlier part saved there is not run again."""
+    runner = runner or run_job
+    cached = {}
+    if cache_dir:
+        os.makedirs(cache_dir, exist_ok=True)
+        for index, job in enumerate(jobs):
+            if os.path.isfile(path := _result_path(cache_dir, job)):
+                with open(path) as handle:
+                    cached[index] = RunResult(**json.load(handle))
+    todo = [job for index, job in enumerate(jobs) if index not in cached]
+    fresh = []
+
+    def keep(job: Job, result: RunResult) -> None:  # saved as each run ends: a part stopped midway loses one run
+        fresh.append(result)
+        if cache_dir:
+            with open(_result_path(cache_dir, job), "w") as handle:
+                json.dump(asdict(result), handle, indent=1)
+
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            keep(job, runner(job))
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for job, result in zip(todo, pool.imap(runner, todo, chunksize=1)):
+                keep(job, result)
+    fresh_results = iter(fresh)
+    return [cached[index] if index in cached else next(fresh_results) for index in range(len(jobs))]
+
+
+def run_benchmark(
+    settings,
+    arms: tuple[str, ...],
+    workers: int,
+    *,
+    arm_table: dict = ARMS,
+    searched_methods: tuple[str, ...] = SEARCHED,
+    runner=None,
+    headline: str = HEADLINE,
+    cache_dir: str | None = None,
+    only_cached: tuple[str, ...] = (),
+) -> dict:
+    """Search each method's learning rate on validation (first seed), then run every seed of the chosen settings.
+
+    The toy world's arms by default; benchmarks/real_quality.py passes its own arms, runner and headline. Arms in
+    ``only_cached`` are not run: their results saved in ``cache_dir`` by an earlier part are merged in, if any."""
+
+    def runnable(job: Job) -> bool:
+        return job.arm not in only_cached or os.path.isfile(_result_path(cache_dir, job))
+
     first_seed, other_seeds = settings.seeds[0], settings.seeds[1:]
-    searched = [arm for arm in SEARCHED if any(ARMS[a][0] == arm for a in arms)]
+    searched = [arm for arm in searched_methods if any(arm_table[a][0] == arm for a in arms)]
     search = [Job(arm, lr, first_seed, settings) for arm in searched for lr in settings.learning_rates]
-    search_results = _run_all(search, workers)
+    search_results = _run_all([job for job in search if runnable(job)], workers, runner, cache_dir)
+    searched = [method for method in searched if any(r.arm == method for r in search_results)]
     chosen = {
-        method: max((r for r in search_results if r.arm == method), key=lambda r: r.validation[HEADLINE]).learning_rate
+        method: max((r for r in search_results if r.arm == method), key=lambda r: r.validation[headline]).learning_rate
         for method in searched
     }
     kept = [r for r in search_results if r.arm in arms and r.learning_rate == chosen[r.arm]]
     done = {(r.arm, r.seed) for r in kept}
     repeats = [
-        Job(arm, chosen[ARMS[arm][0]], seed, settings)
+        Job(arm, chosen[arm_table[arm][0]], seed, settings)
         for arm in arms
+        if arm_table[arm][0] in chosen
         for seed in settings.seeds
-        if (arm, seed) not in done and (seed in other_seeds or arm not in SEARCHED)
+        if (arm, seed) not in done and (seed in other_seeds or arm not in searched_methods)
     ]
-    final = kept + _run_all(repeats, workers)
+    final = kept + _run_all([job for job in repeats if runnable(job)], workers, runner, cache_dir)
     final.sort(key=lambda r: (list(arms).index(r.arm), r.seed))
     return {
         "search": [asdict(r) for r in search_results],
@@ -425,9 +498,9 @@ def _test_values(report: dict, arm: str, metric: str = HEADLINE) -> list[float]:
     return [100 * r["test"][metric] for r in report["final"] if r["arm"] == arm]
 
 
-def _difference(report: dict, arm: str, other: str) -> tuple[float, float]:
-    """Mean difference of the test headline (points) and its sigma: sqrt(sd_a^2/n_a + sd_b^2/n_b) over seeds."""
-    a, b = _test_values(report, arm), _test_values(report, other)
+def difference(report: dict, arm: str, other: str, metric: str = HEADLINE) -> tuple[float, float]:
+    """Mean difference of a test metric (points) and its sigma: sqrt(sd_a^2/n_a + sd_b^2/n_b) over seeds."""
+    a, b = _test_values(report, arm, metric), _test_values(report, other, metric)
     if not a or not b:
         return math.nan, math.nan
     variance = sum(statistics.variance(v) / len(v) if len(v) > 1 else 0.0 for v in (a, b))
@@ -438,8 +511,8 @@ def summarize(report: dict) -> dict:
     """The headline numbers: the oracle's gain (the gate), and SGPO against SPIN and continued SFT (the goal)."""
     start = 100 * report["start"][HEADLINE]
     oracle = _test_values(report, "online_dpo_oracle")
-    sgpo_minus_spin, sigma_spin = _difference(report, "sgpo", "spin")
-    sgpo_minus_sft, sigma_sft = _difference(report, "sgpo", "sft")
+    sgpo_minus_spin, sigma_spin = difference(report, "sgpo", "spin")
+    sgpo_minus_sft, sigma_sft = difference(report, "sgpo", "sft")
     return {
         "start": start,
         "oracle_gain": statistics.fmean(oracle) - start if oracle else math.nan,
@@ -478,6 +551,22 @@ def gate_and_goal_lines(summary: dict) -> list[str]:
     ]
 
 
+def rates_at_the_edge(report: dict) -> list[str]:
+    """The methods whose chosen learning rate is the smallest or largest of the grid: not a choice, a bound."""
+    grid = report["settings"]["learning_rates"]
+    if len(grid) < 3:  # a one- or two-value grid (``--quick``) has no inside
+        return []
+    return [method for method, rate in report["chosen_learning_rate"].items() if rate in (min(grid), max(grid))]
+
+
+def grid_line(report: dict) -> str:
+    """Whether every searched method's chosen rate lies inside the grid, as the report states it."""
+    edge = rates_at_the_edge(report)
+    if not edge:
+        return "Learning-rate grid: every chosen rate lies inside it."
+    return f"Learning-rate grid: NOT a choice for {', '.join(edge)} (chosen at the edge of the grid; extend it)."
+
+
 def _mean_std(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.1f} ± {spread:.1f}"
@@ -503,6 +592,7 @@ def markdown_table(report: dict) -> str:
         f"{100 * headroom['mixed']:.0f}% of prompts are solved by some but not all of {headroom['k']} samples.",
         "",
         *gate_and_goal_lines(report["summary"]),
+        grid_line(report),
         "",
         "The headline is *sampled* exact match: the exact match of answers sampled at the training temperature "
         f"({settings['eval_samples']} per prompt, i.e. pass@1), the distribution on-policy methods train. Greedy "
