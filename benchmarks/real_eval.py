@@ -66,12 +66,12 @@ def generate_from_shared_prompts(model, input_ids, attention_mask, samples: int,
         attention_mask=attention_mask[:, :-1],
         position_ids=positions[:, :-1],
         use_cache=True,
-    ).past_key_values
+    ).cache  # transformers 5 names the KV cache `cache` (`past_key_values` is deprecated)
     prefix.batch_repeat_interleave(samples)
     return model.generate(
         input_ids=input_ids.repeat_interleave(samples, dim=0),
         attention_mask=attention_mask.repeat_interleave(samples, dim=0),
-        past_key_values=prefix,
+        cache=prefix,
         **generation,
     )
 

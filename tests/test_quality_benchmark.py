@@ -38,7 +38,7 @@ SUMMARY_KEYS = {
 def test_quick_quality_benchmark_reports_every_arm_gate_and_goal(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--output-dir", str(tmp_path)],
+        [sys.executable, str(SCRIPT), "--quick", "--workers", "2", "--output-dir", str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,
