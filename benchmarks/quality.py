@@ -554,8 +554,8 @@ def gate_and_goal_lines(summary: dict) -> list[str]:
 def rates_at_the_edge(report: dict) -> list[str]:
     """The methods whose chosen learning rate is the smallest or largest of the grid: not a choice, a bound."""
     grid = report["settings"]["learning_rates"]
-    if len(grid) < 3:  # a one- or two-value grid (``--quick``) has no inside
-        return []
+    if len(grid) < 3:  # a one- or two-value grid (``--quick``) has no inside: every rate is at its edge
+        return list(report["chosen_learning_rate"])
     return [method for method, rate in report["chosen_learning_rate"].items() if rate in (min(grid), max(grid))]
 
 
