@@ -576,6 +576,32 @@ def _cell(diagnostics: dict, key: str, digits: int = 2) -> str:
     return f"{diagnostics[key]:.{digits}f}" if key in diagnostics else "-"
 
 
+def judged_cell(diagnostics: dict) -> str:
+    """The pair-verdict cell: rewrites better / worse than their drafts, or the oracle's share of tied pairs."""
+    if "rewrite_better" in diagnostics:
+        return f"{_cell(diagnostics, 'rewrite_better')} / {_cell(diagnostics, 'rewrite_worse')}"
+    if "tied_pairs" in diagnostics:
+        return f"(tied pairs {_cell(diagnostics, 'tied_pairs')})"
+    return "-"
+
+
+def search_table(report: dict, sampled: str, greedy: str) -> list[str]:
+    """The validation search as table rows: each method's sampled / greedy score at each learning rate."""
+    grid = report["settings"]["learning_rates"]
+    lines = [
+        "| method | " + " | ".join(f"lr {lr:g}" for lr in grid) + " |",
+        "| --- | " + " | ".join("---" for _ in grid) + " |",
+    ]
+    for method in report["chosen_learning_rate"]:
+        cells = []
+        for lr in grid:
+            runs = [r for r in report["search"] if (r["arm"], r["learning_rate"]) == (method, lr)]
+            scores = runs[0]["validation"] if runs else {}
+            cells.append(f"{100 * scores[sampled]:.1f} / {100 * scores[greedy]:.1f}" if scores else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_table(report: dict) -> str:
     settings, start = report["settings"], report["start"]
     headroom = start["validation_headroom"]
@@ -584,7 +610,7 @@ def markdown_table(report: dict) -> str:
         f"min). Start: the shipped checkpoint, SFT to its validation plateau on {report['sft_set_size']} prompts of "
         f"the `{report['regime']}` regime; every arm trains on that SFT set for {settings['steps']} updates of "
         f"{settings['batch_size']} prompts (sampling temperature {settings['temperature']:g}). Learning rate chosen "
-        f"on validation from {settings['learning_rates']}; {len(settings['seeds'])} seed(s); "
+        f"on validation from {tuple(settings['learning_rates'])}; {len(settings['seeds'])} seed(s); "
         f"{settings['test_prompts']} held-out test prompts; mean ± standard deviation over seeds, in %.",
         "",
         f"Headroom of the start (validation): greedy exact match {100 * headroom['greedy']:.1f}%, a sample "
@@ -617,12 +643,7 @@ def markdown_table(report: dict) -> str:
             for key in ("rewrite_better", "rewrite_worse", "sgpo/rewrite_closer", "tied_pairs")
             if all(key in r["diagnostics"] for r in runs)
         }
-        if "rewrite_better" in diagnostics:
-            judged = f"{_cell(diagnostics, 'rewrite_better')} / {_cell(diagnostics, 'rewrite_worse')}"
-        elif "tied_pairs" in diagnostics:
-            judged = f"(tied pairs {_cell(diagnostics, 'tied_pairs')})"
-        else:
-            judged = "-"
+        judged = judged_cell(diagnostics)
         seconds = statistics.fmean(r["seconds"] for r in runs)
         lines.append(
             f"| {arm} | {runs[0]['learning_rate']:g} | {sampled} | {exact} | {partial} | {judged} | "
@@ -633,18 +654,8 @@ def markdown_table(report: dict) -> str:
         "The validation search (first seed; validation sampled / greedy exact match, in %; the best sampled exact "
         "match was kept, ties going to the first value; the SGPO ablations use SGPO's learning rate):",
         "",
-        "| method | " + " | ".join(f"lr {lr:g}" for lr in settings["learning_rates"]) + " |",
-        "| --- | " + " | ".join("---" for _ in settings["learning_rates"]) + " |",
+        *search_table(report, "sampled_exact_match", "exact_match"),
     ]
-    for method in report["chosen_learning_rate"]:
-        cells = []
-        for lr in settings["learning_rates"]:
-            runs = [r for r in report["search"] if (r["arm"], r["learning_rate"]) == (method, lr)]
-            scores = runs[0]["validation"] if runs else {}
-            cells.append(
-                f"{100 * scores['sampled_exact_match']:.1f} / {100 * scores['exact_match']:.1f}" if scores else "-"
-            )
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -356,12 +356,7 @@ def markdown_table(report: dict) -> str:
             for key in ("rewrite_better", "rewrite_worse", "sgpo/rewrite_closer", "copied_share", "tied_pairs")
             if all(key in r["diagnostics"] for r in runs)
         }
-        if "rewrite_better" in diagnostics:
-            judged = f"{quality._cell(diagnostics, 'rewrite_better')} / {quality._cell(diagnostics, 'rewrite_worse')}"
-        elif "tied_pairs" in diagnostics:
-            judged = f"(tied pairs {quality._cell(diagnostics, 'tied_pairs')})"
-        else:
-            judged = "-"
+        judged = quality.judged_cell(diagnostics)
         seconds = statistics.fmean(r["seconds"] for r in runs)
         lines.append(
             f"| {arm} | {runs[0]['learning_rate']:g} | {' | '.join(cells)} | {judged} "
@@ -373,18 +368,8 @@ def markdown_table(report: dict) -> str:
         "The validation search (first seed; validation sampled / greedy accuracy, in %; the SGPO variants use "
         "SGPO's learning rate):",
         "",
-        "| method | " + " | ".join(f"lr {lr:g}" for lr in settings["learning_rates"]) + " |",
-        "| --- | " + " | ".join("---" for _ in settings["learning_rates"]) + " |",
+        *quality.search_table(report, "sampled_accuracy", "greedy_accuracy"),
     ]
-    for method in report["chosen_learning_rate"]:
-        cells = []
-        for lr in settings["learning_rates"]:
-            runs = [r for r in report["search"] if (r["arm"], r["learning_rate"]) == (method, lr)]
-            found = runs[0]["validation"] if runs else {}
-            cells.append(
-                f"{100 * found['sampled_accuracy']:.1f} / {100 * found['greedy_accuracy']:.1f}" if found else "-"
-            )
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     examples = [r for r in report["final"] if r["arm"] == "sgpo"][:1]
     if examples:
         lines += ["", "Greedy answers of the first SGPO run (test):", ""]
