@@ -28,6 +28,7 @@ of benchmarks/quality.py. Every run's results are kept under ``--output-dir``/re
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -230,7 +231,6 @@ def run_job(job: Job) -> RunResult:
 
 def start_scores(settings: Settings) -> dict:
     """The start's test and held-out-family scores, and its headroom on validation."""
-    torch.set_num_threads(torch.get_num_threads())
     model, tokenizer = _load_start(settings.checkpoint)
     test = _evaluate(model, tokenizer, "test", settings.test_prompts, settings)
     held_out = _evaluate(model, tokenizer, "held_out", settings.held_out_prompts, settings)
@@ -245,7 +245,7 @@ def start_scores(settings: Settings) -> dict:
 
 def _mean(report: dict, arm: str, metric: str) -> float:
     values = quality._test_values(report, arm, metric)
-    return statistics.fmean(values) if values else float("nan")
+    return statistics.fmean(values) if values else math.nan
 
 
 def _sigma(report: dict, arm: str, metric: str) -> float:
@@ -266,7 +266,7 @@ def summarize(report: dict) -> dict:
         value, sigma = quality.difference(report, "sgpo", other, HEADLINE)
         summary[f"sgpo_minus_{other}"], summary[f"sigma_sgpo_minus_{other}"] = value, sigma
     oracle_gain = summary["oracle_gain"]
-    summary["sgpo_share_of_oracle_gain"] = summary["sgpo_gain"] / oracle_gain if oracle_gain > 0 else float("nan")
+    summary["sgpo_share_of_oracle_gain"] = summary["sgpo_gain"] / oracle_gain if oracle_gain > 0 else math.nan
     summary["held_out"] = {
         arm: _mean(report, arm, f"held_out_{HEADLINE}") - held_out_start
         for arm in report["arms"]
@@ -280,8 +280,7 @@ def summarize(report: dict) -> dict:
 
 
 def gate_and_goal_lines(summary: dict) -> list[str]:
-    import math
-
+    """The gate and the goal as the report states them; "not run" where their arms are missing."""
     lines = []
     gain = summary["oracle_gain"]
     if math.isnan(gain):
