@@ -99,6 +99,11 @@ class SGPOConfig(OnlineDPOConfig):
             Sampling temperature of the improver; `0` means greedy. Defaults to `temperature`.
         improver_top_p (`float`, *optional*):
             Top-p of the improver's sampling. Defaults to `top_p`.
+        improver_speculative_tokens (`int`, *optional*, defaults to `0`):
+            Speculate the improver's rewrite from its draft (prompt-lookup decoding): each forward pass proposes up to
+            this many of the draft's next tokens and keeps those the model agrees with, plus one of its own. Exact:
+            greedy rewrites are token for token the plain ones, sampled ones follow the same distribution. `0`:
+            off. transformers generation only (not with `use_vllm`).
         log_completions (`bool`, *optional*, defaults to `False`):
             TRL's option (as in GRPO): every `logging_steps` steps, print a sample of the last step's rows with
             `rich` (prompt, policy response, improved response, reference, kept?) and log it as a `completions` table
@@ -248,6 +253,14 @@ class SGPOConfig(OnlineDPOConfig):
     improver_top_p: float | None = field(
         default=None,
         metadata={"help": "Top-p of the improver's sampling. Defaults to top_p."},
+    )
+    improver_speculative_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "Speculate the improver's rewrite from its draft (prompt-lookup decoding): each forward pass "
+            "proposes up to this many of the draft's next tokens and keeps those the model agrees with. Exact (the "
+            "same greedy rewrites, the same sampling distribution). 0: off. transformers generation only."
+        },
     )
     log_completions: bool = field(
         default=False,
@@ -450,6 +463,15 @@ class SGPOConfig(OnlineDPOConfig):
         for name in ("improver_loss_weight", "chosen_nll_weight", "policy_sft_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables the term), got {getattr(self, name)}.")
+        if self.improver_speculative_tokens < 0:
+            raise ValueError(
+                f"improver_speculative_tokens must be >= 0 (0: off), got {self.improver_speculative_tokens}."
+            )
+        if self.improver_speculative_tokens and self.use_vllm:
+            raise ValueError(
+                "improver_speculative_tokens speculates with transformers generation; TRL's VLLMGeneration builds "
+                "the vLLM engine without a speculative config. Set improver_speculative_tokens=0 with use_vllm=True."
+            )
         if self.use_vllm and not is_vllm_available():
             raise ImportError(
                 "use_vllm=True but vLLM is not installed: `pip install trl-sgpo[vllm]` (needs a CUDA GPU), or set "

@@ -20,6 +20,7 @@ from trl.extras.profiling import profiling_context
 from trl.models.utils import unwrap_model_for_generation
 
 from .pairs import Completion
+from .speculation import SpeculationStats, speculative_generate, unsupported_settings
 
 
 ROLES = ("policy", "improver", "eval")
@@ -90,6 +91,13 @@ class Sampler:
             "improver": (GenerationConfig(**improver_kwargs), improver_kwargs),
             "improver_greedy": (GenerationConfig(**improver_greedy), improver_greedy),  # Step 1's readiness
         }
+        self.speculative_tokens = args.improver_speculative_tokens
+        self.last_speculation: SpeculationStats | None = None  # what the last speculated rewrite did
+        if self.speculative_tokens and (unsupported := unsupported_settings(self.hf_generation["improver"][0])):
+            raise ValueError(
+                f"improver_speculative_tokens cannot reproduce the improver's sampling with {', '.join(unsupported)} "
+                "(generation_kwargs): unset them, or set improver_speculative_tokens=0."
+            )
 
     def __call__(
         self,
@@ -99,13 +107,15 @@ class Sampler:
         prompt_mask: torch.Tensor,
         role: str,
         cache: DraftCache | None = None,
+        drafts: list[Completion] | None = None,
     ) -> list[Completion]:
         """One completion per prompt for ``role``.
 
         ``cache`` (transformers generation only): for the policy, an empty holder that receives the drafts' KV cache
         and generated tokens; for the improver, a filled one that the generation continues from (``prompt_ids`` are
         then laid out as the cached prompt and drafts followed by the new turn, see `PromptLayout.next_turn_prompts`).
-        vLLM ignores it: its prefix caching reuses the shared prefix by itself.
+        vLLM ignores it: its prefix caching reuses the shared prefix by itself. ``drafts`` (the improver, with
+        ``improver_speculative_tokens``): the drafts being rewritten, whose tokens the rewrite is speculated from.
         """
         trainer = self.trainer
         if trainer.use_vllm:
@@ -132,9 +142,12 @@ class Sampler:
             if trainer.is_fsdp_enabled
             else nullcontext(),
         ):
-            output = unwrapped_model.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config, **extra
-            )
+            if drafts is not None and self.speculative_tokens and role.startswith("improver"):
+                output = self._speculate(unwrapped_model, prompt_ids, prompt_mask, drafts, generation_config, extra)
+            else:
+                output = unwrapped_model.generate(
+                    input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config, **extra
+                )
         if cache is not None and cache.cache is not None:
             cache.cache = None  # used up (extended by this call): free it before the backward pass
         elif cache is not None:
@@ -146,6 +159,25 @@ class Sampler:
                 cache.generated_ids, trainer.eos_token_ids, trainer._tokenizer.pad_token_id
             )[1]
         return self._split_completions(output[:, prompt_ids.size(1) :])
+
+    def _speculate(self, model, prompt_ids, prompt_mask, drafts, generation_config, extra) -> torch.Tensor:
+        """The rewrites speculated from the drafts' tokens (`speculation.speculative_generate`), on the drafts' cache
+        where there is one; what it did is kept in ``last_speculation``."""
+        # `generate` fills what the config leaves unset from the model's own generation config: the same here
+        resolved, _ = model._prepare_generation_config(copy.deepcopy(generation_config))
+        draft_tokens = [d.token_ids + ([d.end_token] if d.end_token is not None else []) for d in drafts]
+        self.last_speculation = SpeculationStats()
+        return speculative_generate(
+            model,
+            prompt_ids,
+            prompt_mask,
+            draft_tokens,
+            resolved,
+            self.trainer.eos_token_ids,
+            cache=extra.get(_CACHE_KWARG),
+            num_speculative_tokens=self.speculative_tokens,
+            stats=self.last_speculation,
+        )
 
     def _split_completions(self, completion_ids: torch.Tensor) -> list[Completion]:
         """Generated rows -> content tokens up to the first EOS, and whether an EOS was sampled at all."""

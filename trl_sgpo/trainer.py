@@ -333,12 +333,18 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         scores = None
         if uses_improver(args.pair_source):
             prompts = self.layout.improver_prompts(batch)
+            # the drafts go to the sampler only to speculate from: a custom sampler without the keyword still works
+            speculate = {"drafts": batch.drafts} if args.improver_speculative_tokens else {}
             if batch.draft_cache is not None and prompts.generation_ids is not None:  # continue the drafts' cache
                 ids, mask = prompts.generation_ids, prompts.generation_mask
-                chosen = self.sampler(model, prompts.texts, ids, mask, "improver", cache=batch.draft_cache)
+                chosen = self.sampler(
+                    model, prompts.texts, ids, mask, "improver", cache=batch.draft_cache, **speculate
+                )
             else:
-                chosen = self.sampler(model, prompts.texts, prompts.ids, prompts.mask, "improver", cache=None)
+                chosen = self.sampler(model, prompts.texts, prompts.ids, prompts.mask, "improver", **speculate)
             batch.draft_cache = None
+            if speculate and (speculation := getattr(self.sampler, "last_speculation", None)) is not None:
+                stats.add("sgpo/rewrite_tokens_from_draft", [speculation.accepted_share])
             stats.update(completion_stats("improver", chosen))
             if args.improver_loss_weight > 0:
                 targets, keep = self._improver_targets(batch, stats)

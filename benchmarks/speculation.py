@@ -1,0 +1,248 @@
+"""The improver's rewrite speculated from its draft (``improver_speculative_tokens``): its generation time against
+plain generation and against the draft's, and the share of rewrite tokens taken from the draft.
+
+    python benchmarks/speculation.py                          # the toy world's shipped checkpoint, ~2 min
+    python benchmarks/speculation.py --quick --output-dir /tmp # CI: a few batches
+    python benchmarks/speculation.py --real-start --repeats 8  # SmolLM2 after the real task's SFT, ~10 min
+
+Each repeat samples one batch of drafts (the policy, next-turn format, keeping the drafts' KV cache), then generates
+the improver's rewrites of those drafts twice from copies of the same cache: plain `generate` and speculated
+(`trl_sgpo.speculation`), in an order that alternates between repeats; greedy rewrites (the toy benchmark's SGPO
+setting, ``improver_temperature=0``) and sampled ones (temperature 1) are both measured. Reported: medians and the
+paired per-repeat ratios (median and inter-quartile range) of speculated / plain and rewrite / draft; the goal (issue
+20) is met when the upper quartile of speculated rewrite / draft is at most 0.5. Greedy rewrites are checked to be
+identical with and without speculation in every repeat. Writes ``speculation.{md,json}``.
+"""
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch  # noqa: E402
+
+
+MODELS = {
+    "toy": "The toy world's shipped checkpoint",
+    "smollm2_real_start": "SmolLM2-135M-Instruct after the real task's SFT (before Step 1, the default instruction)",
+}
+GOAL = 0.5  # speculated rewrite generation / draft generation, upper quartile (toy world)
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0], ordered[0], ordered[0]
+    q1, q2, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def real_start_trainer(workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float):
+    """SmolLM2-135M-Instruct after the real task's SFT (benchmarks/real_start.py), on that task's prompts, with the
+    library's default improver instruction: the improver role as a user's run finds it before Step 1."""
+    from datasets import Dataset
+    from real_start import start_dir
+    from real_task import conversational, make_splits
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_sgpo import SGPOConfig, SGPOTrainer
+
+    folder = start_dir()
+    if not (folder / "build.json").is_file():
+        raise FileNotFoundError(f"no real-task start at {folder}: build it first with python benchmarks/real_start.py")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    args = SGPOConfig(
+        output_dir=workdir,
+        per_device_train_batch_size=batch_size,
+        max_new_tokens=24,  # the real benchmark's
+        max_length=512,
+        temperature=1.0,
+        improver_format="next_turn",
+        improver_temperature=improver_temperature,
+        improver_speculative_tokens=speculative_tokens,
+        report_to="none",
+        use_cpu=True,
+        generation_kwargs={},
+    )
+    dataset = Dataset.from_list(conversational(make_splits()["train"]))
+    trainer = SGPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.model.eval()
+    return trainer
+
+
+def toy_trainer(workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float):
+    from trl_sgpo import SGPOConfig, SGPOTrainer
+    from trl_sgpo.toy import load_toy_model, make_dataset
+
+    model, tokenizer = load_toy_model()
+    args = SGPOConfig(
+        output_dir=workdir,
+        per_device_train_batch_size=batch_size,
+        max_new_tokens=24,  # the toy benchmark's
+        max_length=256,
+        temperature=1.0,
+        improver_format="next_turn",
+        improver_instruction="improve",  # the instruction the shipped checkpoint learned
+        improver_temperature=improver_temperature,
+        improver_speculative_tokens=speculative_tokens,
+        report_to="none",
+        use_cpu=True,
+        generation_kwargs={},
+    )
+    dataset = make_dataset("plain", "train", 4096, seed=0)
+    trainer = SGPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.model.eval()
+    return trainer
+
+
+def timed(function, *args, **kwargs):
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def measure(trainer, repeats: int, warmup: int, speculative_tokens: int) -> dict:
+    """Per repeat: the drafts' generation time, the plain and the speculated rewrite times, the accepted share."""
+    model, sampler = trainer.model, trainer.sampler
+    batch_size = trainer.args.per_device_train_batch_size
+    rows = trainer.train_dataset
+    samples, identical = [], True
+    greedy = trainer.args.improver_temperature == 0
+    for repeat in range(warmup + repeats):
+        inputs = rows[repeat * batch_size : (repeat + 1) * batch_size]
+        torch.manual_seed(repeat)
+        batch, draft_seconds = timed(trainer._sample_drafts, model, inputs, keep_cache=True)
+        prompts = trainer.layout.improver_prompts(batch)
+        ids, mask = prompts.generation_ids, prompts.generation_mask
+        results = {}
+        for tokens in (0, speculative_tokens) if repeat % 2 == 0 else (speculative_tokens, 0):
+            sampler.speculative_tokens = tokens
+            cache = copy.deepcopy(batch.draft_cache)
+            torch.manual_seed(1000 + repeat)
+            chosen, seconds = timed(
+                sampler, model, prompts.texts, ids, mask, "improver", cache=cache, drafts=batch.drafts
+            )
+            results[tokens] = (chosen, seconds, copy.copy(sampler.last_speculation) if tokens else None)
+        if greedy:
+            identical &= [c.token_ids for c in results[0][0]] == [c.token_ids for c in results[speculative_tokens][0]]
+        if repeat < warmup:
+            continue
+        speculation = results[speculative_tokens][2]
+        samples.append(
+            {
+                "draft": draft_seconds,
+                "plain": results[0][1],
+                "speculated": results[speculative_tokens][1],
+                "accepted_share": speculation.accepted_share,
+                "forwards": speculation.forwards,
+                "draft_tokens": sum(len(d.token_ids) + d.ended for d in batch.drafts),
+                "rewrite_tokens": speculation.generated,
+            }
+        )
+    summary = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+    for name, (a, b) in {
+        "speculated_vs_plain": ("speculated", "plain"),
+        "plain_vs_draft": ("plain", "draft"),
+        "speculated_vs_draft": ("speculated", "draft"),
+    }.items():
+        summary[name] = dict(zip(("q1", "median", "q3"), quartiles([s[a] / s[b] for s in samples])))
+    summary["identical_greedy_rewrites"] = identical if greedy else None
+    return {"summary": summary, "samples": samples}
+
+
+def markdown(report: dict) -> str:
+    settings = report["settings"]
+    lines = [
+        f"Command: `{report['command']}` ({report['date']}, {report['device']}, {settings['threads']} thread(s)). "
+        f"{MODELS[settings['model']]}, next-turn format, {settings['batch_size']} prompts per batch, "
+        f"{settings['repeats']} repeats after {settings['warmup']} warm-up, up to {settings['speculative_tokens']} "
+        "draft tokens proposed per forward pass. Times are medians per batch; ratios are the median and "
+        "inter-quartile range of the per-repeat paired ratios.",
+        "",
+        "| rewrites | draft | rewrite, plain | rewrite, speculated | speculated / plain | rewrite / draft, plain "
+        "| rewrite / draft, speculated | tokens from the draft | forward passes | greedy identical |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ratio(r: dict) -> str:
+        return f"{r['median']:.2f}x ({r['q1']:.2f}-{r['q3']:.2f})"
+
+    for name, result in report["results"].items():
+        s = result["summary"]
+        same = {True: "yes", False: "NO", None: "n/a (sampled)"}[s["identical_greedy_rewrites"]]
+        lines.append(
+            f"| {name} | {1000 * s['draft']:.0f} ms | {1000 * s['plain']:.0f} ms | {1000 * s['speculated']:.0f} ms "
+            f"| {ratio(s['speculated_vs_plain'])} | {ratio(s['plain_vs_draft'])} | {ratio(s['speculated_vs_draft'])} "
+            f"| {100 * s['accepted_share']:.0f}% | {s['forwards']:.0f} | {same} |"
+        )
+    lines += [
+        "",
+        "Goal: speculated rewrite generation at most "
+        f"{GOAL:g}x the draft's (upper quartile), greedy rewrites (the toy benchmark's setting):",
+    ]
+    q3 = report["results"]["greedy"]["summary"]["speculated_vs_draft"]["q3"]
+    lines.append(f"{q3:.2f}x: {'MET' if q3 <= GOAL else 'NOT MET'}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few batches (CI)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed batches (default 24, 2 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--speculative-tokens", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--real-start",
+        action="store_true",
+        help="SmolLM2-135M-Instruct after the real task's SFT (benchmarks/real_start.py) instead of the toy world",
+    )
+    parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (2 if args.quick else 24)
+    warmup = 1 if args.quick else 2
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, temperature in (("greedy", 0.0), ("sampled", 1.0)):
+            build = real_start_trainer if args.real_start else toy_trainer
+            trainer = build(workdir, args.batch_size, args.speculative_tokens, temperature)
+            results[name] = measure(trainer, repeats, warmup, args.speculative_tokens)
+    report = {
+        "command": "python benchmarks/speculation.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])),
+        "date": time.strftime("%Y-%m-%d"),
+        "device": "cpu",
+        "settings": {
+            "model": "smollm2_real_start" if args.real_start else "toy",
+            "batch_size": args.batch_size,
+            "repeats": repeats,
+            "warmup": warmup,
+            "speculative_tokens": args.speculative_tokens,
+            "threads": args.threads,
+        },
+        "results": results,
+        "goal": {"speculated_vs_draft_q3": results["greedy"]["summary"]["speculated_vs_draft"]["q3"], "target": GOAL},
+    }
+    report["command"] = report["command"].rstrip()
+    table = markdown(report)
+    print(table)
+    os.makedirs(args.output_dir, exist_ok=True)
+    name = "speculation_smollm2" if args.real_start else "speculation"
+    Path(args.output_dir, f"{name}.json").write_text(json.dumps(report, indent=1))
+    Path(args.output_dir, f"{name}.md").write_text(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()
