@@ -777,17 +777,27 @@ def memory_probe(settings: Settings, arm: str, mode: str) -> dict[str, float]:
 
 
 def measure_memory(settings: Settings, argv: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """One fresh subprocess per (mode, arm): a peak is a high-water mark of a whole process."""
+    """One fresh subprocess per (mode, arm): a peak is a high-water mark of a whole process. Two run at a time
+    where there are two cores (a process's peak is its own, whatever runs beside it): half the wall time in CI."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def probe(mode: str, arm: str) -> dict[str, float]:
+        command = [sys.executable, os.path.abspath(__file__), *argv, "--memory-probe", arm, mode]
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            sys.stderr.write(completed.stderr)
+            raise RuntimeError(f"memory probe {arm}/{mode} failed with exit code {completed.returncode}")
+        entry = json.loads(completed.stdout.strip().splitlines()[-1])
+        print(f"[memory] {mode} {arm}: +{entry['delta_bytes'] / 2**20:.1f} MiB", file=sys.stderr)
+        return entry
+
+    runs = [(mode, arm) for mode in MEMORY_MODES for arm in ARMS]
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        entries = list(pool.map(lambda run: probe(*run), runs))
     memory: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in MEMORY_MODES}
+    for (mode, arm), entry in zip(runs, entries):
+        memory[mode][arm] = entry
     for mode in MEMORY_MODES:
-        for arm in ARMS:
-            command = [sys.executable, os.path.abspath(__file__), *argv, "--memory-probe", arm, mode]
-            completed = subprocess.run(command, capture_output=True, text=True, check=False)
-            if completed.returncode != 0:
-                sys.stderr.write(completed.stderr)
-                raise RuntimeError(f"memory probe {arm}/{mode} failed with exit code {completed.returncode}")
-            memory[mode][arm] = json.loads(completed.stdout.strip().splitlines()[-1])
-            print(f"[memory] {mode} {arm}: +{memory[mode][arm]['delta_bytes'] / 2**20:.1f} MiB", file=sys.stderr)
         base = memory[mode][BASELINE]
         for arm in ARMS:
             entry = memory[mode][arm]
