@@ -48,6 +48,27 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def sgpo_trainer(model, tokenizer, dataset, workdir: str, batch_size: int, speculative_tokens: int, **overrides):
+    """An `SGPOTrainer` in the next-turn format at the benchmarks' sampling settings (24 new tokens, temperature 1)."""
+    from trl_sgpo import SGPOConfig, SGPOTrainer
+
+    args = SGPOConfig(
+        output_dir=workdir,
+        per_device_train_batch_size=batch_size,
+        max_new_tokens=24,  # the toy and the real quality benchmarks'
+        temperature=1.0,
+        improver_format="next_turn",
+        improver_speculative_tokens=speculative_tokens,
+        report_to="none",
+        use_cpu=True,
+        generation_kwargs={},
+        **overrides,
+    )
+    trainer = SGPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.model.eval()
+    return trainer
+
+
 def real_start_trainer(workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float):
     """SmolLM2-135M-Instruct after the real task's SFT (benchmarks/real_start.py), on that task's prompts, with the
     library's default improver instruction: the improver role as a user's run finds it before Step 1."""
@@ -56,54 +77,40 @@ def real_start_trainer(workdir: str, batch_size: int, speculative_tokens: int, i
     from real_task import conversational, make_splits
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_sgpo import SGPOConfig, SGPOTrainer
-
     folder = start_dir()
     if not (folder / "build.json").is_file():
         raise FileNotFoundError(f"no real-task start at {folder}: build it first with python benchmarks/real_start.py")
     model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-    args = SGPOConfig(
-        output_dir=workdir,
-        per_device_train_batch_size=batch_size,
-        max_new_tokens=24,  # the real benchmark's
-        max_length=512,
-        temperature=1.0,
-        improver_format="next_turn",
-        improver_temperature=improver_temperature,
-        improver_speculative_tokens=speculative_tokens,
-        report_to="none",
-        use_cpu=True,
-        generation_kwargs={},
-    )
     dataset = Dataset.from_list(conversational(make_splits()["train"]))
-    trainer = SGPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.model.eval()
-    return trainer
+    return sgpo_trainer(
+        model,
+        tokenizer,
+        dataset,
+        workdir,
+        batch_size,
+        speculative_tokens,
+        max_length=512,
+        improver_temperature=improver_temperature,
+    )
 
 
 def toy_trainer(workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float):
-    from trl_sgpo import SGPOConfig, SGPOTrainer
+    """The toy world's shipped checkpoint on its own prompts, with the instruction it learned."""
     from trl_sgpo.toy import load_toy_model, make_dataset
 
     model, tokenizer = load_toy_model()
-    args = SGPOConfig(
-        output_dir=workdir,
-        per_device_train_batch_size=batch_size,
-        max_new_tokens=24,  # the toy benchmark's
-        max_length=256,
-        temperature=1.0,
-        improver_format="next_turn",
-        improver_instruction="improve",  # the instruction the shipped checkpoint learned
-        improver_temperature=improver_temperature,
-        improver_speculative_tokens=speculative_tokens,
-        report_to="none",
-        use_cpu=True,
-        generation_kwargs={},
-    )
     dataset = make_dataset("plain", "train", 4096, seed=0)
-    trainer = SGPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.model.eval()
-    return trainer
+    return sgpo_trainer(
+        model,
+        tokenizer,
+        dataset,
+        workdir,
+        batch_size,
+        speculative_tokens,
+        max_length=256,
+        improver_instruction="improve",
+        improver_temperature=improver_temperature,
+    )
 
 
 def timed(function, *args, **kwargs):
