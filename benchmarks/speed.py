@@ -58,13 +58,24 @@ on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated after the
 the trainer adds: reference copy, reward model, gradients, optimizer state, activations) is what the ratios compare;
 absolute peaks are reported too.
 
-Goals checked (reported as met or MISSED, never adjusted): the SGPO DPO-phase step <= 1.0x the OnlineDPO step with
-the reward model and <= 1.3x the free-reward step; the improver-phase step <= 0.7x the free-reward step; LoRA peak
-memory of both SGPO phases <= 1.3x the free-reward run's.
+The SmolLM2 configuration (``--model-size smollm2``) runs SmolLM2-135M-Instruct with its own weights, its tokenizer
+(49152 tokens: the LM head and the log-softmax weigh as they do for users) and its chat template, on the real task's
+prompts (benchmarks/real_task.py, the same seeded batches for every arm), with completions as the model samples them,
+ending at its end of turn (``--lengths sampled``, its default): the arms then generate what they would in a real run
+rather than the same number of tokens. ``--lora`` times LoRA training; ``--gradient-checkpointing`` turns
+checkpointing on in every arm. Tokens per second (generated, and through forward passes with gradients) are reported
+beside the times.
+
+Goals checked (reported as met or MISSED, never adjusted; a timing goal is met when the upper quartile of its paired
+per-repeat ratio is within the target, so that machine noise does not flip it): the SGPO DPO-phase step <= 1.0x
+the OnlineDPO step with the reward model and <= 1.3x the free-reward step; the improver-phase step <= 0.7x the
+free-reward step; LoRA peak memory of both SGPO phases <= 1.3x the free-reward run's.
 
 Run on one CPU thread (tiny matmuls on several contended OpenMP threads are erratic)::
 
     python benchmarks/speed.py                      # CPU, the small model, writes benchmarks/results/speed.{md,json}
+    python benchmarks/speed.py --model-size smollm2 --lora --arms online_dpo online_dpo_rm sgpo_dpo sgpo_improver \
+        --repeats 6 --warmup 1                      # SmolLM2, writes benchmarks/results/speed_smollm2.{md,json}
     python benchmarks/speed.py --quick --output-dir /tmp/speed    # a few minutes, for CI
     python benchmarks/speed.py --device cuda --model-size large --batch-size 16 --max-new-tokens 128
 """
@@ -93,6 +104,7 @@ import platform  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
 import shlex  # noqa: E402
+import statistics  # noqa: E402
 import string  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -111,6 +123,7 @@ import torch  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # benchmark this checkout's trl_sgpo, installed or not
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # smollm2.py, real_task.py
 
 ARMS = ("online_dpo", "online_dpo_rm", "sgpo_dpo", "sgpo_improver", "sgpo_dpo_template", "sgpo_improver_template")
 BASELINE = "online_dpo"  # the free-reward run
@@ -139,10 +152,12 @@ MODEL_SIZES = {
     "medium": (768, 12, 12),
     "large": (2048, 16, 16),
 }
+SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct: its weights, tokenizer and chat template (benchmarks/smollm2.py)
 SHORT_TEMPLATE = "{prompt}\ndraft: {response}\nfix:"
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
 GOALS = (
-    # (name, what, target): the goals of issue 10, as ratios from one run
+    # (name, what, target): the goals of issue 10, as ratios from one run; a timing goal is met when the upper
+    # quartile of its paired per-repeat ratio is within the target (so that machine noise cannot flip it)
     ("dpo_step_ratio_rm", "SGPO DPO-phase step / OnlineDPO step with a reward model", 1.0),
     ("dpo_step_ratio", "SGPO DPO-phase step / OnlineDPO step with the free reward", 1.3),
     ("improver_step_ratio", "SGPO improver-phase step / OnlineDPO step with the free reward", 0.7),
@@ -174,6 +189,13 @@ class Settings:
     tokenizer: str = "bpe"
     gradient_checkpointing: bool = False
     skip_memory: bool = False
+    lengths: str = "fixed"  # "fixed": every completion max_new_tokens long; "sampled": as sampled, ending at EOS
+    lora: bool = False  # the timed arms train a LoRA adapter (memory measures both modes anyway)
+    arms: tuple[str, ...] = ARMS
+
+    @property
+    def real_model(self) -> bool:
+        return self.model_size == SMOLLM2
 
     @property
     def dtype(self) -> torch.dtype:
@@ -186,8 +208,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
-        "--model-size", choices=list(MODEL_SIZES), default=None, help="default: small (tiny with --quick)"
+        "--model-size",
+        choices=[*MODEL_SIZES, SMOLLM2],
+        default=None,
+        help="a random Llama of this size (default: small; tiny with --quick), or 'smollm2': SmolLM2-135M-Instruct "
+        "with its own weights, tokenizer and chat template, on the real task's prompts (benchmarks/real_task.py)",
     )
+    parser.add_argument(
+        "--lengths",
+        choices=("fixed", "sampled"),
+        default=None,
+        help="'fixed': every completion exactly --max-new-tokens long (the random models' default); 'sampled': as "
+        "the model samples them, ending at EOS, up to --max-new-tokens (the default with smollm2)",
+    )
+    parser.add_argument("--lora", action="store_true", help="time LoRA training (r=8) instead of full fine-tuning")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=None, help="default: all")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per step (default 8, 4 with --quick)")
     parser.add_argument("--prompt-length", type=int, default=None, help="tokens of every rendered prompt (default 64)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens of every completion (default 32)")
@@ -232,7 +267,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         tokenizer=args.tokenizer,
         gradient_checkpointing=args.gradient_checkpointing,
         skip_memory=args.skip_memory,
+        lengths=args.lengths or ("sampled" if args.model_size == SMOLLM2 else "fixed"),
+        lora=args.lora,
+        arms=tuple(arm for arm in ARMS if arm in (args.arms or ARMS)),
     )
+    missing = {BASELINE, REWARD_MODEL_BASELINE} - set(settings.arms)
+    if missing:
+        parser.error(f"--arms must include the baselines {sorted(missing)}")
+    if settings.lengths == "sampled" and not settings.real_model:
+        parser.error("--lengths sampled needs a trained model (--model-size smollm2): a random one rarely samples EOS")
     if settings.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is visible")
     if settings.max_new_tokens < 2:
@@ -281,6 +324,11 @@ def build_tokenizer(settings: Settings):
     """The benchmark's tokenizer: a byte-level BPE trained here, offline (default), or the toy character-level one."""
     from trl_sgpo.toy import build_char_tokenizer
 
+    if settings.real_model:
+        from smollm2 import smollm2_model_dir
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(smollm2_model_dir())
     if settings.tokenizer == "char":
         return build_char_tokenizer()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -346,6 +394,12 @@ def build_dataset(settings: Settings, tokenizer, num_rows: int):
     """Conversational prompt-completion rows whose rendered prompts are all exactly `prompt_length` tokens."""
     from datasets import Dataset
 
+    if settings.real_model:  # the real task's prompts and references, in a seeded order: the same for every arm
+        from real_task import conversational, make_splits
+
+        rows = conversational(make_splits()["train"])
+        random.Random(settings.seed).shuffle(rows)
+        return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows[:num_rows]])
     content_length = settings.prompt_length - prompt_markup_tokens(tokenizer)
     if content_length < 1:
         raise ValueError(f"--prompt-length {settings.prompt_length} leaves no room for the chat markup")
@@ -363,8 +417,20 @@ def build_dataset(settings: Settings, tokenizer, num_rows: int):
     return Dataset.from_list(rows)
 
 
+def rendered_prompt_lengths(settings: Settings, tokenizer) -> list[int]:
+    """The policy prompts' token counts: all ``prompt_length``, or the real task's rendered prompts."""
+    if not settings.real_model:
+        return [settings.prompt_length]
+    dataset = build_dataset(settings, tokenizer, num_rows=settings.batch_size * 4)
+    return [
+        len(tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True, return_dict=False))
+        for row in dataset
+    ]
+
+
 def tokens_per_row(settings: Settings, tokenizer) -> dict[str, int]:
-    """What one row costs in tokens: the policy's prompt, a completion, and what each improver format adds."""
+    """What one row costs in tokens: the policy's prompt (the median), a completion (its cap with sampled lengths),
+    and what each improver format adds."""
     from trl_sgpo.config import DEFAULT_IMPROVER_INSTRUCTION
     from trl_sgpo.improver import next_turn_suffix, render_improver_prompt
 
@@ -372,7 +438,7 @@ def tokens_per_row(settings: Settings, tokenizer) -> dict[str, int]:
     template_turn = render_improver_prompt(improver_template(settings), empty, "", tokenizer, reference="")
     suffix = next_turn_suffix(DEFAULT_IMPROVER_INSTRUCTION, empty, tokenizer)
     return {
-        "prompt": settings.prompt_length,
+        "prompt": int(statistics.median(rendered_prompt_lengths(settings, tokenizer))),
         "completion": settings.max_new_tokens,
         # template: a new conversation with the template around the prompt's content and the draft
         "template_overhead": token_count(tokenizer, template_turn),
@@ -390,13 +456,23 @@ def max_length(settings: Settings, tokenizer) -> int:
 
     template_tokens = token_count(tokenizer, improver_template(settings)) + 16  # 16: the chat markup around it
     reserved = -PromptBudget(0, template_tokens, settings.max_new_tokens, settings.max_new_tokens).available
-    return 64 * math.ceil((settings.prompt_length + reserved + 8) / 64)
+    longest = max(rendered_prompt_lengths(settings, tokenizer))
+    return 64 * math.ceil((longest + reserved + 8) / 64)
 
 
 def build_model(settings: Settings, tokenizer, meta: bool = False):
     """The benchmark's model on its device and dtype (``meta``: shapes only, to count parameters)."""
     from trl_sgpo.toy import build_tiny_model
 
+    if settings.real_model:
+        from smollm2 import smollm2_model_dir
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        folder = smollm2_model_dir()
+        if meta:
+            with torch.device("meta"):
+                return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=settings.dtype).to(settings.device)
     hidden, layers, heads = MODEL_SIZES[settings.model_size]
     with torch.device("meta") if meta else contextlib.nullcontext():
         model = build_tiny_model(
@@ -436,8 +512,13 @@ def common_config(settings: Settings, tokenizer, output_dir: str) -> dict[str, A
         per_device_train_batch_size=settings.batch_size,
         max_new_tokens=n,
         max_length=max_length(settings, tokenizer),
-        # Exactly n tokens per completion in every arm: no EOS before the last position, EOS forced at it.
-        generation_kwargs={"min_new_tokens": n - 1, "max_new_tokens": n, "forced_eos_token_id": eos},
+        # "fixed": exactly n tokens per completion in every arm (no EOS before the last position, EOS forced at it);
+        # "sampled": as the model samples them, ending at its EOS (the chat template's end of turn), at most n.
+        generation_kwargs=(
+            {"min_new_tokens": n - 1, "max_new_tokens": n, "forced_eos_token_id": eos}
+            if settings.lengths == "fixed"
+            else {}
+        ),
         learning_rate=1e-5,
         max_grad_norm=1.0,
         report_to="none",
@@ -671,16 +752,18 @@ def summarize(values: list[float]) -> dict[str, float]:
 def measure_timing(settings: Settings, tokenizer, dataset, workdir: str) -> dict[str, Any]:
     """Build the three arms on identical copies of one model, then time interleaved steps."""
     trainers, probes = {}, {}
-    for arm in ARMS:
+    arms = settings.arms
+    for arm in arms:
         model = build_model(settings, tokenizer)
-        trainers[arm] = build_trainer(arm, settings, tokenizer, model, dataset, os.path.join(workdir, arm), peft=False)
+        workspace = os.path.join(workdir, arm)
+        trainers[arm] = build_trainer(arm, settings, tokenizer, model, dataset, workspace, peft=settings.lora)
         probes[arm] = StepProbe(settings.device)
         instrument(trainers[arm], probes[arm])
     all_batches = batches(dataset, settings.batch_size)
-    samples: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
+    samples: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
     total = settings.warmup + settings.repeats
     for repeat in range(total):
-        order = ARMS[repeat % len(ARMS) :] + ARMS[: repeat % len(ARMS)]  # rotate: no arm always runs first
+        order = arms[repeat % len(arms) :] + arms[: repeat % len(arms)]  # rotate: no arm always runs first
         batch = all_batches[repeat % len(all_batches)]
         for arm in order:
             torch.manual_seed(settings.seed + repeat)
@@ -688,7 +771,7 @@ def measure_timing(settings: Settings, tokenizer, dataset, workdir: str) -> dict
             if repeat >= settings.warmup:
                 samples[arm].append(result)
         timed = "warm-up" if repeat < settings.warmup else f"repeat {repeat - settings.warmup + 1}/{settings.repeats}"
-        line = "  ".join(f"{arm} {samples[arm][-1]['step']:.3f}s" for arm in ARMS if repeat >= settings.warmup)
+        line = "  ".join(f"{arm} {samples[arm][-1]['step']:.3f}s" for arm in arms if repeat >= settings.warmup)
         print(f"[timing] {timed} {line}", file=sys.stderr, flush=True)
     del trainers
     gc.collect()
@@ -791,7 +874,7 @@ def measure_memory(settings: Settings, argv: list[str]) -> dict[str, dict[str, d
         print(f"[memory] {mode} {arm}: +{entry['delta_bytes'] / 2**20:.1f} MiB", file=sys.stderr)
         return entry
 
-    runs = [(mode, arm) for mode in MEMORY_MODES for arm in ARMS]
+    runs = [(mode, arm) for mode in MEMORY_MODES for arm in settings.arms]
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         entries = list(pool.map(lambda run: probe(*run), runs))
     memory: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in MEMORY_MODES}
@@ -799,7 +882,7 @@ def measure_memory(settings: Settings, argv: list[str]) -> dict[str, dict[str, d
         memory[mode][arm] = entry
     for mode in MEMORY_MODES:
         base = memory[mode][BASELINE]
-        for arm in ARMS:
+        for arm in settings.arms:
             entry = memory[mode][arm]
             entry["ratio_vs_online_dpo"] = entry["delta_bytes"] / base["delta_bytes"]
             entry["peak_ratio_vs_online_dpo"] = entry["peak_bytes"] / base["peak_bytes"]
@@ -810,16 +893,32 @@ def measure_memory(settings: Settings, argv: list[str]) -> dict[str, dict[str, d
 
 
 def check_goals(timing: dict[str, Any], memory: dict[str, Any] | None) -> list[dict[str, Any]]:
-    values = {
-        "dpo_step_ratio_rm": timing["sgpo_dpo"]["ratio_vs_online_dpo_rm"],
-        "dpo_step_ratio": timing["sgpo_dpo"]["ratio_vs_online_dpo"],
-        "improver_step_ratio": timing["sgpo_improver"]["ratio_vs_online_dpo"],
-    }
+    """Each goal's value, and whether it is met: a timing goal by the upper quartile of its paired per-repeat
+    ratios (``upper``), a memory goal (one measurement per arm) by its value."""
+    values: dict[str, tuple[float, float, float]] = {}  # name -> (value, lower quartile, upper quartile)
+    for name, arm, baseline in (
+        ("dpo_step_ratio_rm", "sgpo_dpo", "online_dpo_rm"),
+        ("dpo_step_ratio", "sgpo_dpo", "online_dpo"),
+        ("improver_step_ratio", "sgpo_improver", "online_dpo"),
+    ):
+        if arm in timing:
+            paired = timing[arm][f"paired_ratio_vs_{baseline}"]
+            values[name] = (paired["median"], paired["q1"], paired["q3"])
     if memory is not None:
-        values["lora_peak_ratio_dpo"] = memory["lora"]["sgpo_dpo"]["ratio_vs_online_dpo"]
-        values["lora_peak_ratio_improver"] = memory["lora"]["sgpo_improver"]["ratio_vs_online_dpo"]
+        for name, arm in (("lora_peak_ratio_dpo", "sgpo_dpo"), ("lora_peak_ratio_improver", "sgpo_improver")):
+            if arm in memory["lora"]:
+                ratio = memory["lora"][arm]["ratio_vs_online_dpo"]
+                values[name] = (ratio, ratio, ratio)
     return [
-        {"name": name, "what": what, "target": target, "value": values[name], "met": values[name] <= target}
+        {
+            "name": name,
+            "what": what,
+            "target": target,
+            "value": values[name][0],
+            "lower": values[name][1],
+            "upper": values[name][2],
+            "met": values[name][2] <= target,
+        }
         for name, what, target in GOALS
         if name in values
     ]
@@ -840,12 +939,12 @@ def environment(settings: Settings, tokenizer) -> dict[str, Any]:
                 device_name = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
         except (OSError, StopIteration):
             pass
-    hidden, layers, heads = MODEL_SIZES[settings.model_size]
     model = build_model(settings, tokenizer, meta=True)
+    hidden, layers, heads = model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads
     template_tokens = len(tokenizer(improver_template(settings), add_special_tokens=False)["input_ids"])
     return {
         "command": _command(),
-        "tokenizer": {"kind": settings.tokenizer, "vocab_size": len(tokenizer)},
+        "tokenizer": {"kind": "smollm2" if settings.real_model else settings.tokenizer, "vocab_size": len(tokenizer)},
         "tokens_per_row": tokens_per_row(settings, tokenizer),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": settings.device,
@@ -875,15 +974,38 @@ def fmt_seconds(summary: dict[str, float]) -> str:
     return f"{summary['median'] * 1000:.1f} ± {summary['iqr'] * 500:.1f}"
 
 
+def per_second(arm_timing: dict[str, Any], work: str, component: str) -> str:
+    """Median tokens of ``work`` per second of the median ``component`` time (generation, or the whole step)."""
+    seconds = arm_timing["summary"][component]["median"]
+    return f"{arm_timing['work'].get(work, 0.0) / seconds:.0f}" if seconds > 0 else "n/a"
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     env, timing, memory, goals = results["environment"], results["timing"], results["memory"], results["goals"]
     s = env["settings"]
     model = env["model"]
     rows = env["tokens_per_row"]
-    tokenizer = (
-        f"byte-level BPE trained offline on seeded pseudo-English ({env['tokenizer']['vocab_size']} tokens)"
-        if env["tokenizer"]["kind"] == "bpe"
-        else f"character-level tokenizer ({env['tokenizer']['vocab_size']} tokens)"
+    arms = list(timing)
+    kind = env["tokenizer"]["kind"]
+    tokenizer = {
+        "bpe": f"byte-level BPE trained offline on seeded pseudo-English ({env['tokenizer']['vocab_size']} tokens)",
+        "char": f"character-level tokenizer ({env['tokenizer']['vocab_size']} tokens)",
+        "smollm2": f"its own tokenizer ({env['tokenizer']['vocab_size']} tokens) and chat template",
+    }[kind]
+    if kind == "smollm2":
+        model_line = (
+            f"- model: SmolLM2-135M-Instruct, its own weights ({model['parameters'] / 1e6:.1f}M parameters, "
+            f"{model['dtype']}); {tokenizer}; the real task's prompts (benchmarks/real_task.py)"
+        )
+    else:
+        model_line = (
+            f"- model: random Llama '{model['size']}' (hidden {model['hidden_size']}, {model['num_layers']} layers, "
+            f"{model['num_heads']} heads, {model['parameters'] / 1e6:.2f}M parameters, {model['dtype']}); {tokenizer}"
+        )
+    lengths = (
+        f"every completion exactly {s['max_new_tokens']} tokens"
+        if s.get("lengths", "fixed") == "fixed"
+        else f"completions as sampled, ending at EOS, at most {s['max_new_tokens']} tokens (same prompts and seeds)"
     )
     lines = [
         "# Speed: SGPO steps vs TRL's OnlineDPOTrainer step",
@@ -893,11 +1015,11 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"- device: {env['device']} ({env['device_name']}), torch threads: {env['torch_threads']}",
         f"- versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
         f"trl {env['trl']}, peft {env['peft']}, accelerate {env['accelerate']}",
-        f"- model: random Llama '{model['size']}' (hidden {model['hidden_size']}, {model['num_layers']} layers, "
-        f"{model['num_heads']} heads, {model['parameters'] / 1e6:.2f}M parameters, {model['dtype']}); {tokenizer}",
-        f"- batch: {s['batch_size']} prompts; every completion exactly {s['max_new_tokens']} tokens (OnlineDPO: 2 per "
+        model_line,
+        f"- batch: {s['batch_size']} prompts; {lengths} (OnlineDPO: 2 per "
         "prompt; SGPO: 1 draft + 1 rewrite in the DPO phase); "
-        f"max_length {env['max_length']}; gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}",
+        f"max_length {env['max_length']}; gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}; "
+        f"timed with {'LoRA (r=8)' if s.get('lora') else 'full fine-tuning'}",
         f"- arms: `online_dpo` scores with a free reward (string length); `online_dpo_rm` with a reward model of the "
         f"policy's size (LlamaForSequenceClassification, same config); `sgpo_*` use improver_format='next_turn' "
         f"(default instruction), `sgpo_*_template` improver_format='template' (template '{s['improver_template']}')",
@@ -915,10 +1037,10 @@ def markdown_report(results: dict[str, Any]) -> str:
         "## Time per optimizer step (ms, median ± half IQR)",
         "",
         "| arm | step | vs online_dpo (paired IQR) | vs online_dpo_rm (paired IQR) | generation | forward/backward "
-        "| reward | optimizer | rest | rest % |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| reward | optimizer | rest | rest % | generated tokens/s | trained tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for arm in ARMS:
+    for arm in arms:
         t = timing[arm]
         summary, paired, paired_rm = t["summary"], t["paired_ratio_vs_online_dpo"], t["paired_ratio_vs_online_dpo_rm"]
         lines.append(
@@ -927,7 +1049,8 @@ def markdown_report(results: dict[str, Any]) -> str:
             f"({paired_rm['q1']:.2f}–{paired_rm['q3']:.2f}) | {fmt_seconds(summary['generation'])} | "
             f"{fmt_seconds(summary['forward_backward'])} | {fmt_seconds(summary['reward'])} | "
             f"{fmt_seconds(summary['optimizer'])} | {fmt_seconds(summary['rest'])} | "
-            f"{100 * t['fractions']['rest']:.1f}% |"
+            f"{100 * t['fractions']['rest']:.1f}% | {per_second(t, 'generated_tokens', 'generation')} | "
+            f"{per_second(t, 'forward_tokens_grad', 'step')} |"
         )
     lines += [
         "",
@@ -938,7 +1061,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "(padding) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for arm in ARMS:
+    for arm in arms:
         w = defaultdict(float, timing[arm]["work"])
         lines.append(
             f"| {arm} | {w['generate_calls']:.0f} | {w['generated_rows']:.0f} | {w['generation_prompt_tokens']:.0f} | "
@@ -960,17 +1083,26 @@ def markdown_report(results: dict[str, Any]) -> str:
             "| arm | full fine-tuning | ratio | LoRA r=8 | ratio |",
             "|---|---|---|---|---|",
         ]
-        for arm in ARMS:
+        for arm in arms:
             full, lora = memory["full"][arm], memory["lora"][arm]
             lines.append(
                 f"| {arm} | {full['delta_bytes'] / 2**20:.1f} [{full['peak_bytes'] / 2**20:.0f}] | "
                 f"{full['ratio_vs_online_dpo']:.2f}x | {lora['delta_bytes'] / 2**20:.1f} "
                 f"[{lora['peak_bytes'] / 2**20:.0f}] | {lora['ratio_vs_online_dpo']:.2f}x |"
             )
-    lines += ["", "## Goals", "", "| goal | target | value | |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Goals",
+        "",
+        "A timing goal is met when the upper quartile of its paired per-repeat ratio is within the target.",
+        "",
+        "| goal | target | value (paired IQR) | |",
+        "|---|---|---|---|",
+    ]
     for goal in goals:
+        spread = f" ({goal['lower']:.2f}–{goal['upper']:.2f})" if goal["upper"] != goal["value"] else ""
         lines.append(
-            f"| {goal['what']} | <= {goal['target']:.2f}x | {goal['value']:.2f}x | "
+            f"| {goal['what']} | <= {goal['target']:.2f}x | {goal['value']:.2f}x{spread} | "
             f"{'met' if goal['met'] else 'MISSED'} |"
         )
     return "\n".join(lines) + "\n"
@@ -997,6 +1129,10 @@ def forwarded_argv(args: argparse.Namespace) -> list[str]:
     argv += ["--improver-template", args.improver_template, "--tokenizer", args.tokenizer]
     if args.gradient_checkpointing:
         argv.append("--gradient-checkpointing")
+    if args.lengths:
+        argv += ["--lengths", args.lengths]
+    if args.arms:
+        argv += ["--arms", *args.arms]
     if args.quick:
         argv.append("--quick")
     return argv
@@ -1028,8 +1164,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     report = markdown_report(results)
     print(report)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output_dir / "speed.md").write_text(report)
+    name = "speed_smollm2" if settings.real_model else "speed"  # the SmolLM2 configuration beside the small one
+    (args.output_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.output_dir / f"{name}.md").write_text(report)
     return results
 
 
