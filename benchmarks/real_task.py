@@ -8,8 +8,10 @@ constraints appended, in the spirit of IFEval, each checked by code:
 - ``quotes``: the whole answer wrapped in double quotes;
 - ``items``: exactly N items separated by commas (list requests only);
 - ``keyword``: the answer contains a given word;
-- ``start_word``: the answer's first word is a given one. The *held-out family*: no training, validation or test
-  prompt has it; only the second test set does, to see whether what is learned carries over.
+- ``no_commas``: no comma anywhere in the answer. The *held-out family*: no training, validation or test prompt
+  has it; only the second test set does, to see whether what is learned carries over. It was chosen so that the
+  start solves it some of the time (a single item needs no comma, a list of them usually gets commas); the first
+  held-out family, ``start_word``, sat at 0% for every arm and so could show no transfer either way.
 
 An answer is correct when it satisfies every constraint of its prompt and answers the request (names at least one
 item of the asked category). Partial credit is the share of those checks it passes (the oracle's reward).
@@ -43,11 +45,10 @@ CATEGORIES: dict[str, tuple[str, list[str]]] = {  # category -> (plural, items t
 }
 END_WORDS = ("done", "thanks", "indeed", "now", "friend")
 KEYWORDS = ("nice", "simple", "common", "good", "great")
-START_WORDS = ("sure", "well", "okay", "so", "here")
 ITEM_COUNTS = (2, 3, 4)
 TRAIN_FAMILIES = ("lowercase", "uppercase", "end_word", "quotes", "items", "keyword")
-HELD_OUT_FAMILY = "start_word"
-CONFLICTS = {frozenset({"lowercase", "uppercase"})}
+HELD_OUT_FAMILY = "no_commas"
+CONFLICTS = {frozenset({"lowercase", "uppercase"}), frozenset({"items", "no_commas"})}  # items: comma-separated
 IMPERFECT_SHARE = 0.2  # share of SFT references that miss exactly one of their constraints
 SPLIT_SIZES = {"train": 1900, "validation": 96, "test": 160}  # of the 2184 distinct prompts; the benchmark uses a part
 HELD_OUT_SIZE = 96
@@ -67,7 +68,7 @@ class Constraint:
             "quotes": "Wrap your whole answer in double quotes.",
             "items": f"Give exactly {self.value} items, separated by commas.",
             "keyword": f"Use the word '{self.value}' in your answer.",
-            "start_word": f"Start your answer with the word '{self.value}'.",
+            "no_commas": "Do not use any commas in your answer.",
         }[self.family]
 
     def holds(self, answer: str) -> bool:
@@ -81,8 +82,8 @@ class Constraint:
             return bool(letters) and all(c.isupper() for c in letters)
         if self.family == "end_word":
             return bool(words) and words[-1] == self.value
-        if self.family == "start_word":
-            return bool(words) and words[0] == self.value
+        if self.family == "no_commas":
+            return "," not in text
         if self.family == "quotes":
             return len(text) >= 2 and text[0] == '"' and text[-1] == '"' and '"' not in text[1:-1]
         if self.family == "items":
@@ -127,7 +128,7 @@ class Prompt:
 
 
 def _constraint_values(family: str, plural: bool) -> list[Constraint]:
-    values = {"end_word": END_WORDS, "keyword": KEYWORDS, "start_word": START_WORDS, "items": ITEM_COUNTS}
+    values = {"end_word": END_WORDS, "keyword": KEYWORDS, "items": ITEM_COUNTS}
     if family == "items" and not plural:
         return []
     return [Constraint(family, value) for value in values.get(family, (None,))]
@@ -154,8 +155,8 @@ def _apply(constraint: Constraint, answer: str) -> str:
         return answer.upper()
     if constraint.family == "end_word":
         return f"{answer.rstrip('.')} {constraint.value}."
-    if constraint.family == "start_word":
-        return f"{str(constraint.value).capitalize()} - {answer[0].lower()}{answer[1:]}"  # no comma: no extra item
+    if constraint.family == "no_commas":
+        return answer.replace(", ", " and ")
     if constraint.family == "keyword":
         return f"{answer.rstrip('.')}, a {constraint.value} one."
     if constraint.family == "quotes":
@@ -164,7 +165,7 @@ def _apply(constraint: Constraint, answer: str) -> str:
 
 
 # Content first (items, then the words around it), then the case, then the quotes around everything.
-_ORDER = ("items", "keyword", "start_word", "end_word", "lowercase", "uppercase", "quotes")
+_ORDER = ("items", "keyword", "no_commas", "end_word", "lowercase", "uppercase", "quotes")
 
 
 def reference(prompt: Prompt, rng: random.Random, miss: str | None = None) -> str:

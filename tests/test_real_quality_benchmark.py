@@ -16,6 +16,7 @@ SUMMARY_KEYS = {
     "start",
     "held_out_start",
     "oracle_gain",
+    "sft_plateau_gain",
     "sgpo_gain",
     "sgpo_minus_sft",
     "sgpo_minus_spin",
@@ -69,6 +70,6 @@ def test_quick_real_benchmark_runs_in_parts_that_merge_into_one_table(smollm2_di
     assert math.isclose(summary["start"], 100 * report["start"]["sampled_accuracy"])
     assert report["start_build"]["command"] == "python benchmarks/real_start.py --quick"
     table = (tmp_path / "real_quality.md").read_text()
-    for line in ("Sensitivity gate:", "Goal:", "Learning-rate grid:", "Headroom (validation"):
+    for line in ("Plateau gate:", "Sensitivity gate:", "Goal:", "Learning-rate grid:", "Headroom (validation"):
         assert line in table
     assert all(f"| {arm} |" in table for arm in ARMS)

@@ -26,7 +26,7 @@ CASES = {
     "lowercase": (None, "apple is a fruit.", "Apple is a fruit."),
     "uppercase": (None, '"APPLE, PEAR."', "APPLE, pear."),
     "end_word": ("done", "Apple, pear done.", "Done: apple, pear."),
-    "start_word": ("sure", "Sure - apple.", "Apple, sure."),
+    "no_commas": (None, "Apple and pear.", "Apple, pear."),
     "quotes": (None, '"Apple is a fruit."', '"Apple" is a "fruit"'),  # two quoted parts, not one
     "items": (3, "Apple, pear, plum.", "Apple, pear, plum, fig."),
     "keyword": ("nice", "A pear is nice.", "A pear is nicer."),
