@@ -337,7 +337,20 @@ def _train(script_args, training_args, model_args, data) -> dict:
 def run() -> None:
     """The `trl-sgpo` console command (and examples/sgpo.py): `main` with one-line errors, without its return value
     (a returned dict would be the exit status)."""
-    main(one_line_errors=True)
+    try:
+        main(one_line_errors=True)
+    finally:
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Tear the process group down before the interpreter does: under `accelerate launch` (DeepSpeed's ZeRO-3 on
+    CPU, seen in CI) a rank left its collective threads to the interpreter's exit and aborted there ("terminate
+    called without an active exception") after everything was saved; PyTorch asks for `destroy_process_group`."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
