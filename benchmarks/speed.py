@@ -1108,6 +1108,16 @@ def markdown_report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_name(settings: Settings) -> str:
+    """The results' file name: ``speed`` (the small configuration), ``speed_smollm2`` (SmolLM2 with LoRA, its
+    headline), with ``_full`` for SmolLM2 with full fine-tuning and ``_gc`` with gradient checkpointing, so that
+    each configuration keeps its own report."""
+    name = "speed_smollm2" if settings.real_model else "speed"
+    if settings.real_model and not settings.lora:
+        name += "_full"
+    return name + ("_gc" if settings.gradient_checkpointing else "")
+
+
 def _command() -> str:
     """The command line as run, with the `taskset -c` it ran under when the process was pinned to fewer cores."""
     words = ["python", *sys.argv]
@@ -1164,7 +1174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     report = markdown_report(results)
     print(report)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    name = "speed_smollm2" if settings.real_model else "speed"  # the SmolLM2 configuration beside the small one
+    name = results_name(settings)
     (args.output_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.output_dir / f"{name}.md").write_text(report)
     return results

@@ -138,3 +138,17 @@ def test_sampled_lengths_need_a_trained_model():
         speed.parse_args(["--arms", "sgpo_dpo"])  # the ratios need both baselines
     settings, _ = speed.parse_args(["--model-size", "smollm2"])
     assert settings.lengths == "sampled" and settings.real_model
+
+
+def test_each_configuration_writes_its_own_report():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    def name(*argv: str) -> str:
+        return speed.results_name(speed.parse_args(list(argv))[0])
+
+    assert name() == "speed"
+    assert name("--gradient-checkpointing") == "speed_gc"
+    assert name("--model-size", "smollm2", "--lora") == "speed_smollm2"  # the SmolLM2 headline
+    assert name("--model-size", "smollm2") == "speed_smollm2_full"
+    assert name("--model-size", "smollm2", "--lora", "--gradient-checkpointing") == "speed_smollm2_gc"
