@@ -78,11 +78,11 @@ Run on one CPU thread (tiny matmuls on several contended OpenMP threads are erra
         --repeats 6 --warmup 1                      # SmolLM2, writes benchmarks/results/speed_smollm2.{md,json}
     python benchmarks/speed.py --model-size smollm2 --gradient-checkpointing ...   # speed_smollm2_full_gc.{md,json}
     python benchmarks/speed.py --quick --output-dir /tmp/speed    # a few minutes, for CI
+    python benchmarks/speed.py --device cuda --model-size large --batch-size 16 --max-new-tokens 128
 
 Each configuration writes its own report (`results_name`): ``speed`` for the random models, ``speed_smollm2`` for
 SmolLM2 with LoRA, ``_full`` for SmolLM2 with full fine-tuning, ``_gc`` with gradient checkpointing.
 ``benchmarks/speed_sweep.py`` runs this script once per point of a completion length x batch grid.
-    python benchmarks/speed.py --device cuda --model-size large --batch-size 16 --max-new-tokens 128
 """
 
 from __future__ import annotations
