@@ -60,6 +60,7 @@ def test_propose_follows_the_draft_through_an_edit():
     assert propose([5, 6, 4], draft, 2, 3) == ([8, 9, EOS], 3)  # 4 replaced the draft's 7: go on after it
     assert propose([5, 6, 4, 4], draft, 3, 3) == ([9, EOS], 4)  # no bigram matches: still after the pointer
     assert propose([5, 6, 4, 7, 8], draft, 3, 3) == ([9, EOS], 4)  # an insertion: the bigram (7, 8) re-aligns
+    assert propose([5, 6, 8], draft, 2, 3) == ([9, EOS], 4)  # the draft's 7 dropped: go on after its 8
     repeated = [5, 6, 5, 6, 9]
     assert propose([5, 6, 5, 6], repeated, 4, 2) == ([9], 4)  # a repeated n-gram: the match at or after the pointer
     assert propose([5, 6], draft, 0, 0) == ([], 0)

@@ -91,8 +91,9 @@ def propose(
     ``pointer``: where in the draft the previous step's accepted run ended (the draft token the model's own token of
     that step stood for). The alignment: nothing generated yet, the draft's start; else the draft position right
     after the longest n-gram (``2 <= n <= max_ngram``) that also ends ``generated``, the first such at or after
-    ``pointer`` (an edit moves forward through its draft), else the last one before it; no such n-gram: the
-    position after ``pointer``, as if the model's last token replaced the draft's there (the commonest edit).
+    ``pointer`` (an edit moves forward through its draft), else the last one before it; no such n-gram: after the
+    draft's next token where the model's last token is that one (the draft's token at ``pointer`` was dropped), else
+    the position after ``pointer``, as if the model's last token replaced the draft's there (the commonest edit).
     """
     if k <= 0:
         return [], pointer
@@ -105,6 +106,8 @@ def propose(
             forward = [end for end in ends if end >= pointer]
             start = forward[0] if forward else ends[-1]
             return list(draft[start : start + k]), start
+    if pointer + 1 < len(draft) and generated[-1] == draft[pointer + 1]:  # the draft's token at pointer was dropped
+        return list(draft[pointer + 2 : pointer + 2 + k]), pointer + 2
     return list(draft[pointer + 1 : pointer + 1 + k]), pointer + 1
 
 
