@@ -71,18 +71,22 @@ per-repeat ratio is within the target, so that machine noise does not flip it): 
 the OnlineDPO step with the reward model and <= 1.3x the free-reward step; the improver-phase step <= 0.7x the
 free-reward step; LoRA peak memory of both SGPO phases <= 1.3x the free-reward run's.
 
+Without ``--model-size``, the script runs its suite (benchmarks/speed_suite.py): the small configuration, the SmolLM2
+one (LoRA) and the speculated rewrite (benchmarks/speculation.py), each in its own process, one after the other, and
+writes ``speed.{md,json}`` with every part's report and one goal table. With ``--model-size``, one configuration.
 Run on one CPU thread (tiny matmuls on several contended OpenMP threads are erratic)::
 
-    python benchmarks/speed.py                      # CPU, the small model, writes benchmarks/results/speed.{md,json}
+    python benchmarks/speed.py                      # the suite, ~25 min: benchmarks/results/speed.{md,json}
+    python benchmarks/speed.py --quick --output-dir /tmp/speed    # the suite at toy sizes, a few minutes (CI)
+    python benchmarks/speed.py --model-size small   # one configuration: benchmarks/results/speed_small.{md,json}
     python benchmarks/speed.py --model-size smollm2 --lora --arms online_dpo online_dpo_rm sgpo_dpo sgpo_improver \
-        --repeats 6 --warmup 1                      # SmolLM2, writes benchmarks/results/speed_smollm2.{md,json}
+        --repeats 6 --warmup 1                      # SmolLM2, as in the suite: speed_smollm2.{md,json}
     python benchmarks/speed.py --model-size smollm2 --gradient-checkpointing ...   # speed_smollm2_full_gc.{md,json}
-    python benchmarks/speed.py --quick --output-dir /tmp/speed    # a few minutes, for CI
     python benchmarks/speed.py --device cuda --model-size large --batch-size 16 --max-new-tokens 128
 
-Each configuration writes its own report (`results_name`): ``speed`` for the random models, ``speed_smollm2`` for
-SmolLM2 with LoRA, ``_full`` for SmolLM2 with full fine-tuning, ``_gc`` with gradient checkpointing.
-``benchmarks/speed_sweep.py`` runs this script once per point of a completion length x batch grid.
+Each configuration writes its own report (`results_name`): ``speed_<size>`` for the random models, ``speed_smollm2``
+for SmolLM2 with LoRA, ``_full`` for SmolLM2 with full fine-tuning, ``_gc`` with gradient checkpointing; ``speed``
+is the suite's. ``benchmarks/speed_sweep.py`` runs this script once per point of a completion length x batch grid.
 """
 
 from __future__ import annotations
@@ -175,6 +179,23 @@ GOALS = (
 )
 
 
+# Flags that set one configuration (and their defaults): without --model-size, speed.py runs the suite
+# (speed_suite.py), whose parts choose their own, so these are refused there rather than silently ignored.
+SINGLE_CONFIGURATION_FLAGS = {
+    "lora": False,
+    "arms": None,
+    "batch_size": None,
+    "prompt_length": None,
+    "max_new_tokens": None,
+    "repeats": None,
+    "warmup": None,
+    "lengths": None,
+    "gradient_checkpointing": False,
+    "improver_template": "default",
+    "tokenizer": "bpe",
+    "memory_steps": 2,
+}
+
 # ----------------------------------------------------------------------------------------------------- settings
 
 
@@ -255,6 +276,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     # Internal: one memory measurement in this (fresh) process, printed as JSON.
     parser.add_argument("--memory-probe", nargs=2, metavar=("ARM", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.model_size is None and not args.memory_probe:  # the suite (speed_suite.py): its parts set their own
+        chosen = [flag for flag, default in SINGLE_CONFIGURATION_FLAGS.items() if getattr(args, flag) != default]
+        if chosen:
+            flags = ", ".join("--" + flag.replace("_", "-") for flag in chosen)
+            parser.error(
+                f"{flags} set one configuration's settings: pass --model-size with them (e.g. --model-size small), "
+                "or drop them to run both configurations and the speculation benchmark at their own settings"
+            )
 
     quick = args.quick
     settings = Settings(
@@ -1114,10 +1143,10 @@ def markdown_report(results: dict[str, Any]) -> str:
 
 
 def results_name(settings: Settings) -> str:
-    """The results' file name: ``speed`` (the small configuration), ``speed_smollm2`` (SmolLM2 with LoRA, its
-    headline), with ``_full`` for SmolLM2 with full fine-tuning and ``_gc`` with gradient checkpointing, so that
-    each configuration keeps its own report."""
-    name = "speed_smollm2" if settings.real_model else "speed"
+    """One configuration's file name: ``speed_<size>`` for a random model (``speed_small``), ``speed_smollm2`` for
+    SmolLM2 with LoRA (its headline), with ``_full`` for SmolLM2 with full fine-tuning and ``_gc`` with gradient
+    checkpointing, so that each configuration keeps its own report (``speed`` is the suite's, speed_suite.py)."""
+    name = f"speed_{settings.model_size}"
     if settings.real_model and not settings.lora:
         name += "_full"
     return name + ("_gc" if settings.gradient_checkpointing else "")
@@ -1164,6 +1193,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         arm, mode = args.memory_probe
         print(json.dumps(memory_probe(settings, arm, mode)))
         return None
+
+    if args.model_size is None:
+        import speed_suite
+
+        return speed_suite.run(
+            args.output_dir, args.quick, args.device, args.threads, args.seed, args.skip_memory, _command()
+        )
 
     tokenizer = build_tokenizer(settings)
     dataset = build_dataset(settings, tokenizer, num_rows=settings.batch_size * 4)

@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def point_command(args: argparse.Namespace, length: int, batch: int, output_dir: Path) -> list[str]:
     """The ``speed.py`` command of one point."""
-    model = ["--quick"] if args.quick else ["--model-size", "smollm2", "--lengths", "fixed"]
+    model = ["--quick", "--model-size", "tiny"] if args.quick else ["--model-size", "smollm2", "--lengths", "fixed"]
     command = [sys.executable, str(HERE / "speed.py"), *model, "--arms", *ARMS, "--skip-memory"]
     command += ["--batch-size", str(batch), "--max-new-tokens", str(length), "--repeats", str(args.repeats)]
     command += ["--warmup", "1", "--output-dir", str(output_dir)]

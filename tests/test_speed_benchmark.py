@@ -29,7 +29,8 @@ def _positive(value) -> bool:
 
 
 @pytest.mark.slow
-def test_quick_speed_benchmark_writes_complete_results(tmp_path):
+def test_quick_suite_writes_both_configurations_and_every_goal(tmp_path, smollm2_dir):
+    """``speed.py --quick`` without --model-size: the suite's three parts, each report, and one goal table."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     completed = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--quick", "--output-dir", str(tmp_path)],
@@ -37,12 +38,49 @@ def test_quick_speed_benchmark_writes_complete_results(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
 
-    results = json.loads((tmp_path / "speed.json").read_text())
-    report = (tmp_path / "speed.md").read_text()
+    suite = json.loads((tmp_path / "speed.json").read_text())
+    combined = (tmp_path / "speed.md").read_text()
+    parts = {part["name"]: part for part in suite["parts"]}
+    assert list(parts) == ["tiny", "smollm2", "speculation"]
+    for part in parts.values():  # each part also keeps its own report, the one the suite read
+        assert json.loads((tmp_path / f"{part['results_file']}.json").read_text()) == part["results"]
+        assert f"## {part['name']}: " in combined and part["command"] in combined
+    _check_tiny_configuration(parts["tiny"]["results"], (tmp_path / "speed_tiny.md").read_text())
+
+    real = parts["smollm2"]["results"]
+    assert real["environment"]["tokenizer"] == {"kind": "smollm2", "vocab_size": 49152}
+    assert real["environment"]["settings"]["lengths"] == "sampled" and real["environment"]["settings"]["lora"]
+    assert set(real["timing"]) == {"online_dpo", "online_dpo_rm", "sgpo_dpo", "sgpo_improver"}
+    assert real["memory"] is None  # quick: timing only
+
+    # The goal table: every part's goals as the part reported them, nothing recomputed; speculation's by its q3.
+    goals = suite["goals"]
+    assert {(goal["configuration"], goal["name"]) for goal in goals} == {
+        *(("tiny", name) for name in GOALS),
+        ("smollm2", "dpo_step_ratio_rm"),
+        ("smollm2", "dpo_step_ratio"),
+        ("smollm2", "improver_step_ratio"),
+        ("speculation", "speculated_rewrite_vs_draft"),
+    }
+    for goal in goals:
+        if goal["configuration"] != "speculation":
+            reported = {g["name"]: g for g in parts[goal["configuration"]]["results"]["goals"]}[goal["name"]]
+            assert {key: goal[key] for key in reported} == reported
+        assert goal["lower"] <= goal["value"] <= goal["upper"] and goal["met"] == (goal["upper"] <= goal["target"])
+        assert f"| {goal['configuration']} | {goal['what']} | <= {goal['target']:.2f}x | {goal['value']:.2f}x" in (
+            combined
+        )
+    speculation = next(goal for goal in goals if goal["configuration"] == "speculation")
+    ratio = parts["speculation"]["results"]["results"]["greedy"]["summary"]["speculated_vs_draft"]
+    assert (speculation["value"], speculation["upper"], speculation["target"]) == (ratio["median"], ratio["q3"], 0.5)
+
+
+def _check_tiny_configuration(results: dict, report: str) -> None:
+    """One random-model configuration's results hold every field its report needs (no timing assertions)."""
     assert "online_dpo" in report and "Goals" in report and "Tokens per row" in report
 
     timing = results["timing"]
@@ -133,9 +171,9 @@ def test_sampled_lengths_need_a_trained_model():
     import speed
 
     with pytest.raises(SystemExit):
-        speed.parse_args(["--lengths", "sampled"])  # a random Llama rarely samples EOS
+        speed.parse_args(["--model-size", "small", "--lengths", "sampled"])  # a random Llama rarely samples EOS
     with pytest.raises(SystemExit):
-        speed.parse_args(["--arms", "sgpo_dpo"])  # the ratios need both baselines
+        speed.parse_args(["--model-size", "small", "--arms", "sgpo_dpo"])  # the ratios need both baselines
     settings, _ = speed.parse_args(["--model-size", "smollm2"])
     assert settings.lengths == "sampled" and settings.real_model
 
@@ -147,8 +185,63 @@ def test_each_configuration_writes_its_own_report():
     def name(*argv: str) -> str:
         return speed.results_name(speed.parse_args(list(argv))[0])
 
-    assert name() == "speed"
-    assert name("--gradient-checkpointing") == "speed_gc"
+    assert name("--model-size", "small") == "speed_small"
+    assert name("--model-size", "tiny", "--quick") == "speed_tiny"
+    assert name("--model-size", "small", "--gradient-checkpointing") == "speed_small_gc"
     assert name("--model-size", "smollm2", "--lora") == "speed_smollm2"  # the SmolLM2 headline
     assert name("--model-size", "smollm2") == "speed_smollm2_full"
     assert name("--model-size", "smollm2", "--lora", "--gradient-checkpointing") == "speed_smollm2_gc"
+
+
+def test_without_a_model_size_speed_runs_the_suite_and_refuses_one_configurations_flags(capsys):
+    """Without --model-size the suite runs its parts at their own settings: a flag that would set one configuration
+    is refused, naming --model-size, rather than silently ignored."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    for flags in (["--lora"], ["--repeats", "3"], ["--gradient-checkpointing"], ["--arms", *ARMS]):
+        with pytest.raises(SystemExit):
+            speed.parse_args(flags)
+        assert "pass --model-size with them" in capsys.readouterr().err
+    _, args = speed.parse_args(["--quick", "--skip-memory", "--threads", "1"])  # the suite's own flags
+    assert args.model_size is None
+    _, args = speed.parse_args(["--model-size", "small", "--lora", "--repeats", "3"])
+    assert args.model_size == "small" and args.lora
+
+
+def test_every_suite_part_names_its_configuration():
+    """Each part runs one configuration (a part without --model-size would run the suite again, for ever), at
+    the sizes the docs give, and writes the file the suite reads."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+    import speed_suite
+
+    for quick in (False, True):
+        parts = speed_suite.parts(quick)
+        assert [part.name for part in parts] == ["tiny" if quick else "small", "smollm2", "speculation"]
+        for part in parts:
+            common = speed_suite.common_arguments(part, "cpu", 1, 0, skip_memory=False)
+            command = part.command(Path("/tmp/out"), common)
+            if part.script == "speculation.py":
+                assert part.results_file == "speculation"
+                continue
+            settings, args = speed.parse_args(command[2:])
+            assert args.model_size is not None and speed.results_name(settings) == part.results_file
+        real = speed.parse_args(parts[1].command(Path("/tmp/out"), [])[2:])[0]
+        assert real.real_model and real.lora and real.lengths == "sampled"
+        assert set(real.arms) == {"online_dpo", "online_dpo_rm", "sgpo_dpo", "sgpo_improver"}
+
+
+def test_the_speculation_goal_is_met_by_its_upper_quartile():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed_suite
+
+    def report(q1: float, median: float, q3: float) -> dict:
+        ratio = {"q1": q1, "median": median, "q3": q3}
+        return {"results": {"greedy": {"summary": {"speculated_vs_draft": ratio}}}, "goal": {"target": 0.5}}
+
+    goal = speed_suite.speculation_goal(report(0.40, 0.45, 0.55))
+    assert (goal["value"], goal["lower"], goal["upper"], goal["met"]) == (0.45, 0.40, 0.55, False)
+    assert speed_suite.speculation_goal(report(0.30, 0.40, 0.50))["met"]
+    part = speed_suite.parts(quick=True)[2]
+    assert speed_suite.part_goals(part, report(0.3, 0.4, 0.5))[0]["configuration"] == "speculation"
