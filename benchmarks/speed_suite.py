@@ -46,8 +46,10 @@ class Part:
 
     def command(self, output_dir: Path, common: list[str]) -> list[str]:
         """The part's command line, run from the repository root (its reports then name the script as a user would)."""
-        script = f"benchmarks/{self.script}"
-        return [sys.executable, script, *self.arguments, *common, "--output-dir", str(output_dir.resolve())]
+        script, output = f"benchmarks/{self.script}", output_dir.resolve()
+        if output.is_relative_to(HERE.parent):  # the part runs from the repository root: its reports say results/
+            output = output.relative_to(HERE.parent)
+        return [sys.executable, script, *self.arguments, *common, "--output-dir", str(output)]
 
 
 def parts(quick: bool) -> list[Part]:
