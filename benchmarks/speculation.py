@@ -4,6 +4,12 @@ plain generation and against the draft's, and the share of rewrite tokens taken 
     python benchmarks/speculation.py                          # the toy world's shipped checkpoint, ~2 min
     python benchmarks/speculation.py --quick --output-dir /tmp # CI: a few batches
     python benchmarks/speculation.py --real-start --repeats 8  # SmolLM2 after the real task's SFT, ~10 min
+    python benchmarks/speculation.py --real-start --step1-updates 24 --repeats 6   # ... and after Step 1, ~16 min
+
+``--step1-updates N`` first trains the improver role as the paper's Step 1 does (`SGPOTrainer`, improver steps only,
+LoRA r=16 on every linear layer at ``--step1-learning-rate``, 8 prompts per update, the real task's training rows),
+merges the adapter and measures the trained improver: an improver that has learned to edit copies more of its draft
+than the untrained one.
 
 Each repeat samples one batch of drafts (the policy, next-turn format, keeping the drafts' KV cache), then generates
 the improver's rewrites of those drafts twice from copies of the same cache: plain `generate` and speculated
@@ -23,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,6 +42,8 @@ import torch  # noqa: E402
 MODELS = {
     "toy": "The toy world's shipped checkpoint",
     "smollm2_real_start": "SmolLM2-135M-Instruct after the real task's SFT (before Step 1, the default instruction)",
+    "smollm2_step1": "SmolLM2-135M-Instruct after the real task's SFT and {updates} Step 1 updates (LoRA r=16, "
+    "learning rate {learning_rate:g}, merged; the default instruction)",
 }
 GOAL = 0.5  # speculated rewrite generation / draft generation, upper quartile (toy world)
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
@@ -69,11 +78,12 @@ def sgpo_trainer(model, tokenizer, dataset, workdir: str, batch_size: int, specu
     return trainer
 
 
-def real_start_trainer(workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float):
-    """SmolLM2-135M-Instruct after the real task's SFT (benchmarks/real_start.py), on that task's prompts, with the
-    library's default improver instruction: the improver role as a user's run finds it before Step 1."""
+def real_start(step1_updates: int = 0, step1_learning_rate: float = 3e-4) -> tuple[Any, Any, dict]:
+    """SmolLM2-135M-Instruct after the real task's SFT (benchmarks/real_start.py), after ``step1_updates`` Step 1
+    updates where set; the model, its tokenizer and what Step 1 logged (the improver's loss at its first and last
+    logged update)."""
     from datasets import Dataset
-    from real_start import start_dir
+    from real_start import lora_config, start_dir
     from real_task import conversational, make_splits
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -81,6 +91,58 @@ def real_start_trainer(workdir: str, batch_size: int, speculative_tokens: int, i
     if not (folder / "build.json").is_file():
         raise FileNotFoundError(f"no real-task start at {folder}: build it first with python benchmarks/real_start.py")
     model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    if not step1_updates:
+        return model, tokenizer, {}
+    from trl_sgpo import SGPOConfig, SGPOTrainer
+
+    rows = Dataset.from_list(conversational(make_splits()["train"])).shuffle(seed=0).select(range(8 * step1_updates))
+    with tempfile.TemporaryDirectory() as workdir:
+        args = SGPOConfig(
+            output_dir=workdir,
+            per_device_train_batch_size=8,
+            max_steps=step1_updates,
+            improver_warmup_steps=step1_updates,  # every update is Step 1's
+            learning_rate=step1_learning_rate,
+            lr_scheduler_type="constant",
+            max_new_tokens=24,
+            temperature=1.0,
+            max_length=512,
+            improver_format="next_turn",
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            use_cpu=True,
+            seed=0,
+        )
+        trainer = SGPOTrainer(
+            model=model, args=args, train_dataset=rows, processing_class=tokenizer, peft_config=lora_config()
+        )
+        started = time.perf_counter()
+        trainer.train()
+        losses = [log["sgpo/improver_loss"] for log in trainer.state.log_history if "sgpo/improver_loss" in log]
+        model = trainer.model.merge_and_unload()
+    step1 = {
+        "updates": step1_updates,
+        "learning_rate": step1_learning_rate,
+        "seconds": time.perf_counter() - started,
+        "improver_loss_first": losses[0] if losses else None,
+        "improver_loss_last": losses[-1] if losses else None,
+    }
+    print(f"[speculation] Step 1: {step1}", file=sys.stderr, flush=True)
+    return model, tokenizer, step1
+
+
+def real_start_trainer(
+    workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float, start: tuple | None = None
+):
+    """SmolLM2-135M-Instruct after the real task's SFT (``start``: a model and tokenizer from `real_start`, copied),
+    on that task's prompts, with the library's default improver instruction: the improver role as a user's run finds
+    it before Step 1, or after it."""
+    from datasets import Dataset
+    from real_task import conversational, make_splits
+
+    model, tokenizer = (copy.deepcopy(start[0]), start[1]) if start else real_start()[:2]
     dataset = Dataset.from_list(conversational(make_splits()["train"]))
     return sgpo_trainer(
         model,
@@ -94,7 +156,7 @@ def real_start_trainer(workdir: str, batch_size: int, speculative_tokens: int, i
     )
 
 
-def toy_trainer(workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float):
+def toy_trainer(workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float, start=None):
     """The toy world's shipped checkpoint on its own prompts, with the instruction it learned."""
     from trl_sgpo.toy import load_toy_model, make_dataset
 
@@ -170,9 +232,10 @@ def measure(trainer, repeats: int, warmup: int, speculative_tokens: int) -> dict
 
 def markdown(report: dict) -> str:
     settings = report["settings"]
+    model = MODELS[settings["model"]].format(**(report.get("step1") or {}))
     lines = [
         f"Command: `{report['command']}` ({report['date']}, {report['device']}, {settings['threads']} thread(s)). "
-        f"{MODELS[settings['model']]}, next-turn format, {settings['batch_size']} prompts per batch, "
+        f"{model}, next-turn format, {settings['batch_size']} prompts per batch, "
         f"{settings['repeats']} repeats after {settings['warmup']} warm-up, up to {settings['speculative_tokens']} "
         "draft tokens proposed per forward pass. Times are medians per batch; ratios are the median and "
         "inter-quartile range of the per-repeat paired ratios.",
@@ -215,29 +278,38 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="SmolLM2-135M-Instruct after the real task's SFT (benchmarks/real_start.py) instead of the toy world",
     )
+    parser.add_argument(
+        "--step1-updates", type=int, default=0, help="with --real-start: train the improver this many Step 1 updates"
+    )
+    parser.add_argument("--step1-learning-rate", type=float, default=3e-4, help="Step 1's learning rate (LoRA)")
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR))
     args = parser.parse_args(argv)
+    if args.step1_updates < 0 or (args.step1_updates and not args.real_start):
+        parser.error("--step1-updates needs --real-start and must be >= 0 (0: measure before Step 1)")
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 24)
     warmup = 1 if args.quick else 2
-    results = {}
+    results, start, step1 = {}, None, None
+    if args.real_start:  # loaded (and trained) once, copied for each measurement
+        *start, step1 = real_start(args.step1_updates, args.step1_learning_rate)
     with tempfile.TemporaryDirectory() as workdir:
         for name, temperature in (("greedy", 0.0), ("sampled", 1.0)):
             build = real_start_trainer if args.real_start else toy_trainer
-            trainer = build(workdir, args.batch_size, args.speculative_tokens, temperature)
+            trainer = build(workdir, args.batch_size, args.speculative_tokens, temperature, start=start)
             results[name] = measure(trainer, repeats, warmup, args.speculative_tokens)
     report = {
         "command": "python benchmarks/speculation.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d"),
         "device": "cpu",
         "settings": {
-            "model": "smollm2_real_start" if args.real_start else "toy",
+            "model": ("smollm2_step1" if args.step1_updates else "smollm2_real_start") if args.real_start else "toy",
             "batch_size": args.batch_size,
             "repeats": repeats,
             "warmup": warmup,
             "speculative_tokens": args.speculative_tokens,
             "threads": args.threads,
         },
+        "step1": step1 or None,
         "results": results,
         "goal": {"speculated_vs_draft_q3": results["greedy"]["summary"]["speculated_vs_draft"]["q3"], "target": GOAL},
     }
@@ -245,7 +317,11 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown(report)
     print(table)
     os.makedirs(args.output_dir, exist_ok=True)
-    name = "speculation_smollm2" if args.real_start else "speculation"
+    name = (
+        ("speculation_smollm2_step1" if args.step1_updates else "speculation_smollm2")
+        if args.real_start
+        else ("speculation")
+    )
     Path(args.output_dir, f"{name}.json").write_text(json.dumps(report, indent=1))
     Path(args.output_dir, f"{name}.md").write_text(table)
     return report

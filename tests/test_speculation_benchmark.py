@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,3 +31,13 @@ def test_quick_speculation_benchmark_writes_complete_results(tmp_path):
         assert 0 < summary["accepted_share"] <= 1  # the toy's rewrites copy much of their drafts
         assert summary["identical_greedy_rewrites"] is (True if name == "greedy" else None)
     assert "Goal: speculated rewrite generation" in (tmp_path / "speculation.md").read_text()
+
+
+def test_step1_updates_need_the_real_start():
+    """Step 1 trains the real model's improver: on the toy world the flag is refused, before anything loads."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speculation
+
+    for argv in (["--step1-updates", "4"], ["--real-start", "--step1-updates", "-1"]):
+        with pytest.raises(SystemExit):
+            speculation.main(argv)
