@@ -256,6 +256,12 @@ def markdown(report: dict) -> str:
             f"| {ratio(s['speculated_vs_plain'])} | {ratio(s['plain_vs_draft'])} | {ratio(s['speculated_vs_draft'])} "
             f"| {100 * s['accepted_share']:.0f}% | {s['forwards']:.0f} | {same} |"
         )
+    if step1 := report.get("step1"):
+        lines += [
+            "",
+            f"Step 1: {step1['updates']} updates in {step1['seconds']:.0f} s; the improver's loss went from "
+            f"{step1['improver_loss_first']:.2f} (first update) to {step1['improver_loss_last']:.2f} (last).",
+        ]
     lines += [
         "",
         "Goal: speculated rewrite generation at most "
