@@ -76,7 +76,7 @@ one (LoRA) and the speculated rewrite (benchmarks/speculation.py), each in its o
 writes ``speed.{md,json}`` with every part's report and one goal table. With ``--model-size``, one configuration.
 Run on one CPU thread (tiny matmuls on several contended OpenMP threads are erratic)::
 
-    python benchmarks/speed.py                      # the suite, ~25 min: benchmarks/results/speed.{md,json}
+    python benchmarks/speed.py                      # the suite, 23 min: benchmarks/results/speed.{md,json}
     python benchmarks/speed.py --quick --output-dir /tmp/speed    # the suite at toy sizes, a few minutes (CI)
     python benchmarks/speed.py --model-size small   # one configuration: benchmarks/results/speed_small.{md,json}
     python benchmarks/speed.py --model-size smollm2 --lora --arms online_dpo online_dpo_rm sgpo_dpo sgpo_improver \

@@ -1,7 +1,7 @@
 """What ``python benchmarks/speed.py`` runs without ``--model-size``: both speed configurations and the speculated
 rewrite, one after the other, and one report with every goal.
 
-    python benchmarks/speed.py            # ~25 min on one CPU thread: results/speed.{md,json} and the parts below
+    python benchmarks/speed.py            # 23 min on the 2-core machine: results/speed.{md,json} and the parts below
     python benchmarks/speed.py --quick    # the same parts at toy sizes (CI): a few minutes
 
 The parts, each in its own process (a configuration's arms are interleaved and paired inside its process):
