@@ -22,6 +22,7 @@ identical with and without speculation in every repeat. Writes ``speculation.{md
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
@@ -156,7 +157,7 @@ def real_start_trainer(
     )
 
 
-def toy_trainer(workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float, start=None):
+def toy_trainer(workdir: str, batch_size: int, speculative_tokens: int, improver_temperature: float):
     """The toy world's shipped checkpoint on its own prompts, with the instruction it learned."""
     from trl_sgpo.toy import load_toy_model, make_dataset
 
@@ -295,20 +296,21 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 24)
     warmup = 1 if args.quick else 2
-    results, start, step1 = {}, None, None
+    results, step1, build = {}, None, toy_trainer
     if args.real_start:  # loaded (and trained) once, copied for each measurement
         *start, step1 = real_start(args.step1_updates, args.step1_learning_rate)
+        build = functools.partial(real_start_trainer, start=start)
+    kind = ("smollm2_step1" if args.step1_updates else "smollm2_real_start") if args.real_start else "toy"
     with tempfile.TemporaryDirectory() as workdir:
         for name, temperature in (("greedy", 0.0), ("sampled", 1.0)):
-            build = real_start_trainer if args.real_start else toy_trainer
-            trainer = build(workdir, args.batch_size, args.speculative_tokens, temperature, start=start)
+            trainer = build(workdir, args.batch_size, args.speculative_tokens, temperature)
             results[name] = measure(trainer, repeats, warmup, args.speculative_tokens)
     report = {
         "command": "python benchmarks/speculation.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d"),
         "device": "cpu",
         "settings": {
-            "model": ("smollm2_step1" if args.step1_updates else "smollm2_real_start") if args.real_start else "toy",
+            "model": kind,
             "batch_size": args.batch_size,
             "repeats": repeats,
             "warmup": warmup,
@@ -323,11 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown(report)
     print(table)
     os.makedirs(args.output_dir, exist_ok=True)
-    name = (
-        ("speculation_smollm2_step1" if args.step1_updates else "speculation_smollm2")
-        if args.real_start
-        else ("speculation")
-    )
+    name = {"toy": "speculation", "smollm2_real_start": "speculation_smollm2"}.get(kind, "speculation_smollm2_step1")
     Path(args.output_dir, f"{name}.json").write_text(json.dumps(report, indent=1))
     Path(args.output_dir, f"{name}.md").write_text(table)
     return report

@@ -179,22 +179,22 @@ GOALS = (
 )
 
 
-# Flags that set one configuration (and their defaults): without --model-size, speed.py runs the suite
-# (speed_suite.py), whose parts choose their own, so these are refused there rather than silently ignored.
-SINGLE_CONFIGURATION_FLAGS = {
-    "lora": False,
-    "arms": None,
-    "batch_size": None,
-    "prompt_length": None,
-    "max_new_tokens": None,
-    "repeats": None,
-    "warmup": None,
-    "lengths": None,
-    "gradient_checkpointing": False,
-    "improver_template": "default",
-    "tokenizer": "bpe",
-    "memory_steps": 2,
-}
+# Flags that set one configuration: without --model-size, speed.py runs the suite (speed_suite.py), whose parts
+# choose their own, so these are refused there (when set away from their defaults) rather than silently ignored.
+SINGLE_CONFIGURATION_FLAGS = (
+    "lora",
+    "arms",
+    "batch_size",
+    "prompt_length",
+    "max_new_tokens",
+    "repeats",
+    "warmup",
+    "lengths",
+    "gradient_checkpointing",
+    "improver_template",
+    "tokenizer",
+    "memory_steps",
+)
 
 # ----------------------------------------------------------------------------------------------------- settings
 
@@ -277,7 +277,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     parser.add_argument("--memory-probe", nargs=2, metavar=("ARM", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.model_size is None and not args.memory_probe:  # the suite (speed_suite.py): its parts set their own
-        chosen = [flag for flag, default in SINGLE_CONFIGURATION_FLAGS.items() if getattr(args, flag) != default]
+        chosen = [flag for flag in SINGLE_CONFIGURATION_FLAGS if getattr(args, flag) != parser.get_default(flag)]
         if chosen:
             flags = ", ".join("--" + flag.replace("_", "-") for flag in chosen)
             parser.error(
