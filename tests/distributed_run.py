@@ -1,7 +1,9 @@
-"""Train a few SGPO steps in float64 with plain SGD and save what the trainer determined; run by test_distributed.py.
+"""Train a few SGPO steps with plain SGD and save what the trainer determined; run by test_distributed.py and
+test_deepspeed.py.
 
-Usage: python tests/distributed_run.py OUTPUT_DIR PER_DEVICE_BATCH_SIZE (directly, or under torchrun for several
-processes). Generation is greedy so that runs with different process counts sample the same responses.
+Usage: python tests/distributed_run.py OUTPUT_DIR PER_DEVICE_BATCH_SIZE [DTYPE] (directly, or under torchrun or
+accelerate for several processes). DTYPE is float64 (the default) or float32: DeepSpeed ZeRO-3 accepts half, bfloat16
+and float32 parameters only. Generation is greedy so that runs with different process counts sample the same responses.
 
 Saved (by rank 0): ``gradients.pt``, the gradient of every step's global batch after the all-reduce and before the
 optimizer; ``weights.pt``, the initial and final weights; ``summary.json``, the logged metrics. Why float64 and SGD
@@ -64,10 +66,12 @@ def gathered(model: torch.nn.Module, deepspeed_enabled: bool):
     return deepspeed.zero.GatheredParameters(list(model.parameters()))
 
 
-def main(output_dir: str, per_device_batch_size: int) -> None:
+def main(
+    output_dir: str, per_device_batch_size: int, dtype: torch.dtype = torch.float64, learning_rate: float = 1e-3
+) -> None:
     torch.set_num_threads(1)
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0).double()
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0).to(dtype)
     with torch.no_grad():  # larger weights: greedy outputs then depend on the prompt, so pairs differ
         for parameter in model.parameters():
             parameter.mul_(8.0)
@@ -93,7 +97,7 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
         improver_filter_outliers=False,
         logging_steps=1,
         optim="sgd",  # an update proportional to the gradient: weights stay as close as the gradients are
-        learning_rate=1e-3,
+        learning_rate=learning_rate,
         max_grad_norm=0.0,  # no clipping: a gradient twice too large must show in the weights as well
         max_new_tokens=6,
         improver_template="{prompt}\ndraft: {response}\nfix:",
@@ -140,4 +144,5 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    dtype = getattr(torch, sys.argv[3]) if len(sys.argv) > 3 else torch.float64
+    main(sys.argv[1], int(sys.argv[2]), dtype, float(sys.argv[4]) if len(sys.argv) > 4 else 1e-3)

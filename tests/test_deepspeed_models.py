@@ -47,10 +47,22 @@ def test_zero3_refuses_to_copy_a_partitioned_model_and_says_how_to_pass_it(token
 
 def test_a_path_is_loaded_without_a_device_map_and_twice_under_zero3(tmp_path):
     folder = save_models(tmp_path)["llama-char"]
-    kwargs = {"device_map": "auto", "dtype": "float64"}
+    kwargs = {"device_map": "auto", "dtype": "bfloat16"}
     model, reference, loaded = models_for_deepspeed(str(folder), None, _args(3, model_init_kwargs=kwargs), None)
     assert loaded and reference is not None and reference is not model
-    assert next(model.parameters()).dtype == torch.float64 and not hasattr(model, "hf_device_map")
-    assert kwargs == {"device_map": "auto", "dtype": "float64"}  # the user's settings are left as they were
+    assert next(model.parameters()).dtype == torch.bfloat16 and not hasattr(model, "hf_device_map")
+    assert kwargs == {"device_map": "auto", "dtype": "bfloat16"}  # the user's settings are left as they were
     model, reference, _ = models_for_deepspeed(str(folder), None, _args(2), None)
     assert reference is None  # ZeRO-2: the parent copies the loaded model
+
+
+def test_zero3_refuses_a_float64_model_before_building_anything(tmp_path, tokenizer):
+    # DeepSpeed's zero.Init would assert "Invalid data type torch.float64" deep inside the engine, on every rank.
+    folder = save_models(tmp_path)["llama-char"]
+    with pytest.raises(ValueError, match="ZeRO-3 partitions float32, bfloat16 and float16.*torch.float64.*--dtype"):
+        models_for_deepspeed(str(folder), None, _args(3, model_init_kwargs={"dtype": "float64"}), None)
+    with pytest.raises(ValueError, match="torch.float64.*model.float()"):
+        models_for_deepspeed(tiny_model(tokenizer).double(), None, _args(3), None)
+    float64 = tiny_model(tokenizer).double()
+    assert models_for_deepspeed(float64, None, _args(2), None)[0] is float64  # ZeRO-2 trains float64 (tested)
+    assert models_for_deepspeed(tiny_model(tokenizer), None, _args(3), None)[1] is not None  # float32 goes through

@@ -6,7 +6,9 @@ builds the reference model with `create_reference_model`, which refuses ZeRO-3 o
 therefore loads a path itself (no ``device_map``: DeepSpeed places and, under ZeRO-3, partitions the weights; with
 ``zero3_init_flag`` at load time) and, under ZeRO-3 without PEFT, builds the reference model: loaded again from the
 path, or copied from a model object that is not partitioned yet. A partitioned object cannot be copied: that is a
-clear error naming the two ways out. Without DeepSpeed nothing changes.
+clear error naming the two ways out. ZeRO-3 partitions float32, bfloat16 and float16 parameters only (DeepSpeed's
+``zero.Init`` asserts it deep inside the engine); a float64 model is refused here, before anything is built, with the
+way out. Without DeepSpeed nothing changes.
 """
 
 import copy
@@ -30,6 +32,20 @@ def deepspeed_stage(args: Any) -> int | None:
 def is_partitioned(model: torch.nn.Module) -> bool:
     """Whether ZeRO-3 has partitioned the weights already (its parameters carry ``ds_id``)."""
     return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
+
+
+ZERO3_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_zero3_dtype(dtype: Any) -> None:
+    """Refuse a dtype ZeRO-3 cannot partition (``dtype``: a torch dtype or its name), with the way out."""
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype, dtype)
+    if isinstance(dtype, torch.dtype) and dtype not in ZERO3_DTYPES:
+        raise ValueError(
+            f"DeepSpeed ZeRO-3 partitions float32, bfloat16 and float16 parameters only, and the model is {dtype}: "
+            "load it in float32 or bfloat16 (`--dtype float32`, or `model.float()` before passing it), or use ZeRO-2."
+        )
 
 
 def _load(path: str, model_init_kwargs: dict | None) -> PreTrainedModel:
@@ -57,9 +73,13 @@ def models_for_deepspeed(model: Any, ref_model: Any, args: Any, peft_config: Any
     if stage is None:
         return model, ref_model, False
     needs_reference = stage == 3 and ref_model is None and peft_config is None and not isinstance(model, PeftModel)
+    if stage == 3:
+        _check_zero3_dtype((args.model_init_kwargs or {}).get("dtype") if isinstance(model, str) else model.dtype)
     if isinstance(model, str):
         path = model
         model = _load(path, args.model_init_kwargs)
+        if stage == 3:
+            _check_zero3_dtype(model.dtype)  # "auto" takes the dtype the folder was saved in
         if needs_reference:
             ref_model = _frozen(_load(path, args.model_init_kwargs))
             logger.warning("DeepSpeed ZeRO-3: the DPO reference model is loaded a second time from %s.", path)
