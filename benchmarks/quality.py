@@ -32,6 +32,7 @@ Output: a markdown table (printed, and written to ``benchmarks/results/quality.m
 
 import argparse
 import difflib
+import functools
 import json
 import math
 import multiprocessing
@@ -220,34 +221,29 @@ class PairDiagnostics:
     """Judges each DPO pair with the checker: is the improver's rewrite better than the draft, worse, or equal?
     Also measures how much of each rewrite is copied from its draft (``copied_share``).
 
+    It reads the trainer's public per-step record (`trl_sgpo.records.StepRecord`, through ``step_listeners``): the
+    rows' ``gold_column``, the drafts and the rewrites of every DPO step whose chosen side the improver wrote.
     ``score(text, gold)`` is the checker's partial credit of ``text`` given a row's ``gold_column`` value.
     """
 
     def __init__(self, trainer, gold_column: str, score, skip_special_tokens: bool = False):
         self.counts = {"better": 0, "worse": 0, "same_score": 0, "identical": 0, "pairs": 0}
         self.copied: list[float] = []
-        self._gold: list[str] = []
-        self._drafts: list[str] = []
-        self._draft_ids: list[list[int]] = []
         self._score = score
-        step, sample = trainer.training_step, trainer.sampler
+        self._gold_column = gold_column
+        self._decode = functools.partial(
+            trainer.processing_class.batch_decode, skip_special_tokens=skip_special_tokens
+        )
+        trainer.step_listeners.append(self.on_step_record)
 
-        def training_step(model, inputs, *args, **kwargs):
-            self._gold = list(inputs[gold_column])
-            return step(model, inputs, *args, **kwargs)
-
-        def sample_and_judge(model, texts, prompt_ids, prompt_mask, role, *args, **kwargs):
-            completions = sample(model, texts, prompt_ids, prompt_mask, role, *args, **kwargs)
-            ids = [list(c.token_ids) for c in completions]
-            decoded = trainer.processing_class.batch_decode(ids, skip_special_tokens=skip_special_tokens)
-            if role == "policy":
-                self._drafts, self._draft_ids = decoded, ids
-            elif role == "improver":
-                self._judge(decoded)
-                self.copied += [copied_share(d, r) for d, r in zip(self._draft_ids, ids)]
-            return completions
-
-        trainer.training_step, trainer.sampler = training_step, sample_and_judge
+    def on_step_record(self, record) -> None:
+        if record.rewrites is None:
+            return
+        draft_ids = [list(c.token_ids) for c in record.drafts]
+        rewrite_ids = [list(c.token_ids) for c in record.rewrites]
+        self._gold, self._drafts = list(record.rows[self._gold_column]), self._decode(draft_ids)
+        self._judge(self._decode(rewrite_ids))
+        self.copied += [copied_share(d, r) for d, r in zip(draft_ids, rewrite_ids)]
 
     def _judge(self, rewrites: list[str]) -> None:
         for gold, draft, rewrite in zip(self._gold, self._drafts, rewrites):

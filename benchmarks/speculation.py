@@ -13,7 +13,7 @@ than the untrained one.
 
 Each repeat samples one batch of drafts (the policy, next-turn format, keeping the drafts' KV cache), then generates
 the improver's rewrites of those drafts twice from copies of the same cache: plain `generate` and speculated
-(`trl_sgpo.speculation`), in an order that alternates between repeats; greedy rewrites (the toy benchmark's SGPO
+(`trl_sgpo.step.speculation`), in an order that alternates between repeats; greedy rewrites (the toy benchmark's SGPO
 setting, ``improver_temperature=0``) and sampled ones (temperature 1) are both measured. Reported: medians and the
 paired per-repeat ratios (median and inter-quartile range) of speculated / plain and rewrite / draft; the goal (issue
 20) is met when the upper quartile of speculated rewrite / draft is at most 0.5. Greedy rewrites are checked to be
@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch  # noqa: E402
+
+from trl_sgpo.step.speculation import SpeculationStats  # noqa: E402
 
 
 MODELS = {
@@ -192,7 +194,7 @@ def measure(trainer, repeats: int, warmup: int, speculative_tokens: int) -> dict
     for repeat in range(warmup + repeats):
         inputs = rows[repeat * batch_size : (repeat + 1) * batch_size]
         torch.manual_seed(repeat)
-        batch, draft_seconds = timed(trainer._sample_drafts, model, inputs, keep_cache=True)
+        batch, draft_seconds = timed(trainer.draft, model, inputs, keep_cache=True)
         prompts = trainer.layout.improver_prompts(batch)
         ids, mask = prompts.generation_ids, prompts.generation_mask
         results = {}
@@ -200,10 +202,11 @@ def measure(trainer, repeats: int, warmup: int, speculative_tokens: int) -> dict
             sampler.speculative_tokens = tokens
             cache = copy.deepcopy(batch.draft_cache)
             torch.manual_seed(1000 + repeat)
+            stats = SpeculationStats()
             chosen, seconds = timed(
-                sampler, model, prompts.texts, ids, mask, "improver", cache=cache, drafts=batch.drafts
+                sampler, model, ids, mask, "improver", cache=cache, drafts=batch.drafts, speculation=stats
             )
-            results[tokens] = (chosen, seconds, copy.copy(sampler.last_speculation) if tokens else None)
+            results[tokens] = (chosen, seconds, stats if tokens else None)
         if greedy:
             identical &= [c.token_ids for c in results[0][0]] == [c.token_ids for c in results[speculative_tokens][0]]
         if repeat < warmup:

@@ -31,19 +31,20 @@ tokens and every completion ends (no pair is dropped as truncated). SGPO's impro
 
 One measurement is one optimizer step: ``trainer.training_step`` on a batch, then gradient clipping, ``optimizer.step``
 and ``zero_grad`` (as `transformers.Trainer` does), timed with `time.perf_counter` (with `torch.cuda.synchronize` on
-CUDA). The step is split by wrapping methods on the trainer instance:
+CUDA). SGPO's step is split by its own record (`trl_sgpo.records.StepRecord`, with ``synchronize_stage_clock`` on);
+upstream's by wrapping methods on the trainer instance:
 
-- generation: time in ``trainer.sampler`` (SGPO, both roles) or ``_generate`` (upstream; it also renders and
-  tokenises the prompts);
-- forward/backward: time in every ``scorer.forward`` and ``scorer.packed_forward`` call (upstream: ``_forward``),
-  policy and reference, plus ``accelerator.backward``;
+- generation: time in the sampler (SGPO, both roles: the step record's ``generation`` seconds) or ``_generate``
+  (upstream; it also renders and tokenises the prompts);
+- forward/backward: time in every scoring pass, policy and reference (SGPO: the record's ``forward`` seconds;
+  upstream: ``_forward``), plus the backward pass;
 - reward: time in upstream's ``_calculate_rewards_from_functions`` (the reward model's forward pass);
 - optimizer: clipping, ``optimizer.step`` and ``zero_grad``;
 - rest: ``training_step`` minus the above: tokenisation, template rendering, edit scripts, the pair filter,
   statistics.
 
-The wrappers also count the work done (generate calls, rows, prompt tokens fed to generate (cached tokens not
-counted), tokens through those forward calls with and without gradients, and how many of them are
+The record and the wrappers also count the work done (generate calls, rows, prompt tokens fed to generate (cached
+tokens not counted), tokens through those forward calls with and without gradients, and how many of them are
 padding), which is the first place to look when a ratio is off. SGPO packs every continuation of a prompt into one
 row with the prompt encoded once (``[x | y, instruction, target | y' | reference]``, and ``[x | y' | y]`` for the
 reference model; `Scorer.packed_forward`) where the model allows it, as the Llama here does.
@@ -106,6 +107,7 @@ import contextlib  # noqa: E402
 import copy  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
+import inspect  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -466,7 +468,7 @@ def tokens_per_row(settings: Settings, tokenizer) -> dict[str, int]:
     """What one row costs in tokens: the policy's prompt (the median), a completion (its cap with sampled lengths),
     and what each improver format adds."""
     from trl_sgpo.config import DEFAULT_IMPROVER_INSTRUCTION
-    from trl_sgpo.improver import next_turn_suffix, render_improver_prompt
+    from trl_sgpo.method.improver import next_turn_suffix, render_improver_prompt
 
     empty = [{"role": "user", "content": ""}]
     template_turn = render_improver_prompt(improver_template(settings), empty, "", tokenizer, reference="")
@@ -486,7 +488,7 @@ def tokens_per_row(settings: Settings, tokenizer) -> dict[str, int]:
 def max_length(settings: Settings, tokenizer) -> int:
     """A `max_length` that truncates nothing in any arm: the prompt, plus what SGPO's length budget reserves beyond
     it (`PromptBudget`: the improver template with its chat markup, a draft and a rewrite), plus a margin."""
-    from trl_sgpo.prompt_lengths import PromptBudget
+    from trl_sgpo.data.prompt_lengths import PromptBudget
 
     template_tokens = token_count(tokenizer, improver_template(settings)) + 16  # 16: the chat markup around it
     reserved = -PromptBudget(0, template_tokens, settings.max_new_tokens, settings.max_new_tokens).available
@@ -649,38 +651,30 @@ class StepProbe:
         self.work = defaultdict(float)
 
     def timed(self, bucket: str, function: Callable, count: Callable | None = None) -> Callable:
+        """``function`` timed into ``bucket``; ``count(work, arguments, result)`` gets its arguments by name."""
+        signature = inspect.signature(function)
+
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            cached = _cached_tokens(args, kwargs)  # before the call, which uses the cache up
             synchronize(self.device)
             start = time.perf_counter()
             result = function(*args, **kwargs)
             synchronize(self.device)
             self.times[bucket] += time.perf_counter() - start
             if count is not None:
-                count(self.work, args, result, cached)
+                count(self.work, signature.bind(*args, **kwargs).arguments, result)
             return result
 
         return wrapper
 
-
-def _cached_tokens(args: tuple, kwargs: dict) -> int:
-    """SGPO `sampler(..., role, cache=...)`: tokens per row already in the drafts' KV cache (not fed again)."""
-    holder = args[5] if len(args) > 5 else kwargs.get("cache")
-    kv = getattr(holder, "cache", None)
-    return kv.get_seq_length() if kv is not None else 0
-
-
-def _count_sample(work: dict[str, float], args: tuple, completions: list, cached: int) -> None:
-    """SGPO `sampler(model, texts, prompt_ids, prompt_mask, role, cache=None)` -> list of `Completion`."""
-    prompt_ids = args[2]
-    work["generate_calls"] += 1
-    work["generated_rows"] += prompt_ids.size(0)
-    work["generation_prompt_tokens"] += prompt_ids.numel() - cached * prompt_ids.size(0)
-    work["generation_cached_tokens"] += cached * prompt_ids.size(0)
-    work["generated_tokens"] += sum(len(c.token_ids) + int(c.ended) for c in completions)
+    def on_step_record(self, record) -> None:
+        """SGPO: the step's own record (`trl_sgpo.records.StepRecord`) holds the time split and the work."""
+        self.times["generation"] += record.seconds.get("generation", 0.0)
+        self.times["forward_backward"] += record.seconds.get("forward", 0.0) + record.seconds.get("backward", 0.0)
+        for name, value in record.work.items():
+            self.work[name] += value
 
 
-def _count_generate(work: dict[str, float], args: tuple, result: tuple, cached: int) -> None:
+def _count_generate(work: dict[str, float], arguments: dict, result: tuple) -> None:
     """Upstream `_generate(model, prompts)` -> (prompt ids, prompt mask, completion ids, completion mask, vision)."""
     prompt_ids, _, _, completion_mask, _ = result
     work["generate_calls"] += 1
@@ -689,9 +683,11 @@ def _count_generate(work: dict[str, float], args: tuple, result: tuple, cached: 
     work["generated_tokens"] += int(completion_mask.sum())
 
 
-def _count_forward(work: dict[str, float], args: tuple, result: torch.Tensor, cached: int) -> None:
-    """`forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)`: tokens in, padding among them."""
-    _, prompt_ids, prompt_mask, completion_ids, completion_mask = args[:5]
+def _count_forward(work: dict[str, float], arguments: dict, result: torch.Tensor) -> None:
+    """Upstream `_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, ...)`: tokens in, and the
+    padding among them."""
+    prompt_ids, prompt_mask = arguments["prompt_ids"], arguments["prompt_mask"]
+    completion_ids, completion_mask = arguments["completion_ids"], arguments["completion_mask"]
     tokens = prompt_ids.numel() + completion_ids.numel()
     real = int(prompt_mask.sum()) + int(completion_mask.sum())
     kind = "grad" if result.requires_grad else "no_grad"
@@ -700,32 +696,17 @@ def _count_forward(work: dict[str, float], args: tuple, result: torch.Tensor, ca
     work[f"forward_padding_tokens_{kind}"] += tokens - real
 
 
-def _count_packed_forward(work: dict[str, float], args: tuple, result: list, cached: int) -> None:
-    """SGPO `scorer.packed_forward(model, packed)` -> a tensor per branch: packed tokens, padding among them."""
-    packed = args[1]
-    tokens = packed.input_ids.numel()
-    real = int((packed.segments >= 0).sum())
-    kind = "grad" if result[0].requires_grad else "no_grad"
-    work[f"forward_calls_{kind}"] += 1
-    work[f"forward_tokens_{kind}"] += tokens
-    work[f"forward_padding_tokens_{kind}"] += tokens - real
-
-
 def instrument(trainer, probe: StepProbe) -> None:
-    """Wrap the generation, forward and backward methods of this trainer instance with the probe's timers."""
-    if hasattr(trainer, "sampler"):  # SGPO: both roles go through its sampler (the trainer's seam)
-        trainer.sampler = probe.timed("generation", trainer.sampler, _count_sample)
-    else:
-        trainer._generate = probe.timed("generation", trainer._generate, _count_generate)
-    if hasattr(trainer, "scorer"):  # SGPO: separate passes and the prompt's continuations in one packed row
-        scorer = trainer.scorer
-        scorer.forward = probe.timed("forward_backward", scorer.forward, _count_forward)
-        scorer.packed_forward = probe.timed("forward_backward", scorer.packed_forward, _count_packed_forward)
-    else:
-        trainer._forward = probe.timed("forward_backward", trainer._forward, _count_forward)
+    """SGPO: read each step's record (its stages timed with the device synchronized). Upstream: wrap the generation,
+    forward, backward and reward methods of this trainer instance with the probe's timers."""
+    if hasattr(trainer, "step_listeners"):
+        trainer.synchronize_stage_clock = True
+        trainer.step_listeners.append(probe.on_step_record)
+        return
+    trainer._generate = probe.timed("generation", trainer._generate, _count_generate)
+    trainer._forward = probe.timed("forward_backward", trainer._forward, _count_forward)
     trainer.accelerator.backward = probe.timed("forward_backward", trainer.accelerator.backward)
-    if hasattr(trainer, "_calculate_rewards_from_functions"):  # upstream: the reward model's (or function's) time
-        trainer._calculate_rewards_from_functions = probe.timed("reward", trainer._calculate_rewards_from_functions)
+    trainer._calculate_rewards_from_functions = probe.timed("reward", trainer._calculate_rewards_from_functions)
 
 
 def run_step(trainer, batch: dict[str, list], probe: StepProbe) -> dict[str, float]:

@@ -17,7 +17,7 @@ Every `SGPOConfig` and `ModelConfig` option is a flag (`--help` lists them), and
 from a file. The `trl-sgpo` command installed with the package runs the same program.
 """
 
-from trl_sgpo.cli import run
+from trl_sgpo.cli.command import run
 
 
 if __name__ == "__main__":

@@ -48,11 +48,12 @@ def main(output_dir: str) -> None:
     fully_shard(sharded, mesh=mesh)
     result = {"world_size": dist.get_world_size(), "sharded_class": type(sharded).__name__}
     for packed in (True, False):
-        trainer.pack_shared_prefix = packed
+        trainer.scorer.pack_shared_prefix = packed
         runs = []
         for model in (whole, sharded):
             model.zero_grad(set_to_none=True)
-            scores = trainer.scorer.improver_scores(model, batch, prompts, targets, chosen=targets)
+            padded, pair = trainer.layout.pad(targets), trainer.layout.pad(targets + batch.drafts)
+            scores = trainer.scorer.improver_scores(model, batch, prompts, padded, pair)
             (scores.target.sum() + scores.reference.sum()).backward()
             gradients = {
                 name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().clone()

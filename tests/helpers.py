@@ -10,7 +10,7 @@ from datasets import Dataset
 from trl.data_utils import maybe_apply_chat_template
 
 from trl_sgpo import SGPOConfig
-from trl_sgpo.pairs import Completion
+from trl_sgpo.records import Completion
 from trl_sgpo.toy import build_tiny_model
 from trl_sgpo.toy.tokenizer import SPECIAL_TOKENS
 
@@ -24,10 +24,22 @@ def rule_completion(text: str, role: str) -> str:
     return word[::-1] + ("x" if role == "policy" else "")
 
 
+def prompt_texts(tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:
+    """The text of each row of a (left-padded) prompt block, as a sampler stand-in reads it."""
+    return [tokenizer.decode(row[mask.bool()].tolist()) for row, mask in zip(prompt_ids, prompt_mask)]
+
+
+def padded_ids(layout, completions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids and mask of completions as the step scores them (`PromptLayout.pad`)."""
+    padded = layout.pad(completions)
+    return padded.ids, padded.mask
+
+
 def rule_sampler(tokenizer):
     """A stand-in for `SGPOTrainer.sampler` that depends on each text alone, never on the batch."""
 
-    def sample(model, texts, prompt_ids, prompt_mask, role, cache=None):
+    def sample(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):
+        texts = prompt_texts(tokenizer, prompt_ids, prompt_mask)
         return [
             Completion(tokenizer(rule_completion(text, role), add_special_tokens=False)["input_ids"], ended=True)
             for text in texts

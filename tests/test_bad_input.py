@@ -12,7 +12,8 @@ import json
 import pytest
 from datasets import Dataset
 
-from trl_sgpo import SGPOConfig, SGPOTrainer, cli
+from trl_sgpo import SGPOConfig, SGPOTrainer
+from trl_sgpo.cli import command as cli
 from trl_sgpo.toy import build_char_tokenizer
 
 from .helpers import conversational_dataset, make_config, tiny_model

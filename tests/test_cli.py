@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from trl_sgpo import SGPOConfig
-from trl_sgpo.cli import BUILTIN_DEFAULTS, make_parser, parse_args
+from trl_sgpo.cli.command import BUILTIN_DEFAULTS, make_parser, parse_args
 from trl_sgpo.config import sgpo_field_names
 
 
@@ -153,7 +153,7 @@ def test_a_single_cpu_process_under_accelerate_launch_uses_every_core(monkeypatc
 
     import torch
 
-    from trl_sgpo.cli import use_all_cores_under_accelerate
+    from trl_sgpo.cli.command import use_all_cores_under_accelerate
 
     args = SimpleNamespace(use_cpu=True)
     threads = torch.get_num_threads()

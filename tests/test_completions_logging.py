@@ -6,8 +6,8 @@ import sys
 import types
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.callbacks import SGPOSampleTableCallback, last_turns, sample_rows
-from trl_sgpo.pairs import Completion
+from trl_sgpo.records import Completion
+from trl_sgpo.run.sample_table import SGPOSampleTableCallback, last_turns, sample_rows
 
 from .helpers import WORD, conversational_dataset, make_config, rule_sampler, tiny_model
 
@@ -35,8 +35,8 @@ def test_log_completions_prints_the_rows_of_each_logged_step_with_the_reference(
         assert f"SGPO samples, step {step} ({phase} phase)" in out
     assert "reference" in out and "user: reverse" in out
     callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, SGPOSampleTableCallback))
-    assert callback.tables_shown == 3 and len(trainer.last_samples) == 2
-    row = trainer.last_samples[0]
+    assert callback.tables_shown == 3 and len(callback.last_samples) == 2
+    row = callback.last_samples[0]
     word = WORD.findall(row["prompt"])[0]
     assert row["reference"] == word[::-1] and row["response"] == word[::-1] + "x"  # the row's own reference
 
@@ -76,9 +76,9 @@ def _identical_on_step(tokenizer, trainer, no_pair_steps: set[int]):
     """The improver repeats the draft (every pair dropped as identical) on the given global steps."""
     sample = rule_sampler(tokenizer)
 
-    def sampler(model, texts, prompt_ids, prompt_mask, role, cache=None):
+    def sampler(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):
         step = trainer.state.global_step + 1
-        return sample(model, texts, prompt_ids, prompt_mask, "policy" if step in no_pair_steps else role)
+        return sample(model, prompt_ids, prompt_mask, "policy" if step in no_pair_steps else role)
 
     return sampler
 

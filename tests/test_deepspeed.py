@@ -5,7 +5,7 @@ launched by `accelerate launch` with DeepSpeed on the CPU (``DS_ACCELERATOR=cpu`
 `tests/deepspeed_configs/` (ZeRO-3 with ``stage3_param_persistence_threshold: 0``, so that the tiny model's
 parameters are partitioned: below the default threshold ZeRO-3 keeps a parameter whole on every process). The
 model is passed as an object; ZeRO-3 then needs the reference model that TRL's `create_reference_model` refuses to
-build (`trl_sgpo.deepspeed_models`).
+build (`trl_sgpo.run.deepspeed_models`).
 
 What is compared, and the tolerance. DeepSpeed keeps float32 master weights for the optimizer and reduces the
 gradients in float32 whatever the model's dtype, so a DeepSpeed run carries float32 rounding of its sums. Reassociating

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.testing_utils import CaptureLogger
 
-from trl_sgpo.deepspeed_models import logger, models_for_deepspeed
+from trl_sgpo.run.deepspeed_models import logger, models_for_deepspeed
 
 from .helpers import tiny_model
 from .user_files import save_models

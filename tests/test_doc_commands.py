@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_sgpo.cli import parse_args
+from trl_sgpo.cli.command import parse_args
 
 
 ROOT = Path(__file__).resolve().parents[1]

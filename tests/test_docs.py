@@ -107,7 +107,7 @@ def test_every_logged_metric_is_documented():
 
     Names are found where they are logged: ``stats.add("name", ...)``, ``_metrics["name"]``, and the keys of the
     statistics dicts the objectives and `step_stats` return (``"name": values``)."""
-    source = "\n".join(path.read_text(encoding="utf-8") for path in sorted((ROOT / "trl_sgpo").glob("*.py")))
+    source = "\n".join(path.read_text(encoding="utf-8") for path in sorted((ROOT / "trl_sgpo").rglob("*.py")))
     page = (DOCS / "metrics.md").read_text(encoding="utf-8")
     names = set(re.findall(r'stats\.add\(\s*(f?"[^"]+")', source))
     names |= set(re.findall(r'_metrics\[\s*(f?"[^"]+")\s*\]', source))

@@ -7,18 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.pairs import Completion
+from trl_sgpo.records import Completion
 
-from .helpers import conversational_dataset, make_config
+from .helpers import conversational_dataset, make_config, prompt_texts
 
 
 def _fixed_sampler(policy: dict[str, str], improver: dict[str, str], tokenizer):
     """Replace sampling by fixed texts keyed on the last user message, so the pairs are known in advance."""
 
-    def sample(model, texts, prompt_ids, prompt_mask, role, cache=None):
+    def sample(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):
         table = policy if role == "policy" else improver
         out = []
-        for text in texts:
+        for text in prompt_texts(tokenizer, prompt_ids, prompt_mask):
             key = next(k for k in table if k in text)
             out.append(Completion(tokenizer(table[key], add_special_tokens=False)["input_ids"], ended=True))
         return out
@@ -113,7 +113,7 @@ def test_a_batch_with_every_pair_dropped_does_not_crash_and_is_counted(tmp_path,
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_preference_loss_is_the_pure_formula(loss_type):
-    from trl_sgpo.objectives import preference_loss
+    from trl_sgpo.method.objectives import preference_loss
 
     chosen, rejected = torch.tensor([-3.0, -1.0]), torch.tensor([-4.0, -0.5])
     ref_chosen, ref_rejected = torch.tensor([-3.5, -1.2]), torch.tensor([-3.9, -0.7])
@@ -129,7 +129,7 @@ def test_preference_loss_is_the_pure_formula(loss_type):
 
 
 def test_preference_loss_rejects_an_unknown_type():
-    from trl_sgpo.objectives import preference_loss
+    from trl_sgpo.method.objectives import preference_loss
 
     zero = torch.zeros(1)
     with pytest.raises(ValueError, match="Unknown loss_type 'hinge'"):

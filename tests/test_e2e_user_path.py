@@ -24,7 +24,7 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_sgpo.cli import main
+from trl_sgpo.cli.command import main
 
 from .user_files import save_data, save_models
 

@@ -5,7 +5,7 @@ import pytest
 from safetensors.torch import load as load_safetensors
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.cli import parse_args
+from trl_sgpo.cli.command import parse_args
 
 from .fake_hub import FakeHub, closed_port_url, point_hub_at
 from .helpers import conversational_dataset, make_config, tiny_model

@@ -2,7 +2,7 @@
 
 import pytest
 
-from trl_sgpo.improver import (
+from trl_sgpo.method.improver import (
     apply_edits,
     edit_distance,
     edit_script,

@@ -5,10 +5,10 @@ import logging
 import pytest
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.initial_drafts import pool_rows
-from trl_sgpo.schedule import DPO, IMPROVER
+from trl_sgpo.method.schedule import DPO, IMPROVER
+from trl_sgpo.run.initial_drafts import pool_rows
 
-from .helpers import conversational_dataset, make_config, tiny_model
+from .helpers import conversational_dataset, make_config, prompt_texts, tiny_model
 
 
 def _recording_trainer(tmp_path, tokenizer, source: str, rows: int = 6, **overrides):
@@ -30,9 +30,9 @@ def _recording_trainer(tmp_path, tokenizer, source: str, rows: int = 6, **overri
     )
     sample, calls = trainer.sampler, []
 
-    def recording(model, texts, prompt_ids, prompt_mask, role, cache=None):
-        calls.append((role, trainer.state.global_step, list(texts)))
-        return sample(model, texts, prompt_ids, prompt_mask, role, cache=cache)
+    def recording(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):
+        calls.append((role, trainer.state.global_step, prompt_texts(tokenizer, prompt_ids, prompt_mask)))
+        return sample(model, prompt_ids, prompt_mask, role, cache=cache)
 
     trainer.sampler = recording
     return trainer, calls
@@ -43,7 +43,7 @@ def test_step_1_trains_on_the_initial_policys_drafts_sampled_once(tmp_path, toke
     served = []
     next_batch = trainer.initial_drafts.next_batch
     trainer.initial_drafts.next_batch = lambda model: served.append(next_batch(model)) or served[-1]
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.initial_drafts"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.run.initial_drafts"):
         trainer.train()
     assert trainer.phase_callback.phase_history == [IMPROVER] * 4 + [DPO]
     step_1 = [(role, step) for role, step, _ in calls if step < 4]

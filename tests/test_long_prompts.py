@@ -5,8 +5,15 @@ from datasets import Dataset, IterableDataset
 from transformers.testing_utils import CaptureLogger
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.data import prepare_training_data
-from trl_sgpo.prompt_lengths import PromptBudget, fit_prompts, logger, prompt_budget, prompt_tokens, truncate_prompt
+from trl_sgpo.data.formats import prepare_training_data
+from trl_sgpo.data.prompt_lengths import (
+    PromptBudget,
+    fit_prompts,
+    logger,
+    prompt_budget,
+    prompt_tokens,
+    truncate_prompt,
+)
 from trl_sgpo.toy.tokenizer import SPECIAL_TOKENS
 
 from .helpers import make_config, tiny_model
@@ -150,7 +157,7 @@ def test_a_row_whose_reference_does_not_fit_is_refused_up_front_with_its_arithme
 def test_a_run_with_long_references_scores_no_sequence_over_max_length(tmp_path, tokenizer):
     # Before the check counted references, this data passed (its prompts fit the reserved room) and every improver
     # step cut the long targets' prompts from the left at max_length, with only a warning during training.
-    from trl_sgpo import scoring
+    from trl_sgpo.step import scoring
 
     pairs = [("reverse abc =", " " + "cba" * 30), ("reverse ab =", " ba"), ("reverse a =", " a"), ("x" * 60, " x")]
     # Drafts of plain characters: a random model's special tokens would decode to text that tokenizes longer.

@@ -7,13 +7,20 @@ import pytest
 import torch
 
 from trl_sgpo import SGPOConfig, SGPOTrainer
-from trl_sgpo.callbacks import sample_rows
-from trl_sgpo.improver import improver_target, render_improver_prompt, uses_reference
-from trl_sgpo.objectives import token_mean_nll
-from trl_sgpo.schedule import DPO, IMPROVER, resolve_warmup_steps
-from trl_sgpo.step_stats import REWRITE_HEALTH_WINDOW
+from trl_sgpo.method.improver import improver_target, render_improver_prompt, uses_reference
+from trl_sgpo.method.objectives import token_mean_nll
+from trl_sgpo.method.schedule import DPO, IMPROVER, resolve_warmup_steps
+from trl_sgpo.method.step_stats import REWRITE_HEALTH_WINDOW
+from trl_sgpo.run.sample_table import sample_rows
 
-from .helpers import assert_gradients_close, conversational_dataset, make_config, rule_sampler, tiny_model
+from .helpers import (
+    assert_gradients_close,
+    conversational_dataset,
+    make_config,
+    prompt_texts,
+    rule_sampler,
+    tiny_model,
+)
 
 
 def _rows(num_rows: int = 4) -> dict:
@@ -87,9 +94,9 @@ def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer):
     rows = _rows()
     prompt_ids, prompt_mask = trainer.layout.tokenize_prompts(trainer.layout.policy_prompt_texts(rows["prompt"]))
     references = [trainer.layout.reference_completion(m[0]["content"]) for m in rows["completion"]]
-    reference_ids, reference_mask = trainer.layout.pad_completions(references)
-    logps = trainer.scorer.forward(trainer.model, prompt_ids, prompt_mask, reference_ids, reference_mask)
-    loss = token_mean_nll(logps, reference_mask).sum() / 4  # the SFT loss by its definition, over 4 prompts
+    padded = trainer.layout.pad(references)
+    logps = trainer.scorer.forward(trainer.model, prompt_ids, prompt_mask, padded.ids, padded.mask)
+    loss = token_mean_nll(logps, padded.mask).sum() / 4  # the SFT loss by its definition, over 4 prompts
     (weight * loss).backward()
     sft = _gradients(trainer.model)
     assert set(grads["mixed"]) == set(sft)
@@ -131,10 +138,10 @@ def test_reference_aware_improver_sees_the_reference_when_it_rewrites(tmp_path, 
     seen = []
     sample = rule_sampler(tokenizer)
 
-    def spy(model, texts, prompt_ids, prompt_mask, role, cache=None):
+    def spy(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):
         if role == "improver":
-            seen.extend(texts)
-        return sample(model, texts, prompt_ids, prompt_mask, role)
+            seen.extend(prompt_texts(tokenizer, prompt_ids, prompt_mask))
+        return sample(model, prompt_ids, prompt_mask, role)
 
     trainer.sampler = spy
     trainer.training_step(trainer.model, _rows())
@@ -151,15 +158,17 @@ def test_edit_pairs_move_the_draft_toward_the_reference_without_a_model(tmp_path
     roles = []
     sample = rule_sampler(tokenizer)
 
-    def spy(model, texts, prompt_ids, prompt_mask, role, cache=None):
+    def spy(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):
         roles.append(role)
-        return sample(model, texts, prompt_ids, prompt_mask, role)
+        return sample(model, prompt_ids, prompt_mask, role)
 
     trainer.sampler = spy
-    trainer.num_sample_rows = 4
+    records = []
+    trainer.step_listeners.append(records.append)
     trainer.training_step(trainer.model, _rows())
     assert roles == ["policy"]  # the chosen side is arithmetic, not a generation
-    assert [row["improved"] for row in trainer.last_samples] == ["cba", "olleh", "dlrow", "ytrewq"]
+    chosen = [tokenizer.decode(c.token_ids) for c in records[-1].chosen]
+    assert chosen == ["cba", "olleh", "dlrow", "ytrewq"] and records[-1].rewrites is None
     assert trainer._metrics["sgpo/rewrite_closer"][-1] == 1.0
     assert "sgpo/improver_loss" not in trainer._metrics
 
@@ -178,8 +187,8 @@ def test_rewrite_closer_counts_rewrites_nearer_the_reference(tmp_path, tokenizer
     trainer.training_step(trainer.model, _rows())
     assert trainer._metrics["sgpo/rewrite_closer"][-1] == 1.0
 
-    def worse(model, texts, prompt_ids, prompt_mask, role, cache=None):  # the improver makes it worse: 'cbaxx'
-        completions = rule_sampler(tokenizer)(model, texts, prompt_ids, prompt_mask, "policy")
+    def worse(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):  # the improver makes it worse: 'cbaxx'
+        completions = rule_sampler(tokenizer)(model, prompt_ids, prompt_mask, "policy")
         if role == "improver":
             for completion in completions:
                 completion.token_ids = completion.token_ids + tokenizer("x", add_special_tokens=False)["input_ids"]
@@ -200,10 +209,10 @@ def test_health_warning_fires_once_when_rewrites_are_rarely_closer(tmp_path, tok
     trainer = _trainer(tmp_path, tokenizer, improver_steps=0, dpo_steps=1, improver_loss_weight=0.0)
     same = rule_sampler(tokenizer)
 
-    def identical(model, texts, prompt_ids, prompt_mask, role, cache=None):  # the improver copies the draft
-        return same(model, texts, prompt_ids, prompt_mask, "policy")
+    def identical(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):  # the improver copies the draft
+        return same(model, prompt_ids, prompt_mask, "policy")
 
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.step_stats"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.method.step_stats"):
         _run_dpo_steps(trainer, identical, REWRITE_HEALTH_WINDOW - 1)
         assert "improver role is not ready" not in caplog.text  # judged only after the window
         _run_dpo_steps(trainer, identical, 3)
@@ -213,7 +222,7 @@ def test_health_warning_fires_once_when_rewrites_are_rarely_closer(tmp_path, tok
 
 def test_no_health_warning_when_rewrites_are_closer(tmp_path, tokenizer, caplog):
     trainer = _trainer(tmp_path, tokenizer, improver_steps=0, dpo_steps=1, improver_loss_weight=0.0)
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.step_stats"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.method.step_stats"):
         _run_dpo_steps(trainer, rule_sampler(tokenizer), REWRITE_HEALTH_WINDOW + 1)
     assert "improver role is not ready" not in caplog.text
 
@@ -258,7 +267,7 @@ def test_improver_steps_use_their_own_learning_rate(tmp_path, tokenizer):
 
 def test_sample_table_shows_kept_pairs_first(tokenizer):
     """The rows worth reading are those where the improver changed the draft: they come first, in batch order."""
-    from trl_sgpo.pairs import Completion
+    from trl_sgpo.records import Completion
 
     texts = ["a", "b", "c", "d"]
     completions = [Completion(tokenizer(t, add_special_tokens=False).input_ids, True) for t in texts]

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from trl_sgpo import SGPOConfig, SGPOTrainer
-from trl_sgpo.improver import improver_targets, next_turn_suffix
-from trl_sgpo.objectives import token_mean_nll
-from trl_sgpo.schedule import DPO, IMPROVER
-from trl_sgpo.scoring import drafts_in_tail
+from trl_sgpo.method.improver import improver_targets, next_turn_suffix
+from trl_sgpo.method.objectives import token_mean_nll
+from trl_sgpo.method.schedule import DPO, IMPROVER
+from trl_sgpo.step.scoring import drafts_in_tail
 from trl_sgpo.toy import build_char_tokenizer, load_toy_model, make_dataset
 
 from .helpers import conversational_dataset, make_config, standard_dataset, tiny_model
@@ -61,7 +61,7 @@ def _mixed_trainer(tmp_path, **overrides):
 def _batch(trainer, keep_cache=False, seed=0):
     rows = trainer.train_dataset[:8]
     torch.manual_seed(seed)
-    return trainer._sample_drafts(trainer.model, rows, keep_cache=keep_cache)
+    return trainer.draft(trainer.model, rows, keep_cache=keep_cache)
 
 
 def _targets(trainer, batch):
@@ -92,9 +92,9 @@ def test_fused_forward_equals_the_separate_passes(tmp_path):
     trainer, _ = _mixed_trainer(tmp_path)
     batch = _batch(trainer)
     prompts = trainer.layout.improver_prompts(batch)
-    targets = _targets(trainer, batch)
-    target_ids, target_mask = trainer.layout.pad_completions(targets)
-    rejected_ids, rejected_mask = trainer.layout.pad_completions(batch.drafts)
+    targets, rejected = trainer.layout.pad(_targets(trainer, batch)), trainer.layout.pad(batch.drafts)
+    target_ids, target_mask = targets.ids, targets.mask
+    rejected_ids, rejected_mask = rejected.ids, rejected.mask
     model = trainer.model
     model.eval()
     with torch.no_grad():
@@ -117,8 +117,8 @@ def test_fused_forward_equals_the_separate_passes(tmp_path):
     # The same through the scorer the step calls: the improver's loss and the drafts' gradients of the fused pass
     # equal those of the two passes.
     model.train()
-    target_logps, rejected_logps = trainer.scorer.improver_logps(model, prompts, target_ids, target_mask, True)
-    separate_logps, none = trainer.scorer.improver_logps(model, prompts, target_ids, target_mask, False)
+    target_logps, rejected_logps = trainer.scorer.improver_logps(model, prompts, targets, True)
+    separate_logps, none = trainer.scorer.improver_logps(model, prompts, targets, False)
     assert none is None
     loss, separate_loss = (token_mean_nll(logps, target_mask).sum() for logps in (target_logps, separate_logps))
     torch.testing.assert_close(loss, separate_loss, atol=1e-5, rtol=0)
@@ -159,14 +159,13 @@ def test_greedy_rewrites_are_the_same_with_and_without_the_drafts_cache(tmp_path
     try:
         cached = trainer.sampler(
             model,
-            cached_prompts.texts,
             cached_prompts.generation_ids,
             cached_prompts.generation_mask,
             "improver",
             with_cache.draft_cache,
         )
         plain_prompts = trainer.layout.improver_prompts(without_cache)
-        plain = trainer.sampler(model, plain_prompts.texts, plain_prompts.ids, plain_prompts.mask, "improver")
+        plain = trainer.sampler(model, plain_prompts.ids, plain_prompts.mask, "improver")
     finally:
         model.generate = generate
     assert any(value is not None and hasattr(value, "get_seq_length") for value in fed[0].values())  # cache passed
@@ -181,9 +180,9 @@ def test_a_dpo_step_generates_the_rewrite_on_the_drafts_cache(tmp_path):
     calls = []
     sample = trainer.sampler
 
-    def recording_sample(model, texts, prompt_ids, prompt_mask, role, cache=None):
+    def recording_sample(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):
         calls.append((role, cache is not None and cache.cache is not None, prompt_ids.size(1)))
-        return sample(model, texts, prompt_ids, prompt_mask, role, cache)
+        return sample(model, prompt_ids, prompt_mask, role, cache)
 
     trainer.sampler = recording_sample
     trainer.train()
@@ -238,7 +237,8 @@ def test_the_instruction_may_show_the_reference(tmp_path, tokenizer):
     )
     batch = _batch(trainer)
     prompts = trainer.layout.improver_prompts(batch)
-    for text, reference in zip(prompts.texts, batch.reference_texts):
+    texts = [tokenizer.decode(row[mask.bool()]) for row, mask in zip(prompts.ids, prompts.mask)]
+    for text, reference in zip(texts, batch.reference_texts):
         assert text.endswith(f"<|user|>improve toward {reference}<|end|><|assistant|>")
     trainer.train()
     assert _logged(trainer, "sgpo/improver_loss")
@@ -276,7 +276,7 @@ def test_a_chat_template_that_does_not_continue_the_policy_prompt_is_refused_bef
 
 
 def test_the_builtin_command_uses_the_short_instruction(tmp_path):
-    from trl_sgpo.cli import TOY_IMPROVER_INSTRUCTION, main
+    from trl_sgpo.cli.command import TOY_IMPROVER_INSTRUCTION, main
     from trl_sgpo.config import DEFAULT_IMPROVER_INSTRUCTION
 
     result = main(

@@ -13,9 +13,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.pairs import Completion
-from trl_sgpo.schedule import DPO, IMPROVER
-from trl_sgpo.scoring import drafts_in_tail
+from trl_sgpo.method.schedule import DPO, IMPROVER
+from trl_sgpo.records import Completion
+from trl_sgpo.step.scoring import drafts_in_tail
 
 from .helpers import conversational_dataset, make_config, rule_sampler, tiny_model
 from .test_next_turn import _batch, _mixed_trainer, _targets
@@ -62,7 +62,8 @@ def test_packed_forward_equals_the_separate_passes(tmp_path, attention):
 
     separate_sum = torch.zeros(())
     for k, (side, logps) in enumerate(zip(branches, packed_logps)):
-        ids, mask = trainer.layout.pad_completions(side)
+        padded = trainer.layout.pad(side)
+        ids, mask = padded.ids, padded.mask
         separate = trainer.scorer.forward(model, prompt_ids, prompt_mask, ids, mask) * mask
         assert logps.shape == ids.shape
         _assert_close(logps, separate, atol=1e-5, rtol=1e-6, name=f"branch {k}")
@@ -84,9 +85,10 @@ def test_packed_next_turn_scores_equal_the_fused_and_separate_passes(tmp_path):
     targets = _targets(trainer, batch)
     chosen = _branches(trainer, len(targets))[0]
     with torch.no_grad():
-        scores = trainer.scorer.packed_scores(model, batch, prompts, targets, chosen)
+        padded_targets, pair = trainer.layout.pad(targets), trainer.layout.pad(chosen + batch.drafts)
+        scores = trainer.scorer.packed_scores(model, batch, prompts, padded_targets, pair)
         assert scores is not None
-        target_ids, target_mask = trainer.layout.pad_completions(targets)
+        target_ids, target_mask = padded_targets.ids, padded_targets.mask
         tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
         fused = trainer.scorer.forward(model, prompts.ids, prompts.mask, target_ids, target_mask, prompt_tail=tail)
         expected = {
@@ -94,10 +96,13 @@ def test_packed_next_turn_scores_equal_the_fused_and_separate_passes(tmp_path):
             "target": (fused[:, tail:], targets),
         }
         for name, side in (("chosen", chosen), ("reference", batch.references)):
-            ids, mask = trainer.layout.pad_completions(side)
-            expected[name] = (trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask), side)
+            padded = trainer.layout.pad(side)
+            expected[name] = (
+                trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, padded.ids, padded.mask),
+                side,
+            )
     for name, (separate, side) in expected.items():
-        _, mask = trainer.layout.pad_completions(side)
+        mask = trainer.layout.pad(side).mask
         value = getattr(scores, name)
         assert value.shape == mask.shape, name
         _assert_close(value * mask, separate * mask, atol=1e-5, rtol=1e-6, name=name)
@@ -134,7 +139,7 @@ def _rule_trainer(tmp_path, tokenizer, peft: bool):
 
 def _step(trainer, phase: str, pack: bool):
     """One training step of ``phase``, packed or not: loss, gradients, statistics, and the forward calls made."""
-    trainer.pack_shared_prefix = pack
+    trainer.scorer.pack_shared_prefix = pack
     trainer.phase_callback.phase = phase
     calls = {"forward": 0, "packed": 0}
     forward, packed_forward = trainer.scorer.forward, trainer.scorer.packed_forward
@@ -163,7 +168,7 @@ def _step(trainer, phase: str, pack: bool):
 @pytest.mark.parametrize("peft", [False, True])
 def test_a_packed_next_turn_step_equals_the_unpacked_step(tmp_path, tokenizer, phase, peft):
     trainer = _rule_trainer(tmp_path, tokenizer, peft)
-    batch = trainer._sample_drafts(trainer.model, trainer.train_dataset[:8])
+    batch = trainer.draft(trainer.model, trainer.train_dataset[:8])
     assert batch.prompt_mask.sum(1).unique().numel() > 1  # left padding
     assert len({len(draft.token_ids) for draft in batch.drafts}) > 1  # drafts of different lengths
     assert trainer.scorer.packable(trainer.model)

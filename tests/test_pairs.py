@@ -1,6 +1,7 @@
 """The degenerate-pair filter on hand-made pairs."""
 
-from trl_sgpo.pairs import Completion, filter_pairs
+from trl_sgpo.method.pairs import filter_pairs
+from trl_sgpo.records import Completion
 
 
 def test_each_rule_drops_and_counts_its_pairs():

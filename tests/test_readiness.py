@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.callbacks import SGPOPhaseCallback
-from trl_sgpo.improver import token_overlap
-from trl_sgpo.pairs import Completion
-from trl_sgpo.readiness import readiness_of
-from trl_sgpo.schedule import DPO, IMPROVER
+from trl_sgpo.method.improver import token_overlap
+from trl_sgpo.method.schedule import DPO, IMPROVER
+from trl_sgpo.records import Completion
+from trl_sgpo.run.phases import SGPOPhaseCallback
+from trl_sgpo.run.readiness import readiness_of
 
 from .helpers import conversational_dataset, make_config, rule_sampler, tiny_model
 
@@ -65,7 +65,7 @@ def test_step_1_ends_when_the_improver_is_ready(tmp_path, tokenizer, caplog):
     trainer = _trainer(tmp_path, tokenizer)
     assert len(trainer.train_dataset) == 8  # two rows set aside to measure on
     trainer.sampler = rule_sampler(tokenizer)  # the improver writes the reference
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.readiness"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.run.readiness"):
         trainer.train()
     assert trainer.phase_callback.phase_history == [IMPROVER, IMPROVER] + [DPO] * 4  # cap 4, ready at step 2
     assert "Step 1 readiness at step 2: 100%" in caplog.text and "Step 1 ends" in caplog.text
@@ -77,13 +77,13 @@ def test_step_1_stops_at_its_cap_when_the_improver_never_gets_ready(tmp_path, to
     trainer = _trainer(tmp_path, tokenizer)
     sample = rule_sampler(tokenizer)
 
-    def garbage_rewrites(model, texts, prompt_ids, prompt_mask, role, cache=None):
+    def garbage_rewrites(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):
         if role == "improver_greedy":
-            return [Completion(tokenizer("qqqq", add_special_tokens=False)["input_ids"], True) for _ in texts]
-        return sample(model, texts, prompt_ids, prompt_mask, role, cache)
+            return [Completion(tokenizer("qqqq", add_special_tokens=False)["input_ids"], True) for _ in prompt_ids]
+        return sample(model, prompt_ids, prompt_mask, role, cache)
 
     trainer.sampler = garbage_rewrites
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.readiness"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.run.readiness"):
         trainer.train()
     assert trainer.phase_callback.phase_history == [IMPROVER] * 4 + [DPO] * 2
     assert caplog.text.count("Step 1 readiness at step") == 1  # step 2 (step 4 is the cap)

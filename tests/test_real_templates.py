@@ -8,15 +8,17 @@ fixture).
 """
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from trl_sgpo.improver import end_of_turn_token
-from trl_sgpo.pairs import Completion
-from trl_sgpo.prompt_layout import DraftBatch, PromptLayout
-from trl_sgpo.scoring import Scorer
+from trl_sgpo.method.improver import end_of_turn_token
+from trl_sgpo.records import Completion, DraftBatch
+from trl_sgpo.step.layout import PromptLayout
+from trl_sgpo.step.sampling import DraftCache
+from trl_sgpo.step.scoring import Scorer
+
+from .helpers import padded_ids
 
 
 INSTRUCTION = "Improve the answer."
@@ -69,18 +71,11 @@ TEMPLATES = {"smollm2": _smollm2, "qwen2.5-style": _qwen_style, "llama3.1-style"
 END_OF_TURN = {"smollm2": "<|im_end|>", "qwen2.5-style": "<|im_end|>", "llama3.1-style": "<|eot_id|>"}
 
 
-def _layout(tokenizer, eos_token_ids):
-    trainer = SimpleNamespace(
-        processing_class=tokenizer,
-        _tokenizer=tokenizer,
-        args=SimpleNamespace(improver_instruction=INSTRUCTION, improver_format="next_turn", max_length=1024),
-        accelerator=SimpleNamespace(device=torch.device("cpu"), unwrap_model=lambda model: model),
-        eos_token_ids=eos_token_ids,
-        select_logits=False,
-        pack_shared_prefix=True,
-    )
-    trainer.layout = PromptLayout(trainer, end_of_turn_token(tokenizer, conversational=True))
-    return trainer
+def _layout(tokenizer) -> PromptLayout:
+    """The step's prompt layout for the next-turn format, built from the tokenizer alone."""
+    end_of_turn = end_of_turn_token(tokenizer, conversational=True)
+    cpu = torch.device("cpu")
+    return PromptLayout(tokenizer, "next_turn", None, INSTRUCTION, end_of_turn, tokenizer.pad_token_id, cpu)
 
 
 def _prompts():
@@ -95,19 +90,22 @@ def _prompts():
     ]
 
 
-def _batch(trainer, drafts):
+def _batch(layout, drafts):
     prompts = _prompts()[: len(drafts)]
-    texts = trainer.layout.policy_prompt_texts(prompts)
-    ids, mask = trainer.layout.tokenize_prompts(texts)
-    references = ["42", "12", "Red."][: len(drafts)]
+    texts = layout.policy_prompt_texts(prompts)
+    ids, mask = layout.tokenize_prompts(texts)
+    reference_texts = ["42", "12", "Red."][: len(drafts)]
+    references = [layout.reference_completion(text) for text in reference_texts]
     return DraftBatch(
         prompts=prompts,
         prompt_texts=texts,
         prompt_ids=ids,
         prompt_mask=mask,
         drafts=drafts,
-        reference_texts=references,
-        references=[trainer.layout.reference_completion(text) for text in references],
+        reference_texts=reference_texts,
+        references=references,
+        reference_tokens=layout.pad(references),
+        rows={"prompt": prompts},
     )
 
 
@@ -133,16 +131,16 @@ def test_the_end_of_turn_token_comes_from_the_template(smollm2_dir, template):
 @pytest.mark.parametrize("template", list(TEMPLATES))
 def test_next_turn_rows_are_the_templates_tokens_for_every_ending(smollm2_dir, template):
     tokenizer, eos_token_ids = TEMPLATES[template](smollm2_dir)
-    trainer = _layout(tokenizer, eos_token_ids)
-    end_of_turn = trainer.layout.end_of_turn
+    layout = _layout(tokenizer)
+    end_of_turn = layout.end_of_turn
     content = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("It is 42.", "12", "Green")]
     # every end-of-sequence id the model may sample, and a draft cut at the length limit
     endings = [(True, eos) for eos in eos_token_ids] + [(False, None)]
     for ended, end_token in endings:
         drafts = [Completion.from_generated(ids + ([end_token] if ended else []), eos_token_ids) for ids in content]
         assert all(d.ended == ended for d in drafts)
-        batch = _batch(trainer, drafts)
-        prompts = trainer.layout.next_turn_prompts(batch)
+        batch = _batch(layout, drafts)
+        prompts = layout.next_turn_prompts(batch)
         for row in range(len(drafts)):
             tokens = prompts.ids[row][prompts.mask[row].bool()].tolist()
             draft_text = tokenizer.decode(drafts[row].token_ids)
@@ -165,7 +163,7 @@ def test_next_turn_rows_are_the_templates_tokens_for_every_ending(smollm2_dir, t
             span = tokens[start : start + prompts.rejected_lengths[row]]
             assert span == drafts[row].token_ids + ([end_of_turn] if ended else [])
         # the padded completions the DPO loss scores: the same span
-        ids, mask = trainer.layout.pad_completions(drafts)
+        ids, mask = padded_ids(layout, drafts)
         for row, draft in enumerate(drafts):
             assert ids[row][mask[row].bool()].tolist() == draft.token_ids + ([end_of_turn] if ended else [])
 
@@ -174,17 +172,18 @@ def test_next_turn_rows_are_the_templates_tokens_for_every_ending(smollm2_dir, t
 def test_packed_rows_hold_the_policy_prompt_then_each_branch_as_rendered(smollm2_dir, template):
     """``[x | chosen | rejected]``: each branch after the prompt is the assistant turn the template writes."""
     tokenizer, eos_token_ids = TEMPLATES[template](smollm2_dir)
-    trainer = _layout(tokenizer, eos_token_ids)
-    end_of_turn = trainer.layout.end_of_turn
+    layout = _layout(tokenizer)
+    end_of_turn = layout.end_of_turn
     prompt = _prompts()[1]
-    texts = trainer.layout.policy_prompt_texts([prompt])
-    ids, mask = trainer.layout.tokenize_prompts(texts)
-    chosen = trainer.layout.reference_completion("12")
+    texts = layout.policy_prompt_texts([prompt])
+    ids, mask = layout.tokenize_prompts(texts)
+    chosen = layout.reference_completion("12")
     rejected = Completion.from_generated(
         tokenizer("13", add_special_tokens=False)["input_ids"] + [eos_token_ids[-1]], eos_token_ids
     )
-    branches = [[trainer.layout.completion_tokens(chosen)], [trainer.layout.completion_tokens(rejected)]]
-    packed = Scorer(trainer).pack(ids, mask, branches)
+    branches = [[layout.completion_tokens(chosen)], [layout.completion_tokens(rejected)]]
+    scorer = Scorer(1024, tokenizer.pad_token_id, torch.device("cpu"), unwrap=lambda model: model)
+    packed = scorer.pack(ids, mask, branches)
     row = packed.input_ids[0].tolist()
     for branch, answer in zip(range(2), ("12", "13")):
         start = packed.prompt_width + int(packed.starts[0, branch])
@@ -201,12 +200,12 @@ def test_the_drafts_cache_is_not_continued_after_another_end_of_sequence_id(smol
     """A Qwen-style draft that stopped on <|endoftext|> holds that token in the cache where the rendered conversation
     has <|im_end|>: that step's rewrite is generated from the rows, not from the cache."""
     tokenizer, eos_token_ids = _qwen_style(smollm2_dir)
-    trainer = _layout(tokenizer, eos_token_ids)
+    layout = _layout(tokenizer)
     content = _ids(tokenizer, "It is 42.")
     for end_token, continues in ((eos_token_ids[0], True), (eos_token_ids[1], False)):
         drafts = [Completion.from_generated(content + [end_token], eos_token_ids)]
-        batch = _batch(trainer, drafts)
+        batch = _batch(layout, drafts)
         generated = torch.tensor([content + [end_token]])
-        batch.draft_cache = SimpleNamespace(generated_ids=generated, generated_mask=torch.ones_like(generated))
-        prompts = trainer.layout.next_turn_prompts(batch)
+        batch.draft_cache = DraftCache(None, generated, torch.ones_like(generated))
+        prompts = layout.next_turn_prompts(batch)
         assert (prompts.generation_ids is not None) == continues, tokenizer.convert_ids_to_tokens(end_token)

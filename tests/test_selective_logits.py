@@ -1,6 +1,6 @@
 """Selective logits: the LM head and the log-softmax run only at the positions whose log-probabilities are used.
 
-Checked against the full path it replaces (`SGPOTrainer.select_logits = False`: logits at every position from the
+Checked against the full path it replaces (`Scorer.select_logits = False`: logits at every position from the
 first scored one on): per-token log-probabilities and their gradients, in float32 within 1e-5, for left-padded
 prompts with a scored prompt tail (`Scorer.forward`), packed rows with branches scored in part
 (`Scorer.packed_forward`), the next-turn scores of both phases (`Scorer.packed_scores`), and a LoRA model with its
@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from trl_sgpo.gathered_log_softmax import gathered_log_softmax
-from trl_sgpo.scoring import _forward_slices_logits
+from trl_sgpo.step.gathered_log_softmax import gathered_log_softmax
+from trl_sgpo.step.scoring import _forward_slices_logits
 
-from .helpers import FLOAT32_REASSOCIATION_RTOL
+from .helpers import FLOAT32_REASSOCIATION_RTOL, padded_ids
 from .test_next_turn import _batch, _mixed_trainer, _targets
 from .test_packing import _branches, _rule_trainer
 
@@ -31,12 +31,12 @@ def _kept_logits(trainer, model, select: bool, run):
     handle = model.register_forward_pre_hook(
         lambda module, args, kwargs: kept.append(kwargs.get("logits_to_keep")), with_kwargs=True
     )
-    trainer.select_logits = select
+    trainer.scorer.select_logits = select
     try:
         return run(), kept
     finally:
         handle.remove()
-        trainer.select_logits = True
+        trainer.scorer.select_logits = True
 
 
 def _both_paths(trainer, model, compute):
@@ -68,7 +68,7 @@ def test_forward_selects_only_the_scored_positions(tmp_path):
     batch = _batch(trainer)
     assert batch.prompt_mask.sum(1).unique().numel() > 1 and not batch.prompt_mask[:, 0].all()  # left padding
     completions = _branches(trainer, batch.prompt_ids.size(0))[0]
-    ids, mask = trainer.layout.pad_completions(completions)
+    ids, mask = padded_ids(trainer.layout, completions)
     assert not mask.all()  # right padding, not scored
     tail = 5
     tail_mask = torch.rand(batch.prompt_mask[:, -tail:].shape, generator=torch.Generator().manual_seed(0)) < 0.5
@@ -123,7 +123,8 @@ def test_packed_next_turn_scores_equal_the_full_path(tmp_path, score_rejected):
     names = ["target", "chosen", "reference"] + (["rejected"] if score_rejected else [])
 
     def compute():
-        scores = trainer.scorer.packed_scores(model, batch, prompts, targets, chosen, score_rejected)
+        padded_targets, pair = trainer.layout.pad(targets), trainer.layout.pad(chosen + batch.drafts)
+        scores = trainer.scorer.packed_scores(model, batch, prompts, padded_targets, pair, score_rejected)
         assert (scores.rejected is not None) == score_rejected
         return [getattr(scores, name) for name in names]
 
@@ -138,11 +139,11 @@ def test_lora_steps_equal_the_full_path(tmp_path, tokenizer, phase_step):
     assert trainer.scorer.selects_logits(model) and trainer.scorer.selects_logits(
         trainer.accelerator.unwrap_model(model)
     )
-    from trl_sgpo.schedule import DPO, IMPROVER
+    from trl_sgpo.method.schedule import DPO, IMPROVER
 
     results = {}
     for select in (True, False):
-        trainer.select_logits = select
+        trainer.scorer.select_logits = select
         trainer.phase_callback.phase = DPO if phase_step == "dpo" else IMPROVER
         trainer._metrics.clear()
         model.zero_grad()
@@ -150,7 +151,7 @@ def test_lora_steps_equal_the_full_path(tmp_path, tokenizer, phase_step):
         loss = trainer.training_step(model, trainer.train_dataset[:8])
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results[select] = (loss, grads, dict(trainer._metrics))
-    trainer.select_logits = True
+    trainer.scorer.select_logits = True
     (loss, grads, metrics), (full_loss, full_grads, full_metrics) = results[True], results[False]
     torch.testing.assert_close(loss, full_loss, atol=1e-5, rtol=0)
     assert grads.keys() == full_grads.keys() and any("lora" in name for name in grads)
@@ -165,8 +166,8 @@ def test_lora_steps_equal_the_full_path(tmp_path, tokenizer, phase_step):
 def test_lora_log_probabilities_with_the_adapter_on_and_off(tmp_path, tokenizer):
     trainer = _rule_trainer(tmp_path, tokenizer, peft=True)
     model = trainer.model
-    batch = trainer._sample_drafts(model, trainer.train_dataset[:8])
-    ids, mask = trainer.layout.pad_completions(batch.drafts)
+    batch = trainer.draft(model, trainer.train_dataset[:8])
+    ids, mask = padded_ids(trainer.layout, batch.drafts)
 
     def compute():
         with model.disable_adapter(), torch.no_grad():
@@ -209,17 +210,17 @@ def test_models_that_do_not_slice_logits_take_the_full_path(tmp_path, caplog):
 
     assert not _forward_slices_logits(OwnHead)
     model = OwnHead(GPT2Config(vocab_size=trainer.model.config.vocab_size, n_embd=16, n_layer=1, n_head=2)).eval()
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.scoring"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.step.scoring"):
         assert not trainer.scorer.selects_logits(model)
         assert not trainer.scorer.selects_logits(model)
     assert caplog.text.count("Selective logits are off (OwnHead.forward does not slice logits by a mask)") == 1
     batch = _batch(trainer)
-    ids, mask = trainer.layout.pad_completions(batch.drafts)
+    ids, mask = padded_ids(trainer.layout, batch.drafts)
     logps = trainer.scorer.forward(model, batch.prompt_ids, batch.prompt_mask, ids, mask)
     inputs = torch.cat((batch.prompt_ids, ids), 1), torch.cat((batch.prompt_mask, mask), 1)
     full = model(*inputs, logits_to_keep=ids.size(1) + 1).logits[:, :-1]
     _assert_close(logps * mask, full.log_softmax(-1).gather(2, ids.unsqueeze(2)).squeeze(2) * mask, "own head")
-    trainer.select_logits = False
+    trainer.scorer.select_logits = False
     assert not trainer.scorer.selects_logits(trainer.model)
 
 
@@ -229,13 +230,13 @@ def test_a_padded_block_over_max_length_cuts_only_rows_that_are_longer(tmp_path,
     # was long, though that row fit on its own.
     trainer, _ = _mixed_trainer(tmp_path)
     batch = _batch(trainer)
-    ids, mask = trainer.layout.pad_completions(batch.references)
+    ids, mask = padded_ids(trainer.layout, batch.references)
     lengths = batch.prompt_mask.sum(dim=1) + mask.sum(dim=1)
     full = trainer.scorer.forward(trainer.model, batch.prompt_ids, batch.prompt_mask, ids, mask)
-    trainer.max_length = int(lengths.max()) - 3
-    fits = lengths <= trainer.max_length
+    trainer.scorer.max_length = int(lengths.max()) - 3
+    fits = lengths <= trainer.scorer.max_length
     assert batch.prompt_ids.size(1) + ids.size(1) > int(lengths.max()) and fits.any() and not fits.all()
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.scoring"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.step.scoring"):
         for _ in range(2):
             cut = trainer.scorer.forward(trainer.model, batch.prompt_ids, batch.prompt_mask, ids, mask)
     assert caplog.text.count("first 3 prompt tokens are cut") == 1  # the longest row, said once

@@ -1,5 +1,5 @@
-"""The rewrite speculated from the draft (`trl_sgpo.speculation`): greedy output identical to plain generation, sampled
-tokens distributed as plain sampling's, batched rows accepting different numbers of tokens on one KV cache."""
+"""The rewrite speculated from the draft (`trl_sgpo.step.speculation`): greedy output identical to plain generation,
+sampled tokens distributed as plain sampling's, batched rows accepting different numbers of tokens on one KV cache."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from trl_sgpo.speculation import SpeculationStats, propose, speculative_generate, unsupported_settings, verify
+from trl_sgpo.step.speculation import SpeculationStats, propose, speculative_generate, unsupported_settings, verify
 
 
 VOCAB, EOS, PAD = 12, 1, 0
@@ -214,20 +214,20 @@ def test_speculated_rewrites_in_the_trainer_equal_plain_ones(tmp_path, improver_
     for speculative_tokens in (0, 6):
         trainer.sampler.speculative_tokens = speculative_tokens
         torch.manual_seed(0)
-        batch = trainer._sample_drafts(model, trainer.train_dataset[:8], keep_cache=improver_format == "next_turn")
+        batch = trainer.draft(model, trainer.train_dataset[:8], keep_cache=improver_format == "next_turn")
         prompts = trainer.layout.improver_prompts(batch)
         if batch.draft_cache is not None:
             ids, mask = prompts.generation_ids, prompts.generation_mask
         else:
             ids, mask = prompts.ids, prompts.mask
+        speculation = SpeculationStats()
         chosen = trainer.sampler(
-            model, prompts.texts, ids, mask, "improver", cache=batch.draft_cache, drafts=batch.drafts
+            model, ids, mask, "improver", cache=batch.draft_cache, drafts=batch.drafts, speculation=speculation
         )
         rewrites[speculative_tokens] = [(c.token_ids, c.ended) for c in chosen]
     assert improver_format == "template" or batch.draft_cache is not None
     assert rewrites[6] == rewrites[0]
     assert any(tokens for tokens, _ in rewrites[0])
-    speculation = trainer.sampler.last_speculation
     # the toy's rewrites are ~5 tokens that mostly change the first one: about half is taken from the draft
     assert speculation.accepted_share > 0.3, speculation
     # plain generation: one pass per token of the longest rewrite (its EOS included); never more here

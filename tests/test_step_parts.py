@@ -9,12 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trl_sgpo.objectives import dpo_objective, improver_objective, token_mean_nll
-from trl_sgpo.pairs import Completion
-from trl_sgpo.prompt_layout import ImproverPrompts
-from trl_sgpo.prompt_lengths import PromptBudget
-from trl_sgpo.scoring import Scorer, drafts_in_tail, packed_attention
-from trl_sgpo.step_stats import RewriteHealth, StepStats, nan_mean, reduce_stats
+from trl_sgpo.data.prompt_lengths import PromptBudget
+from trl_sgpo.method.objectives import dpo_objective, improver_objective, token_mean_nll
+from trl_sgpo.method.step_stats import RewriteHealth, StepStats, nan_mean, reduce_stats
+from trl_sgpo.records import Completion, ImproverPrompts
+from trl_sgpo.step.scoring import Scorer, drafts_in_tail, packed_attention
 
 
 ONE_PROCESS = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
@@ -92,7 +91,7 @@ def test_step_stats_pool_values_added_twice_and_reduce_to_means_and_sums():
 
 def test_rewrite_health_warns_once_after_its_window(caplog):
     health = RewriteHealth(window=3, warn_below=0.2)
-    with caplog.at_level(logging.WARNING, logger="trl_sgpo.step_stats"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgpo.method.step_stats"):
         for closer in (0.0, 0.1):
             health.observe(closer)
         assert "not ready" not in caplog.text
@@ -141,8 +140,7 @@ def test_the_length_budget_has_one_rule():
 
 
 def _scorer() -> Scorer:
-    trainer = SimpleNamespace(_tokenizer=SimpleNamespace(pad_token_id=0), accelerator=ONE_PROCESS)
-    return Scorer(trainer)
+    return Scorer(max_length=100, pad_token_id=0, device=torch.device("cpu"), unwrap=lambda model: model)
 
 
 def test_pack_lays_out_the_prompt_then_each_branch_with_the_separate_passes_positions():
@@ -175,13 +173,13 @@ def test_spans_and_the_drafts_inside_the_prompt_tail():
     assert Scorer.spans(logps, [1, 3], [2, 3]).tolist() == [[2.0, 3.0, 0.0], [10.0, 11.0, 12.0]]
     # tail of 5 columns: row 0 = [pad, draft d1 d2, after a1 a2]; row 1 = [draft d1 d2 d3, after a1]
     tail = torch.tensor([[0.0, -1.0, -2.0, -8.0, -8.0], [-3.0, -4.0, -5.0, -6.0, -8.0]])
-    prompts = ImproverPrompts([], torch.empty(0), torch.empty(0), rejected_lengths=[2, 4], after_lengths=[2, 1])
+    prompts = ImproverPrompts(torch.empty(0), torch.empty(0), rejected_lengths=[2, 4], after_lengths=[2, 1])
     assert drafts_in_tail(tail, prompts).tolist() == [[-1.0, -2.0, 0.0, 0.0], [-3.0, -4.0, -5.0, -6.0]]
-    assert prompts.next_turn and not ImproverPrompts([], torch.empty(0), torch.empty(0)).next_turn
+    assert prompts.next_turn and not ImproverPrompts(torch.empty(0), torch.empty(0)).next_turn
 
 
 def test_the_gathered_log_softmax_is_log_softmax_at_the_picked_tokens():
-    from trl_sgpo.gathered_log_softmax import gathered_log_softmax
+    from trl_sgpo.step.gathered_log_softmax import gathered_log_softmax
 
     logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     source, tokens = torch.tensor([0, 0, 4]), torch.tensor([3, 10, 0])

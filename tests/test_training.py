@@ -89,9 +89,9 @@ def test_spin_pairs_use_the_reference_and_skip_the_improver(tmp_path, tokenizer)
     )
     roles, sample = [], trainer.sampler
 
-    def recording_sample(model, texts, prompt_ids, prompt_mask, role, cache=None):
+    def recording_sample(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):
         roles.append(role)
-        return sample(model, texts, prompt_ids, prompt_mask, role, cache)
+        return sample(model, prompt_ids, prompt_mask, role, cache)
 
     trainer.sampler = recording_sample
     trainer.train()

@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.sampling import Sampler
+from trl_sgpo.step.sampling import Sampler
 
 from .helpers import (
     assert_gradients_close,
@@ -178,5 +178,9 @@ def test_eval_metric_scores_greedy_generations(tmp_path, tokenizer):
     assert seen["predictions"] == ["cba", "olleh", "dlrow"]  # the rule sampler answers right in the 'eval' role
     assert metrics["eval_exact_match"] == 1.0 and "eval_note" not in metrics
     assert "eval_loss" in metrics
-    generation_config, _ = Sampler(trainer).hf_generation["eval"]  # the trainer's own sampler (replaced above)
+    # the trainer's own sampler was replaced above: one built from the same settings
+    sampler = Sampler(
+        trainer.args, trainer.generation_kwargs, trainer.eos_token_ids, 0, trainer.accelerator, *[None] * 2
+    )
+    generation_config, _ = sampler.hf_generation["eval"]
     assert generation_config.do_sample is False  # evaluation generates greedily

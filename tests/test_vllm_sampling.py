@@ -17,7 +17,7 @@ from trl.generation import vllm_generation
 
 from trl_sgpo import SGPOTrainer
 from trl_sgpo import config as sgpo_config
-from trl_sgpo.schedule import DPO
+from trl_sgpo.method.schedule import DPO
 
 from .helpers import conversational_dataset, make_config, tiny_model
 
@@ -176,8 +176,8 @@ def test_the_next_step_syncs_again_and_greedy_roles_are_greedy(tmp_path, tokeniz
     _one_dpo_step(trainer, step=1)
     assert [call[0] for call in engine.calls].count("synced") == 2  # once per optimizer step
     ids = torch.tensor([[5, 6, 7]])
-    trainer.sampler(trainer.model, ["x"], ids, torch.ones_like(ids), "eval")
-    trainer.sampler(trainer.model, ["x"], ids, torch.ones_like(ids), "improver_greedy")
+    trainer.sampler(trainer.model, ids, torch.ones_like(ids), "eval")
+    trainer.sampler(trainer.model, ids, torch.ones_like(ids), "improver_greedy")
     evaluation, improver_greedy = [call[2] for call in engine.calls if call[0] == "generate"][-2:]
     assert evaluation["temperature"] == improver_greedy["temperature"] == 0.0
     assert evaluation["max_tokens"] == trainer.args.max_new_tokens and improver_greedy["max_tokens"] == 9

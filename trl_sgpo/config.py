@@ -10,12 +10,11 @@ import torch
 from trl.experimental.online_dpo import OnlineDPOConfig
 from trl.import_utils import is_vllm_available
 
-from .improver import IMPROVER_FORMATS, TARGET_STRATEGIES, validate_instruction, validate_template
-from .initial_drafts import WARMUP_DRAFT_SOURCES
-from .objectives import LOSS_TYPES
-from .pairs import PAIR_SOURCES
-from .prompt_lengths import LONG_PROMPT_MODES, PromptBudget
-from .schedule import PhaseSchedule
+from .data.prompt_lengths import LONG_PROMPT_MODES, PromptBudget
+from .method.improver import IMPROVER_FORMATS, TARGET_STRATEGIES, validate_instruction, validate_template
+from .method.objectives import LOSS_TYPES
+from .method.pairs import PAIR_SOURCES
+from .method.schedule import WARMUP_DRAFT_SOURCES, PhaseSchedule
 
 
 DEFAULT_IMPROVER_TEMPLATE = (

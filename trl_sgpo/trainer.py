@@ -1,5 +1,12 @@
-"""`SGPOTrainer`: TRL's `OnlineDPOTrainer` with SGPO's self-generated pairs and the improver role."""
+"""`SGPOTrainer`: TRL's `OnlineDPOTrainer` with SGPO's self-generated pairs and the improver role.
 
+The trainer is Trainer glue: it builds a step's stages (`trl_sgpo.step`) from the tokenizer, the settings and the
+accelerator, hands each what it needs (never itself), and runs one step through them in `training_step`:
+draft -> chosen side (the improver's rewrite, for ``sgpo``) -> scores -> losses -> statistics -> backward, leaving a
+`StepRecord` that the sample tables, the health signal and the benchmarks read (`step_listeners`).
+"""
+
+import functools
 import os
 import textwrap
 from collections import defaultdict
@@ -19,27 +26,33 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 from transformers.utils import logging
 from trl.experimental.online_dpo import OnlineDPOTrainer
+from trl.extras.profiling import profiling_context
 from trl.trainer.callbacks import SyncRefModelCallback
 
-from .callbacks import SGPOPhaseCallback, SGPOSampleTableCallback, sample_rows
 from .config import SGPOConfig
-from .data import prepare_training_data
-from .deepspeed_models import models_for_deepspeed
-from .evaluation import EvaluationMixin, load_eval_metric
-from .improver import edit_toward, end_of_turn_token, improver_targets
-from .initial_drafts import InitialDrafts
-from .objectives import dpo_objective, improver_objective
-from .output_dir import check_output_dir
-from .pairs import Completion, filter_pairs, reference_text, uses_improver
+from .data.formats import prepare_training_data
+from .method.improver import end_of_turn_token
+from .method.pairs import filter_pairs, uses_improver
+from .method.schedule import DPO, IMPROVER, PHASE_IDS
+from .method.step_stats import RewriteHealth, StepStats, completion_stats, nan_mean, pair_stats, reduce_stats
 from .preflight import check_trainer_arguments
-from .prompt_layout import DraftBatch, PromptLayout
-from .readiness import ImproverReadiness, set_aside_readiness_rows
-from .sampling import DraftCache, Sampler
-from .saving import SavingMixin
-from .schedule import DPO, IMPROVER, PHASE_IDS
-from .scoring import Scorer, Scores
-from .step_stats import RewriteHealth, StepStats, completion_stats, nan_mean, pair_stats, reduce_stats, target_stats
-from .vllm_engine import VLLMRoles
+from .records import DraftBatch, Padded, StageClock, StepRecord
+from .run.deepspeed_models import models_for_deepspeed
+from .run.evaluation import EvaluationMixin, load_eval_metric
+from .run.initial_drafts import InitialDrafts
+from .run.output_dir import check_output_dir
+from .run.phases import SGPOPhaseCallback
+from .run.readiness import ImproverReadiness, set_aside_readiness_rows
+from .run.sample_table import SGPOSampleTableCallback
+from .run.saving import SavingMixin
+from .step.drafts import DraftStage
+from .step.layout import PromptLayout
+from .step.losses import DPOLoss, ImproverLoss
+from .step.pair_sources import pair_source
+from .step.rewrite import Rewriter
+from .step.sampling import Sampler
+from .step.scoring import Scorer
+from .step.vllm_engine import VLLMRoles, build_vllm_generation
 
 
 logger = logging.get_logger(__name__)
@@ -102,6 +115,9 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
     # position from the first scored one on; the log-probabilities are the same, see tests/test_selective_logits.py).
     # Applies only where `Scorer.selects_logits` says the model supports it.
     select_logits = True
+    # Synchronize the device around each timed stage of a step (`StepRecord.seconds`), so that on a GPU the seconds
+    # are the device's (the speed benchmark turns it on). Off: no synchronization is added to a step.
+    synchronize_stage_clock = False
     _name = "SGPO"
     _paper = {
         "title": "SGPO: Self-Generated Preference Optimization based on Self-Improver",
@@ -179,26 +195,9 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         self.reward_processing_classes = []
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._ref_synced_at_step: int | None = None
-        self.rewrite_health = RewriteHealth()  # warns once if the improver's rewrites rarely beat their drafts
         self.eval_metric = load_eval_metric(eval_metric if eval_metric is not None else args.eval_metric)
         self.dataset_name: str | None = None  # shown in the model card; set it to the Hub id of the training data
-        # Rows of (prompt, draft, rewrite or target, kept?) kept from each step, for `SGPOSampleTableCallback`.
-        self.num_sample_rows = 0
-        self.last_samples: list[dict[str, str]] = []
-        end_of_turn = self._stop_at_end_of_turn()
-        # Both roles' vLLM sampling on TRL's VLLMGeneration (after the end-of-turn token joined the stop ids).
-        self.vllm_roles = VLLMRoles(self) if args.use_vllm else None
-        # The seam for sampling: any callable with `Sampler.__call__`'s signature may replace it (tests do).
-        self.sampler: Callable[..., list[Completion]] = Sampler(self)
-        self.scorer = Scorer(self)  # the forward passes: separate, packed, selective logits
-        # prompts of both roles as token ids; completions padded for scoring, ended ones with the end-of-turn token
-        self.layout = PromptLayout(self, end_of_turn)
-        if args.log_completions:
-            self.add_callback(SGPOSampleTableCallback(self, num_rows=args.num_completions_to_print))
-        # Step 1's drafts sampled once from the initial policy (the paper's Figure 1), or None: fresh every step.
-        self.initial_drafts = InitialDrafts(self) if args.improver_warmup_drafts == "initial" else None
-        if readiness_rows is not None:  # Step 1 ends when the improver is ready (`improver_ready_at`)
-            self.add_callback(ImproverReadiness(self, readiness_rows))
+        self._build_stages(args, readiness_rows)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """Train; refuses a non-empty `output_dir` unless resuming or `overwrite_output_dir=True`."""
@@ -207,6 +206,101 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------ set-up
+
+    def _build_stages(self, args: SGPOConfig, readiness_rows: dict[str, list] | None) -> None:
+        """A step's stages, each handed what it needs; the run's callbacks that read them."""
+        end_of_turn = self._stop_at_end_of_turn()
+        device = self.accelerator.device
+        pad_token_id = self._tokenizer.pad_token_id
+        profile = functools.partial(profiling_context, self)
+        # Both roles' vLLM sampling on TRL's VLLMGeneration (after the end-of-turn token joined the stop ids).
+        self.vllm_roles = None
+        if args.use_vllm:
+            generation = build_vllm_generation(
+                args, self.model, self.accelerator, self.processing_class, self.eos_token_ids
+            )
+            current_step = lambda: self.state.global_step  # noqa: E731
+            self.vllm_roles = VLLMRoles(generation, args, self.eos_token_ids, current_step, profile)
+        # The seam for sampling: any callable with `Sampler.__call__`'s signature may replace it (tests do); the
+        # stages call it through `_sample`, so a replacement takes effect at once.
+        self.sampler: Callable[..., Any] = Sampler(
+            args,
+            self.generation_kwargs,
+            self.eos_token_ids,
+            pad_token_id,
+            self.accelerator,
+            profile,
+            wrapped_model=lambda: self.model_wrapped,
+            is_fsdp_enabled=self.is_fsdp_enabled,
+            vllm_roles=self.vllm_roles,
+        )
+        # prompts of both roles as token ids; completions padded for scoring, ended ones with the end-of-turn token
+        self.layout = PromptLayout(
+            self.processing_class,
+            args.improver_format,
+            args.improver_template,
+            args.improver_instruction,
+            end_of_turn,
+            pad_token_id,
+            device,
+        )
+        self.scorer = Scorer(  # the forward passes: separate, packed, selective logits
+            self.max_length,
+            pad_token_id,
+            device,
+            self.accelerator.unwrap_model,
+            args.policy_sft_weight,
+            select_logits=self.select_logits,
+            pack_shared_prefix=self.pack_shared_prefix,
+        )
+        self.draft = DraftStage(self.layout, self._sample)
+        self.rewrite = Rewriter(self.layout, self._sample, speculate=args.improver_speculative_tokens > 0)
+        self.choose = pair_source(args.pair_source, self.rewrite, args.improver_alpha)
+        self.improver_loss = ImproverLoss(self.scorer, self.layout, args)
+        self.dpo_loss = DPOLoss(
+            self.scorer, self._reference_logps, lambda: self.beta, args.loss_type, args.chosen_nll_weight
+        )
+        # What reads each step's record: the health signal (warns once if rewrites rarely beat their drafts), and
+        # every callback with an `on_step_record` method (the sample tables).
+        self.rewrite_health = RewriteHealth()
+        self.step_listeners: list[Callable[[StepRecord], None]] = [self.rewrite_health.on_step_record]
+        if args.log_completions:
+            self.add_callback(SGPOSampleTableCallback(self.processing_class, num_rows=args.num_completions_to_print))
+        # Step 1's drafts sampled once from the initial policy (the paper's Figure 1), or None: fresh every step.
+        self.initial_drafts = None
+        if args.improver_warmup_drafts == "initial":
+            self.initial_drafts = InitialDrafts(
+                self.draft,
+                self.train_dataset,
+                args,
+                self.accelerator.process_index,
+                self.accelerator.num_processes,
+                current_step=lambda: self.state.global_step,
+                warmup_cap=lambda: self.phase_callback.warmup_cap,
+            )
+        if readiness_rows is not None:  # Step 1 ends when the improver is ready (`improver_ready_at`)
+            self.add_callback(
+                ImproverReadiness(
+                    readiness_rows,
+                    self.draft,
+                    self.rewrite,
+                    self.processing_class,
+                    model=lambda: self.model_wrapped,
+                    phases=lambda: self.phase_callback,
+                    report=lambda name, value: self._metrics[name].append(value),
+                )
+            )
+
+    def _sample(self, *args: Any, **kwargs: Any) -> Any:
+        """The sampler seam as the stages call it: whatever `sampler` is now."""
+        return self.sampler(*args, **kwargs)
+
+    def _reference_logps(self, batch: DraftBatch, pair: Padded) -> torch.Tensor:
+        """The DPO reference model's per-token log-probabilities of ``pair`` (no gradients)."""
+        if self.ref_model is not None:
+            return self.scorer.pair_logps(self.ref_model, batch.prompt_ids, batch.prompt_mask, pair)
+        with self.model.disable_adapter():  # PEFT: the reference is the base model with the adapter disabled
+            return self.scorer.pair_logps(self.model, batch.prompt_ids, batch.prompt_mask, pair)
 
     def _stop_at_end_of_turn(self) -> int:
         """The chat template's end-of-turn token (`improver.end_of_turn_token`); generation stops on it too."""
@@ -247,7 +341,8 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         """One optimizer micro-step of the current phase (`_dpo_step` or `_improver_step`) on fresh policy samples.
 
         Losses are sums over the micro-batch scaled by ``1 / prompts in the accumulated batch``: exact under gradient
-        accumulation and data parallelism.
+        accumulation and data parallelism. The step's `StepRecord` goes to `step_listeners` and to every callback
+        with an `on_step_record` method.
         """
         model.train()
         phase = self.phase_callback.phase
@@ -255,38 +350,47 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
             self._sync_ref_model()
         self._set_phase_learning_rate(phase)
         stats = StepStats()
-        batch = self._step_drafts(model, inputs, phase)
+        synchronize = self.synchronize_stage_clock and self.accelerator.device.type == "cuda"
+        clock = StageClock(torch.cuda.synchronize if synchronize else None)
+        self.scorer.clock = clock
+        batch = self._step_drafts(model, inputs, phase, clock)
         stats.update(completion_stats("draft", batch.drafts))
         scale = 1.0 / (len(batch.prompts) * self.current_gradient_accumulation_steps)
+        record = StepRecord(self.state.global_step, phase, batch.rows, batch.drafts, batch.reference_texts)
         step = self._dpo_step if phase == DPO else self._improver_step
-        loss, shown, verdicts = step(model, batch, scale, stats)
-        if self.num_sample_rows and self.accelerator.is_main_process:
-            decode, rows = self.processing_class.decode, self.num_sample_rows
-            self.last_samples = sample_rows(
-                phase, batch.prompts, batch.drafts, shown, verdicts, decode, rows, batch.reference_texts
-            )
+        loss = step(model, batch, scale, stats, clock, record)
 
         step_values = reduce_stats(stats, self.accelerator)
         for name, value in step_values.items():
             self._metrics[name].append(value)
         self._metrics["sgpo/phase"].append(float(PHASE_IDS[phase]))
-        if phase == DPO and uses_improver(self.args.pair_source):
-            self.rewrite_health.observe(step_values["sgpo/rewrite_closer"])
         self._stop_if_not_finite(loss, phase)
         kwargs = {}
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             kwargs["scale_wrt_gas"] = False  # the loss is already divided by the accumulation steps
-        self.accelerator.backward(loss, **kwargs)
+        with clock.stage("backward"):
+            self.accelerator.backward(loss, **kwargs)
+        self.scorer.clock = None
+        record.loss, record.stats, record.seconds, record.work = loss.item(), step_values, clock.seconds, clock.work
+        self._publish(record)
         return loss.detach()
 
-    def _step_drafts(self, model: nn.Module, inputs: dict[str, Any], phase: str) -> DraftBatch:
+    def _publish(self, record: StepRecord) -> None:
+        """Hand a step's record to its readers: `step_listeners`, then the callbacks with `on_step_record`."""
+        for listener in self.step_listeners:
+            listener(record)
+        for callback in self.callback_handler.callbacks:
+            if hasattr(callback, "on_step_record"):
+                callback.on_step_record(record)
+
+    def _step_drafts(self, model: nn.Module, inputs: dict[str, Any], phase: str, clock: StageClock) -> DraftBatch:
         """The step's drafts: the policy's fresh samples, or in Step 1 with ``improver_warmup_drafts='initial'`` the
         next micro-batch of the initial policy's (`InitialDrafts`), whose rows replace the data loader's."""
         if self.initial_drafts is not None:
             if phase == IMPROVER and self.state.global_step < int(self.phase_callback.schedule.improver_warmup_steps):
                 return self.initial_drafts.next_batch(model)
             self.initial_drafts = None  # Step 1 is over: free the pool
-        return self._sample_drafts(model, inputs, keep_cache=phase == DPO and self._continues_drafts())
+        return self.draft(model, inputs, keep_cache=phase == DPO and self._continues_drafts(), clock=clock)
 
     def _continues_drafts(self) -> bool:
         """Whether the improver's rewrite is generated on the drafts' KV cache (next-turn format, transformers)."""
@@ -297,152 +401,54 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
             and not self.use_vllm
         )
 
-    def _sample_drafts(
-        self, model: nn.Module, inputs: dict[str, Any], keep_cache: bool = False, role: str = "policy"
-    ) -> DraftBatch:
-        """What both phases start from: the policy's drafts for the prompts, and the tokenized references.
-
-        ``keep_cache``: keep the drafts' KV cache in the batch, for the improver's next turn to continue from.
-        ``role``: the sampler's role for the drafts (``"eval"``: greedy, for Step 1's readiness).
-        """
-        prompts = inputs["prompt"]
-        policy_texts = self.layout.policy_prompt_texts(prompts)
-        prompt_ids, prompt_mask = self.layout.tokenize_prompts(policy_texts)
-        draft_cache = DraftCache() if keep_cache else None
-        drafts = self.sampler(model, policy_texts, prompt_ids, prompt_mask, role, cache=draft_cache)
-        reference_texts = [reference_text(completion) for completion in inputs["completion"]]
-        return DraftBatch(
-            prompts=prompts,
-            prompt_texts=policy_texts,
-            prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask,
-            drafts=drafts,
-            reference_texts=reference_texts,
-            references=[self.layout.reference_completion(text) for text in reference_texts],
-            draft_cache=draft_cache if draft_cache is not None and draft_cache.cache is not None else None,
-        )
-
     def _dpo_step(
-        self, model: nn.Module, batch: DraftBatch, scale: float, stats: StepStats
-    ) -> tuple[torch.Tensor, list[Completion], list[str]]:
-        """Chosen = the improver's rewrite of each draft (the reference with ``spin``, the mechanical edit with
-        ``edit``), rejected = the draft; degenerate pairs dropped; the DPO loss, plus the improver objective weighted
-        by ``improver_loss_weight``."""
-        args = self.args
-        loss = torch.zeros((), device=self.accelerator.device)
-        scores = None
-        if uses_improver(args.pair_source):
-            prompts = self.layout.improver_prompts(batch)
-            # the drafts go to the sampler only to speculate from: a custom sampler without the keyword still works
-            speculate = {"drafts": batch.drafts} if args.improver_speculative_tokens else {}
-            if batch.draft_cache is not None and prompts.generation_ids is not None:  # continue the drafts' cache
-                ids, mask = prompts.generation_ids, prompts.generation_mask
-                chosen = self.sampler(
-                    model, prompts.texts, ids, mask, "improver", cache=batch.draft_cache, **speculate
-                )
-            else:
-                chosen = self.sampler(model, prompts.texts, prompts.ids, prompts.mask, "improver", **speculate)
-            batch.draft_cache = None
-            if speculate and (speculation := getattr(self.sampler, "last_speculation", None)) is not None:
-                stats.add("sgpo/rewrite_tokens_from_draft", [speculation.accepted_share])
-            stats.update(completion_stats("improver", chosen))
-            if args.improver_loss_weight > 0:
-                targets, keep = self._improver_targets(batch, stats)
-                # Next turn: the improver's pass over (x, y, instruction, target) also scores the draft y, and,
-                # packed, the rewrite y' too; the DPO loss takes them from these scores.
-                scores = self.scorer.improver_scores(model, batch, prompts, targets, chosen)
-                improver_loss = self._improver_loss(batch, targets, keep, scores, scale, stats)
-                loss = loss + args.improver_loss_weight * improver_loss
-        elif args.pair_source == "edit":
-            alpha = args.improver_alpha
-            chosen = [edit_toward(draft, reference, alpha) for draft, reference in zip(batch.drafts, batch.references)]
-        else:  # spin
-            chosen = batch.references
-        pairs = filter_pairs(chosen, batch.drafts)
-        pair_stats(stats, chosen, batch.drafts, batch.references, pairs)
-        loss = loss + self._dpo_loss(model, batch, chosen, pairs.keep, scale, stats, scores)
-        return loss, chosen, [reason or "kept" for reason in pairs.reasons]
-
-    def _improver_step(
-        self, model: nn.Module, batch: DraftBatch, scale: float, stats: StepStats
-    ) -> tuple[torch.Tensor, list[Completion], list[str]]:
-        """The improver objective alone (Step 1 and the improver refreshes)."""
-        prompts = self.layout.improver_prompts(batch)
-        targets, keep = self._improver_targets(batch, stats)
-        scores = self.scorer.improver_scores(model, batch, prompts, targets)
-        loss = self._improver_loss(batch, targets, keep, scores, scale, stats)
-        return loss, targets, ["kept" if kept else "filtered" for kept in keep]
-
-    # ------------------------------------------------------------ objectives
-
-    def _improver_targets(self, batch: DraftBatch, stats: StepStats) -> tuple[list[Completion], list[bool]]:
-        """The improver's targets toward the references (``improver_target``) and which of them the filter keeps."""
-        targets, keep, sizes = improver_targets(batch.drafts, batch.references, self.args)
-        target_stats(stats, sizes, keep)
-        return targets, keep
-
-    def _improver_loss(
-        self,
-        batch: DraftBatch,
-        targets: list[Completion],
-        keep: list[bool],
-        scores: Scores,
-        scale: float,
-        stats: StepStats,
-    ) -> torch.Tensor:
-        """`objectives.improver_objective` on the scored targets (and references, for ``policy_sft_weight``)."""
-        _, target_mask = self.layout.pad_completions(targets)
-        _, reference_mask = self.layout.pad_completions(batch.references)
-        loss, values = improver_objective(
-            scores.target,
-            target_mask,
-            keep,
-            scores.reference,
-            reference_mask,
-            self.args.policy_sft_weight,
-            scale,
-        )
-        stats.update(values)
-        return loss
-
-    def _dpo_loss(
         self,
         model: nn.Module,
         batch: DraftBatch,
-        chosen: list[Completion],
-        keep: list[bool],
         scale: float,
         stats: StepStats,
-        scores: Scores | None = None,
+        clock: StageClock,
+        record: StepRecord,
     ) -> torch.Tensor:
-        """DPO on ``(chosen, drafts)`` under the policy prompt (`objectives.dpo_objective`), dropped pairs weighted 0.
+        """Chosen = the pair source's side (the improver's rewrite with ``sgpo``, the reference with ``spin``, the
+        mechanical edit with ``edit``), rejected = the draft; degenerate pairs dropped; the DPO loss, plus the
+        improver objective weighted by ``improver_loss_weight`` where the improver wrote the rewrites."""
+        args = self.args
+        side = self.choose(model, batch, clock)
+        chosen = side.completions
+        pair = self.layout.pad(chosen + batch.drafts)
+        loss = torch.zeros((), device=self.accelerator.device)
+        scores = None
+        if side.rewrites is not None:
+            if side.rewrites.speculation is not None:
+                stats.add("sgpo/rewrite_tokens_from_draft", [side.rewrites.speculation.accepted_share])
+            stats.update(completion_stats("improver", chosen))
+            record.rewrites = chosen
+            if args.improver_loss_weight > 0:
+                # Next turn: the improver's pass over (x, y, instruction, target) also scores the draft y, and,
+                # packed, the rewrite y' too; the DPO loss takes them from these scores.
+                terms = self.improver_loss(model, batch, side.rewrites.prompts, scale, stats, pair)
+                loss = loss + args.improver_loss_weight * terms.loss
+                scores, record.targets, record.target_kept = terms.scores, terms.targets, terms.keep
+        pairs = filter_pairs(chosen, batch.drafts)
+        pair_stats(stats, chosen, batch.drafts, batch.references, pairs)
+        loss = loss + self.dpo_loss(model, batch, pair, pairs.keep, scale, stats, scores)
+        record.chosen, record.pair_verdicts = chosen, [reason or "kept" for reason in pairs.reasons]
+        return loss
 
-        Its own forward pass (not batched with the template improver's rows, whose prompts are much longer: padding
-        both to one width wasted most of the compute); the gradient graphs meet in the step's one backward. Where
-        `Scorer.packs` allows, each prompt is one packed row ``[x | chosen | rejected]``, for the policy and the
-        reference model alike; ``scores`` holds what the next turn's fused pass already scored.
-        """
-        completion_ids, completion_mask = self.layout.pad_completions(chosen + batch.drafts)
-        token_logps = self.scorer.policy_pair_logps(model, batch, chosen, completion_ids, completion_mask, scores)
-        pair = (batch.prompt_ids, batch.prompt_mask, chosen, batch.drafts, completion_ids, completion_mask)
-        with torch.no_grad():
-            if self.ref_model is not None:
-                ref_logps = self.scorer.pair_logps(self.ref_model, *pair)
-            else:  # PEFT: the reference is the base model with the adapter disabled
-                with self.model.disable_adapter():
-                    ref_logps = self.scorer.pair_logps(self.model, *pair)
-        terms = dpo_objective(
-            token_logps,
-            ref_logps,
-            completion_mask,
-            keep,
-            self.beta,
-            self.args.loss_type,
-            self.args.chosen_nll_weight,
-            scale,
-        )
-        stats.update(terms.stats)
-        stats.add("beta", [self.beta])  # the same on every process, so its mean over processes is itself
+    def _improver_step(
+        self,
+        model: nn.Module,
+        batch: DraftBatch,
+        scale: float,
+        stats: StepStats,
+        clock: StageClock,
+        record: StepRecord,
+    ) -> torch.Tensor:
+        """The improver objective alone (Step 1 and the improver refreshes)."""
+        prompts = self.layout.improver_prompts(batch)
+        terms = self.improver_loss(model, batch, prompts, scale, stats)
+        record.targets, record.target_kept = terms.targets, terms.keep
         return terms.loss
 
     # ------------------------------------------------------- around the step

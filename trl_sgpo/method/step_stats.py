@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import torch
 from transformers.utils import logging
 
+from ..records import Completion, StepRecord
 from .improver import edit_distance
-from .pairs import DROP_REASONS, Completion, PairFilterResult
+from .pairs import DROP_REASONS, PairFilterResult
+from .schedule import DPO
 
 
 # The health warning: judged over the first DPO steps, raised once when fewer rewrites than this beat their draft.
@@ -114,6 +116,11 @@ class RewriteHealth:
         self.window, self.warn_below = window, warn_below
         self.history: list[float] = []
         self.checked = False
+
+    def on_step_record(self, record: StepRecord) -> None:
+        """Observe a step's record: DPO steps whose rewrites came from the improver (``sgpo/rewrite_closer``)."""
+        if record.phase == DPO and "sgpo/rewrite_closer" in record.stats and record.rewrites is not None:
+            self.observe(record.stats["sgpo/rewrite_closer"])
 
     def observe(self, closer: float) -> None:
         if self.checked:

@@ -8,7 +8,7 @@ replaced by plain words here.
 import os
 import re
 
-from .config import sgpo_field_names
+from ..config import sgpo_field_names
 
 
 # Parent settings that shape an SGPO run as much as SGPO's own fields do.

@@ -10,16 +10,16 @@ generates. The pool is freed when Step 1 ends.
 """
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from datasets import Dataset
 from transformers.utils import logging
 
-from .prompt_layout import DraftBatch
+from ..records import DraftBatch
+from ..step.drafts import DraftStage
 
-
-WARMUP_DRAFT_SOURCES = ("fresh", "initial")
 
 logger = logging.get_logger(__name__)
 
@@ -53,12 +53,31 @@ def pool_rows(dataset: Any, rows_wanted: int, micro_batch: int, seed: int, proce
 class InitialDrafts:
     """The pool of Step 1's drafts, sampled once from the model as it was before Step 1's first update.
 
-    ``trainer._sample_drafts`` samples each micro-batch of the pool (the policy's role, sampled as in every step);
+    The step's draft stage samples each micro-batch of the pool (the policy's role, sampled as in every step);
     `next_batch` hands the batches out in turn.
+
+    Args:
+        draft: the step's draft stage.
+        dataset: the training data the pool's rows come from.
+        args: the `SGPOConfig` (batch sizes, seed).
+        process_index, num_processes: this process among the run's.
+        current_step: the run's optimizer step now (a pool sampled after step 0 is said to be from resumed weights).
+        warmup_cap: Step 1's length as resolved for the run (`SGPOPhaseCallback.warmup_cap`), now.
     """
 
-    def __init__(self, trainer: Any):
-        self.trainer = trainer
+    def __init__(
+        self,
+        draft: DraftStage,
+        dataset: Any,
+        args: Any,
+        process_index: int,
+        num_processes: int,
+        current_step: Callable[[], int],
+        warmup_cap: Callable[[], int],
+    ):
+        self.draft, self.dataset, self.args = draft, dataset, args
+        self.process_index, self.num_processes = process_index, num_processes
+        self.current_step, self.warmup_cap = current_step, warmup_cap
         self.batches: list[DraftBatch] | None = None
         self.served = 0
 
@@ -71,27 +90,27 @@ class InitialDrafts:
         return batch
 
     def _sample(self, model: torch.nn.Module) -> list[DraftBatch]:
-        trainer, args = self.trainer, self.trainer.args
-        if trainer.state.global_step > 0:
+        args = self.args
+        if self.current_step() > 0:
             logger.warning(
                 "improver_warmup_drafts='initial' on a run resumed inside Step 1 (step %d): the pool's drafts come "
                 "from the resumed weights, not from the initial policy.",
-                trainer.state.global_step,
+                self.current_step(),
             )
         rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        steps = trainer.phase_callback.warmup_cap
-        processes = trainer.accelerator.num_processes
+        steps = self.warmup_cap()
+        processes = self.num_processes
         inputs = pool_rows(
-            trainer.train_dataset,
+            self.dataset,
             steps * rows_per_step * processes,
             args.per_device_train_batch_size,
             args.seed,
-            trainer.accelerator.process_index,
+            self.process_index,
             processes,
         )
         start = time.perf_counter()
         with torch.no_grad():
-            batches = [trainer._sample_drafts(model, micro_batch) for micro_batch in inputs]
+            batches = [self.draft(model, micro_batch) for micro_batch in inputs]
         drafts = sum(len(batch.drafts) for batch in batches) * processes
         logger.warning(
             "improver_warmup_drafts='initial': sampled %d drafts from the initial policy in %.1f s, for Step 1's up "

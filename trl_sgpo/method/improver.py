@@ -23,7 +23,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from .pairs import Completion
+from ..records import Completion
 
 
 TARGET_STRATEGIES = ("reference", "interpolate")

@@ -10,16 +10,21 @@ is logged (``sgpo/improver_readiness``, and ``sgpo/readiness_rewrite_closer``, t
 and said at warning level, so the curve is on the console.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from torch import nn
+from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
-from .improver import edit_distance, token_overlap
-from .schedule import IMPROVER
+from ..method.improver import edit_distance, token_overlap
+from ..method.schedule import IMPROVER
+from ..step.drafts import DraftStage
+from ..step.rewrite import Rewriter
+from .phases import SGPOPhaseCallback
 
 
 logger = logging.get_logger(__name__)
@@ -70,35 +75,53 @@ def readiness_of(drafts, rewrites, references) -> tuple[float, float]:
 
 
 class ImproverReadiness(TrainerCallback):
-    """Measures the improver on held-out rows during Step 1 and ends Step 1 once it is ready (see the module)."""
+    """Measures the improver on held-out rows during Step 1 and ends Step 1 once it is ready (see the module).
 
-    def __init__(self, trainer: Any, rows: dict[str, list]):
-        self.trainer = trainer
-        self.rows = rows  # the held-out prompts and completions (columns of a Dataset slice)
+    Args:
+        rows: the held-out prompts and completions (columns of a Dataset slice, `set_aside_readiness_rows`).
+        draft: the step's draft stage (greedy here).
+        rewrite: the step's improver stage (greedy here).
+        tokenizer: decodes the example shown on the console.
+        model: the model as the run wraps it, now.
+        phases: the run's phase callback, now (it is replaced on resume).
+        report: logs a named value with the step's metrics.
+    """
+
+    def __init__(
+        self,
+        rows: dict[str, list],
+        draft: DraftStage,
+        rewrite: Rewriter,
+        tokenizer: PreTrainedTokenizerBase,
+        model: Callable[[], nn.Module],
+        phases: Callable[[], SGPOPhaseCallback],
+        report: Callable[[str, float], None],
+    ):
+        self.rows = rows
+        self.draft, self.rewrite, self.tokenizer = draft, rewrite, tokenizer
+        self.model, self.phases, self.report = model, phases, report
         self.curve: list[tuple[int, float, float]] = []  # (global step, readiness, edit-distance closer share)
 
     def measure(self) -> tuple[float, float, str]:
         """The readiness of the current model on the held-out rows (greedy drafts and rewrites), the edit-distance
         share beside it, and the first row as ``draft -> rewrite (reference)`` to show on the console."""
-        trainer = self.trainer
-        model = trainer.model_wrapped
+        model = self.model()
         was_training = model.training
         model.eval()
-        batch = trainer._sample_drafts(model, self.rows, role="eval")  # a DPO step's first stage, greedy
+        batch = self.draft(model, self.rows, role="eval")  # a DPO step's first stage, greedy
         drafts = batch.drafts
-        prompts = trainer.layout.improver_prompts(batch)
-        rewrites = trainer.sampler(model, prompts.texts, prompts.ids, prompts.mask, "improver_greedy", cache=None)
+        rewrites = self.rewrite(model, batch, role="improver_greedy").completions
         model.train(was_training)
 
         def shown(completion) -> str:
-            text = trainer.processing_class.decode(completion.token_ids, skip_special_tokens=True)
+            text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
             return repr(text if len(text) <= 60 else text[:57] + "...")
 
         example = f"{shown(drafts[0])} -> {shown(rewrites[0])} (reference {batch.reference_texts[0][:60]!r})"
         return (*readiness_of(drafts, rewrites, batch.references), example)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        phases = self.trainer.phase_callback
+        phases = self.phases()
         step = state.global_step  # steps done; the next step's index
         if phases.warmup_ended_at is not None or phases.phase != IMPROVER or step > phases.warmup_cap:
             return
@@ -119,8 +142,8 @@ class ImproverReadiness(TrainerCallback):
         broadcast_object_list(measured, from_process=0)  # every process decides alike
         readiness, closer, example = measured
         self.curve.append((step, readiness, closer))
-        self.trainer._metrics["sgpo/improver_readiness"].append(readiness)
-        self.trainer._metrics["sgpo/readiness_rewrite_closer"].append(closer)
+        self.report("sgpo/improver_readiness", readiness)
+        self.report("sgpo/readiness_rewrite_closer", closer)
         ready = readiness >= args.improver_ready_at
         logger.warning(
             "Step 1 readiness at step %d: %.0f%% of %d held-out rewrites gain token overlap with the reference "

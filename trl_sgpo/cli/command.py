@@ -21,14 +21,14 @@ from transformers.utils import logging
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 from trl.trainer.callbacks import RichProgressCallback
 
-from .config import SGPOConfig, sgpo_field_names
-from .data import prepare_training_data
-from .data_files import load_train_and_eval
-from .deepspeed_models import deepspeed_stage
-from .output_dir import check_output_dir
-from .preflight import check_eval_data, check_options
-from .toy.world import TOY_IMPROVER_INSTRUCTION
-from .trainer import SGPOTrainer
+from ..config import SGPOConfig, sgpo_field_names
+from ..data.files import load_train_and_eval
+from ..data.formats import prepare_training_data
+from ..preflight import check_eval_data, check_options
+from ..run.deepspeed_models import deepspeed_stage
+from ..run.output_dir import check_output_dir
+from ..toy.world import TOY_IMPROVER_INSTRUCTION
+from ..trainer import SGPOTrainer
 
 
 logger = logging.get_logger(__name__)
@@ -171,7 +171,7 @@ def _quality_table(before: dict, after: dict, regime: str) -> Table:
 def _builtin_scores(model, tokenizer, dataset, temperature: float) -> dict[str, float]:
     """Held-out scores of the built-in world: exact match of sampled answers (4 per prompt, at the training
     temperature: the distribution SGPO trains, and the headline of benchmarks/quality.py), and of greedy answers."""
-    from .toy import evaluate_model, pass_at_k
+    from ..toy import evaluate_model, pass_at_k
 
     greedy = evaluate_model(model, tokenizer, dataset)
     sampled = pass_at_k(model, tokenizer, dataset, k=4, temperature=temperature)
@@ -265,12 +265,7 @@ def _train(script_args, training_args, model_args, data) -> dict:
     console = Console()
     builtin = data is None
     if builtin:
-        from .toy import (
-            TOY_CHECKPOINT_DIR,
-            TOY_IMPROVER_TEMPLATE,
-            make_dataset,
-            toy_checkpoint_metadata,
-        )
+        from ..toy import TOY_CHECKPOINT_DIR, TOY_IMPROVER_TEMPLATE, make_dataset, toy_checkpoint_metadata
 
         torch.set_num_threads(1)  # a 0.9M-parameter model runs faster on one thread than on contended cores
         if training_args.improver_template == SGPOConfig.improver_template:

@@ -1,121 +1,96 @@
 """The prompt layout: what each role is prompted with, as token ids, and how completions are laid out for scoring.
 
-`PromptLayout` (the trainer's ``layout``) renders the policy's prompts with the chat template, builds the improver's
-prompts in both formats (the single-turn template, or the next turn of the policy's own conversation, from token
-ids so that the draft's prefix stays exactly what was sampled), and pads completions (content, then the EOS a
-completion ended on) for the forward passes.
+`PromptLayout` renders the policy's prompts with the chat template, builds the improver's prompts in both formats
+(the single-turn template, or the next turn of the policy's own conversation, from token ids so that the draft's
+prefix stays exactly what was sampled), and pads completions (content, then the end-of-turn token a finished
+completion is scored with) for the forward passes, once per side (`Padded`).
 """
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
+from transformers import PreTrainedTokenizerBase
 from trl.data_utils import maybe_apply_chat_template
 
-from .improver import next_turn_suffix, render_improver_prompt, uses_reference
-from .pairs import Completion
-
-
-@dataclass
-class ImproverPrompts:
-    """The improver's prompts: texts (for vLLM), left-padded ids and mask; next-turn extras where they apply.
-
-    ``rejected_lengths`` / ``after_lengths`` (next turn): tokens of each draft (with its EOS) inside the prompt, and
-    of the new turn after it. ``generation_ids`` / ``generation_mask``: the layout that continues the drafts' cache.
-    """
-
-    texts: list[str]
-    ids: torch.Tensor
-    mask: torch.Tensor
-    rejected_lengths: list[int] | None = None
-    after_lengths: list[int] | None = None
-    generation_ids: torch.Tensor | None = None
-    generation_mask: torch.Tensor | None = None
-
-    @property
-    def next_turn(self) -> bool:
-        """Whether these are next-turn prompts (the policy's conversation continued, each draft inside its row)."""
-        return self.rejected_lengths is not None
-
-
-@dataclass
-class DraftBatch:
-    """One micro-batch as both phases see it: prompts (raw and tokenized), the policy's drafts, the references, and
-    (next turn) the drafts' KV cache for the rewrite to continue from."""
-
-    prompts: list
-    prompt_texts: list[str]  # the policy prompts as rendered (chat template)
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    drafts: list[Completion]
-    reference_texts: list[str]
-    references: list[Completion]
-    draft_cache: Any = None  # a filled `sampling.DraftCache`, or None
+from ..method.improver import ImproverTemplate, next_turn_suffix, render_improver_prompt, uses_reference
+from ..records import Completion, DraftBatch, ImproverPrompts, Padded
 
 
 class PromptLayout:
-    """Prompts and padded completions for `SGPOTrainer`'s steps; reads the trainer's tokenizer, args and device.
+    """Prompts and padded completions for a step's stages.
 
-    ``end_of_turn``: the token a finished completion is scored with (`improver.end_of_turn_token`: the chat
-    template's, for conversational data).
+    Args:
+        tokenizer: the trainer's tokenizer (its chat template renders both roles' prompts).
+        improver_format: ``"template"`` or ``"next_turn"`` (resolved, not ``"auto"``).
+        improver_template: the template of the ``"template"`` format.
+        improver_instruction: the user turn of the ``"next_turn"`` format.
+        end_of_turn: the token a finished completion is scored with (`method.improver.end_of_turn_token`: the chat
+            template's, for conversational data).
+        pad_token_id: the padding id of the rows.
+        device: where the tensors go.
     """
 
-    def __init__(self, trainer: Any, end_of_turn: int):
-        self.trainer = trainer
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        improver_format: str,
+        improver_template: ImproverTemplate,
+        improver_instruction: str,
+        end_of_turn: int,
+        pad_token_id: int,
+        device: torch.device,
+    ):
+        self.tokenizer = tokenizer
+        self.improver_format = improver_format
+        self.improver_template = improver_template
+        self.improver_instruction = improver_instruction
         self.end_of_turn = end_of_turn
+        self.pad_token_id = pad_token_id
+        self.device = device
 
     def tokenize_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.trainer.processing_class(
+        batch = self.tokenizer(
             text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
         )
-        device = self.trainer.accelerator.device
-        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
     def policy_prompt_texts(self, prompts: list) -> list[str]:
-        return [
-            maybe_apply_chat_template({"prompt": prompt}, self.trainer.processing_class)["prompt"]
-            for prompt in prompts
-        ]
+        return [maybe_apply_chat_template({"prompt": prompt}, self.tokenizer)["prompt"] for prompt in prompts]
 
     def reference_completion(self, text: str) -> Completion:
-        ids = self.trainer.processing_class(text=text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(text=text, add_special_tokens=False)["input_ids"]
         return Completion(list(ids), ended=True)
 
-    def pad_completions(self, completions: list[Completion]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ids (content, then EOS if the completion ended) and their mask."""
-        width = max(1, *(len(c.token_ids) + int(c.ended) for c in completions))
-        ids = torch.full((len(completions), width), self.trainer._tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(completions), width), dtype=torch.long)
-        for row, completion in enumerate(completions):
-            tokens = self.completion_tokens(completion)
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, : len(tokens)] = 1
-        device = self.trainer.accelerator.device
-        return ids.to(device), mask.to(device)
-
     def completion_tokens(self, completion: Completion) -> list[int]:
-        """The tokens a completion is scored on: its content, then its EOS if it ended."""
+        """The tokens a completion is scored on: its content, then the end-of-turn token if it ended."""
         return completion.scored_tokens(self.end_of_turn)
+
+    def pad(self, completions: list[Completion]) -> Padded:
+        """The completions as scored (`completion_tokens`), and right-padded as ids and mask."""
+        tokens = [self.completion_tokens(completion) for completion in completions]
+        width = max(1, *map(len, tokens))
+        ids = torch.full((len(tokens), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(tokens), width), dtype=torch.long)
+        for row, row_tokens in enumerate(tokens):
+            ids[row, : len(row_tokens)] = torch.tensor(row_tokens, dtype=torch.long)
+            mask[row, : len(row_tokens)] = 1
+        return Padded(tokens, ids.to(self.device), mask.to(self.device))
 
     def improver_prompts(self, batch: DraftBatch) -> ImproverPrompts:
         """The improver prompts for each (prompt, draft), showing the reference where the template asks, tokenized."""
-        if self.trainer.args.improver_format == "next_turn":
+        if self.improver_format == "next_turn":
             return self.next_turn_prompts(batch)
-        draft_texts = self.trainer.processing_class.batch_decode(
-            [d.token_ids for d in batch.drafts], skip_special_tokens=True
-        )
-        show_reference = uses_reference(self.trainer.args.improver_template)
+        draft_texts = self.tokenizer.batch_decode([d.token_ids for d in batch.drafts], skip_special_tokens=True)
+        show_reference = uses_reference(self.improver_template)
         texts = [
             render_improver_prompt(
-                self.trainer.args.improver_template,
+                self.improver_template,
                 prompt,
                 draft,
-                self.trainer.processing_class,
+                self.tokenizer,
                 reference=reference if show_reference else None,
             )
             for prompt, draft, reference in zip(batch.prompts, draft_texts, batch.reference_texts)
         ]
-        return ImproverPrompts(texts, *self.tokenize_prompts(texts))
+        return ImproverPrompts(*self.tokenize_prompts(texts))
 
     def next_turn_prompts(self, batch: DraftBatch) -> ImproverPrompts:
         """The improver's prompt as the next turn of each row's conversation, built from token ids.
@@ -135,18 +110,18 @@ class PromptLayout:
         ``<|eom_id|>``): the cache holds that token where the conversation has the end of turn, so the rewrite is
         generated from the rows instead.
         """
-        show_reference = uses_reference(self.trainer.args.improver_instruction)
+        show_reference = uses_reference(self.improver_instruction)
         suffix_texts = [
             next_turn_suffix(
-                self.trainer.args.improver_instruction,
+                self.improver_instruction,
                 prompt,
-                self.trainer.processing_class,
+                self.tokenizer,
                 reference=reference if show_reference else None,
                 policy_prompt=policy_text,  # each row: the template must continue what the policy saw
             )
             for prompt, reference, policy_text in zip(batch.prompts, batch.reference_texts, batch.prompt_texts)
         ]
-        suffixes = self.trainer.processing_class(text=suffix_texts, add_special_tokens=False)["input_ids"]
+        suffixes = self.tokenizer(text=suffix_texts, add_special_tokens=False)["input_ids"]
         end_of_turn = self.end_of_turn
         rows, rejected_lengths, afters = [], [], []
         for prompt_row, mask_row, draft, suffix in zip(
@@ -159,9 +134,8 @@ class PromptLayout:
             rows.append(prompt + rejected + after)
             rejected_lengths.append(len(rejected))
             afters.append(after)
-        texts = self.trainer.processing_class.batch_decode(rows, skip_special_tokens=False)
         ids, mask = self.left_pad(rows)
-        prompts = ImproverPrompts(texts, ids, mask, rejected_lengths, [len(after) for after in afters])
+        prompts = ImproverPrompts(ids, mask, rejected_lengths, [len(after) for after in afters])
         cache = batch.draft_cache
         if cache is not None and not any(draft.ended_off_turn(end_of_turn) for draft in batch.drafts):
             after_ids, after_mask = self.left_pad(afters)
@@ -172,11 +146,10 @@ class PromptLayout:
     def left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and mask of token-id rows (at least one column)."""
         width = max(1, *(len(row) for row in rows))
-        ids = torch.full((len(rows), width), self.trainer._tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for index, row in enumerate(rows):
             if row:
                 ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
                 mask[index, width - len(row) :] = 1
-        device = self.trainer.accelerator.device
-        return ids.to(device), mask.to(device)
+        return ids.to(self.device), mask.to(self.device)

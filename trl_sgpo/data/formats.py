@@ -16,9 +16,10 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .improver import next_turn_suffix, render_improver_prompt
-from .pairs import reference_text, uses_improver
-from .prompt_lengths import ROWS_CHECKED_IN_STREAMS, fit_prompts, prompt_budget
+from ..data.prompt_lengths import ROWS_CHECKED_IN_STREAMS, fit_prompts, prompt_budget
+from ..data.rows import reference_text
+from ..method.improver import next_turn_suffix, render_improver_prompt
+from ..method.pairs import uses_improver
 
 
 # The next-turn check renders the first row of each sequence of roles among this many rows (cheap; templates branch on

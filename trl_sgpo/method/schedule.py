@@ -14,6 +14,9 @@ from dataclasses import dataclass, replace
 IMPROVER = "improver"
 DPO = "dpo"
 PHASE_IDS = {IMPROVER: 0, DPO: 1}  # logged as `sgpo/phase`, trackers want numbers
+# Where Step 1's drafts come from: fresh samples of the current model each step, or the initial policy's, sampled
+# once before Step 1 (`run.initial_drafts`).
+WARMUP_DRAFT_SOURCES = ("fresh", "initial")
 
 
 def resolve_warmup_steps(improver_warmup_steps: float, max_steps: int) -> int:

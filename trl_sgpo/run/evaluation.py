@@ -7,7 +7,7 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 
-from .pairs import reference_text
+from ..data.rows import reference_text
 
 
 def load_eval_metric(metric: Any) -> Any:
@@ -20,7 +20,8 @@ def load_eval_metric(metric: Any) -> Any:
 
 
 class EvaluationMixin:
-    """Needs the trainer's ``layout``, ``scorer``, ``sampler``, ``eval_metric`` and ``processing_class``."""
+    """A part of `SGPOTrainer`: needs its ``layout``, ``scorer``, ``draft`` (stage), ``eval_metric`` and
+    ``processing_class``."""
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys=None
@@ -32,13 +33,12 @@ class EvaluationMixin:
         """
         texts = self.layout.policy_prompt_texts(inputs["prompt"])
         prompt_ids, prompt_mask = self.layout.tokenize_prompts(texts)
-        references = [
-            self.layout.reference_completion(reference_text(completion)) for completion in inputs["completion"]
-        ]
-        completion_ids, completion_mask = self.layout.pad_completions(references)
+        references = self.layout.pad(
+            [self.layout.reference_completion(reference_text(completion)) for completion in inputs["completion"]]
+        )
         with torch.no_grad():
-            logps = self.scorer.forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-            loss = -(logps * completion_mask).sum() / completion_mask.sum()
+            logps = self.scorer.forward(model, prompt_ids, prompt_mask, references.ids, references.mask)
+            loss = -(logps * references.mask).sum() / references.mask.sum()
         return loss.detach(), None, None
 
     def evaluation_loop(
@@ -55,14 +55,12 @@ class EvaluationMixin:
         predictions, references = [], []
         model = self.model_wrapped
         model.eval()
-        for batch in dataloader:
-            texts = self.layout.policy_prompt_texts(batch["prompt"])
-            prompt_ids, prompt_mask = self.layout.tokenize_prompts(texts)
-            completions = self.sampler(model, texts, prompt_ids, prompt_mask, "eval", cache=None)
+        for rows in dataloader:
+            batch = self.draft(model, rows, role="eval")  # greedy answers
             predictions += self.processing_class.batch_decode(
-                [c.token_ids for c in completions], skip_special_tokens=True
+                [c.token_ids for c in batch.drafts], skip_special_tokens=True
             )
-            references += [reference_text(completion) for completion in batch["completion"]]
+            references += batch.reference_texts
         predictions, references = gather_object(predictions), gather_object(references)
         if callable(self.eval_metric) and not hasattr(self.eval_metric, "compute"):
             scores = self.eval_metric(predictions=predictions, references=references)

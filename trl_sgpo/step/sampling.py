@@ -1,12 +1,13 @@
 """Sampling for both roles: one completion per prompt, with transformers `generate` or vLLM, and the draft's cache.
 
 `SGPOTrainer` asks its ``sampler`` (a `Sampler` by default) for the policy's drafts, the improver's rewrites and
-greedy evaluation answers. The sampler is the trainer's seam for tests and benchmarks: any callable
-``sampler(model, texts, prompt_ids, prompt_mask, role, cache=None) -> list[Completion]`` can take its place.
+greedy evaluation answers. The sampler is the trainer's seam for tests: any callable
+``sampler(model, prompt_ids, prompt_mask, role, cache=None, drafts=None) -> list[Completion]`` can take its place.
 """
 
 import copy
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +17,9 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import GenerationConfig
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 from trl.experimental.utils import truncate_right
-from trl.extras.profiling import profiling_context
 from trl.models.utils import unwrap_model_for_generation
 
-from .pairs import Completion
+from ..records import Completion
 from .speculation import SpeculationStats, speculative_generate, unsupported_settings
 
 
@@ -51,25 +51,65 @@ class DraftCache:
     generated_mask: torch.Tensor | None = None
 
 
-class Sampler:
-    """One completion per prompt for a role (``"policy"``, ``"improver"`` or ``"eval"``, greedy).
+def generation_work(prompt_ids: torch.Tensor, completions: list[Completion], cached: int = 0) -> dict[str, float]:
+    """What one generation call did, for a step's record: its rows, the prompt tokens fed in (``cached`` tokens per
+    row were already in a KV cache and are not fed again), and the tokens generated (an EOS counts as one)."""
+    rows = prompt_ids.size(0)
+    return {
+        "generate_calls": 1,
+        "generated_rows": rows,
+        "generation_prompt_tokens": prompt_ids.numel() - cached * rows,
+        "generation_cached_tokens": cached * rows,
+        "generated_tokens": sum(len(c.token_ids) + int(c.ended) for c in completions),
+    }
 
-    Built by `SGPOTrainer` after the parent's set-up, whose transformers generation settings it uses (held through
-    ``trainer``); with ``use_vllm`` it samples through ``trainer.vllm_roles`` (`vllm_engine.VLLMRoles`). The
-    improver has its own temperature, top-p and length (``improver_temperature``, ``improver_top_p``,
+
+class Sampler:
+    """One completion per prompt for a role (``"policy"``, ``"improver"``; ``"eval"`` and ``"improver_greedy"``:
+    greedy).
+
+    The improver has its own temperature, top-p and length (``improver_temperature``, ``improver_top_p``,
     ``improver_max_new_tokens``; unset: the policy's).
+
+    Args:
+        args: the `SGPOConfig`.
+        generation_kwargs: the policy's transformers generation settings (TRL's online DPO trainer builds them).
+        eos_token_ids: the ids generation stops on (the chat template's end-of-turn token among them).
+        pad_token_id: the padding id of generated rows.
+        accelerator: the run's `accelerate.Accelerator` (unwrapping the model for generation).
+        profile: a context manager per named stage (TRL's `profiling_context`, bound to the trainer).
+        wrapped_model: the model as the run wraps it (FSDP gathers its parameters for generation).
+        is_fsdp_enabled: whether the run shards the model with FSDP.
+        vllm_roles: samples with vLLM (`vllm_engine.VLLMRoles`) instead of transformers, when given.
     """
 
-    def __init__(self, trainer: Any):
-        self.trainer = trainer
-        args = trainer.args
+    def __init__(
+        self,
+        args: Any,
+        generation_kwargs: dict[str, Any],
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        accelerator: Any,
+        profile: Callable[[str], AbstractContextManager],
+        wrapped_model: Callable[[], nn.Module],
+        is_fsdp_enabled: bool = False,
+        vllm_roles: Any = None,
+    ):
+        self.args = args
+        self.eos_token_ids = eos_token_ids
+        self.pad_token_id = pad_token_id
+        self.accelerator = accelerator
+        self.profile = profile
+        self.wrapped_model = wrapped_model
+        self.is_fsdp_enabled = is_fsdp_enabled
+        self.vllm_roles = vllm_roles
         improver_temperature, improver_top_p, self.improver_max_new_tokens = improver_sampling(args)
         # The KV cache, always (unless generation_kwargs says otherwise): the parent turns it off under gradient
         # checkpointing, yet `unwrap_model_for_generation` disables checkpointing while generating, so the cache is
         # safe there; without it every token recomputes the whole sequence and the next turn has no draft cache.
         use_cache = (args.generation_kwargs or {}).get("use_cache", True)
         # eos_token_id: the trainer's, which includes the chat template's end-of-turn token
-        policy_kwargs = {**trainer.generation_kwargs, "use_cache": use_cache, "eos_token_id": trainer.eos_token_ids}
+        policy_kwargs = {**generation_kwargs, "use_cache": use_cache, "eos_token_id": eos_token_ids}
         improver_kwargs = {
             **policy_kwargs,
             "max_new_tokens": self.improver_max_new_tokens,
@@ -92,7 +132,6 @@ class Sampler:
             "improver_greedy": (GenerationConfig(**improver_greedy), improver_greedy),  # Step 1's readiness
         }
         self.speculative_tokens = args.improver_speculative_tokens
-        self.last_speculation: SpeculationStats | None = None  # what the last speculated rewrite did
         if self.speculative_tokens and (unsupported := unsupported_settings(self.hf_generation["improver"][0])):
             raise ValueError(
                 f"improver_speculative_tokens cannot reproduce the improver's sampling with {', '.join(unsupported)} "
@@ -102,12 +141,12 @@ class Sampler:
     def __call__(
         self,
         model: nn.Module,
-        texts: list[str],
         prompt_ids: torch.Tensor,
         prompt_mask: torch.Tensor,
         role: str,
         cache: DraftCache | None = None,
         drafts: list[Completion] | None = None,
+        speculation: SpeculationStats | None = None,
     ) -> list[Completion]:
         """One completion per prompt for ``role``.
 
@@ -115,10 +154,10 @@ class Sampler:
         and generated tokens; for the improver, a filled one that the generation continues from (``prompt_ids`` are
         then laid out as the cached prompt and drafts followed by the new turn, see `PromptLayout.next_turn_prompts`).
         vLLM ignores it: its prefix caching reuses the shared prefix by itself. ``drafts`` (the improver, with
-        ``improver_speculative_tokens``): the drafts being rewritten, whose tokens the rewrite is speculated from.
+        ``improver_speculative_tokens``): the drafts being rewritten, whose tokens the rewrite is speculated from;
+        ``speculation`` receives what the speculation did (`SpeculationStats`).
         """
-        trainer = self.trainer
-        if trainer.use_vllm:
+        if self.vllm_roles is not None:
             return self._sample_vllm(prompt_ids, prompt_mask, role)
         generation_config, generation_kwargs = self.hf_generation[role]
         extra: dict[str, Any] = {}
@@ -128,22 +167,23 @@ class Sampler:
             generation_config = copy.deepcopy(generation_config)
             generation_config.return_dict_in_generate = True
         with (
-            profiling_context(trainer, f"transformers.generate.{role}"),
+            self.profile(f"transformers.generate.{role}"),
             unwrap_model_for_generation(
                 model,
-                trainer.accelerator,
-                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                 generation_kwargs=generation_kwargs,
                 # re-enabled after generation with the user's settings (upstream's default drops them)
-                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped_model,
             torch.no_grad(),
-            FSDP.summon_full_params(trainer.model_wrapped, recurse=False)
-            if trainer.is_fsdp_enabled
-            else nullcontext(),
+            FSDP.summon_full_params(self.wrapped_model(), recurse=False) if self.is_fsdp_enabled else nullcontext(),
         ):
             if drafts is not None and self.speculative_tokens and role.startswith("improver"):
-                output = self._speculate(unwrapped_model, prompt_ids, prompt_mask, drafts, generation_config, extra)
+                stats = speculation if speculation is not None else SpeculationStats()
+                output = self._speculate(
+                    unwrapped_model, prompt_ids, prompt_mask, drafts, generation_config, extra, stats
+                )
             else:
                 output = unwrapped_model.generate(
                     input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config, **extra
@@ -155,33 +195,30 @@ class Sampler:
             cache.cache = kv if kv is not None else getattr(output, "past_key_values", None)
             output = output.sequences
             cache.generated_ids = output[:, prompt_ids.size(1) :]
-            cache.generated_mask = truncate_right(
-                cache.generated_ids, trainer.eos_token_ids, trainer._tokenizer.pad_token_id
-            )[1]
+            cache.generated_mask = truncate_right(cache.generated_ids, self.eos_token_ids, self.pad_token_id)[1]
         return self._split_completions(output[:, prompt_ids.size(1) :])
 
-    def _speculate(self, model, prompt_ids, prompt_mask, drafts, generation_config, extra) -> torch.Tensor:
+    def _speculate(self, model, prompt_ids, prompt_mask, drafts, generation_config, extra, stats) -> torch.Tensor:
         """The rewrites speculated from the drafts' tokens (`speculation.speculative_generate`), on the drafts' cache
-        where there is one; what it did is kept in ``last_speculation``."""
+        where there is one; what it did is added to ``stats``."""
         # `generate` fills what the config leaves unset from the model's own generation config: the same here
         resolved, _ = model._prepare_generation_config(copy.deepcopy(generation_config))
         draft_tokens = [d.token_ids + ([d.end_token] if d.end_token is not None else []) for d in drafts]
-        self.last_speculation = SpeculationStats()
         return speculative_generate(
             model,
             prompt_ids,
             prompt_mask,
             draft_tokens,
             resolved,
-            self.trainer.eos_token_ids,
+            self.eos_token_ids,
             cache=extra.get(_CACHE_KWARG),
             num_speculative_tokens=self.speculative_tokens,
-            stats=self.last_speculation,
+            stats=stats,
         )
 
     def _split_completions(self, completion_ids: torch.Tensor) -> list[Completion]:
         """Generated rows -> content tokens up to the first EOS, and whether an EOS was sampled at all."""
-        eos_token_ids, pad_token_id = self.trainer.eos_token_ids, self.trainer._tokenizer.pad_token_id
+        eos_token_ids, pad_token_id = self.eos_token_ids, self.pad_token_id
         completion_ids, mask = truncate_right(completion_ids, eos_token_ids, pad_token_id)
         return [
             Completion.from_generated(ids[: sum(row_mask)], eos_token_ids)
@@ -189,16 +226,16 @@ class Sampler:
         ]
 
     def _sample_vllm(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, role: str) -> list[Completion]:
-        """vLLM sampling (`trainer.vllm_roles`, on TRL's `VLLMGeneration`) from the prompts' token ids.
+        """vLLM sampling (`vllm_roles`, on TRL's `VLLMGeneration`) from the prompts' token ids.
 
         Token ids, not text: the improver's next-turn prompt holds the draft exactly as sampled, which decoding and
         re-tokenizing does not always give back (and a rendered Llama 3 prompt tokenized again gets a second BOS).
         """
-        roles = self.trainer.vllm_roles
+        roles = self.vllm_roles
         prompts = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids, prompt_mask)]  # without left padding
         completion_ids = roles(prompts, role)
         # Shorter than max_tokens without an EOS: stopped by a stop token vLLM left out of the ids.
         return [
-            Completion.from_generated(ids, self.trainer.eos_token_ids, stopped=len(ids) < roles.max_tokens(role))
+            Completion.from_generated(ids, self.eos_token_ids, stopped=len(ids) < roles.max_tokens(role))
             for ids in completion_ids
         ]

@@ -17,8 +17,9 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .improver import next_turn_suffix, render_improver_prompt, uses_reference
-from .pairs import reference_text, uses_improver
+from ..data.rows import reference_text
+from ..method.improver import next_turn_suffix, render_improver_prompt, uses_reference
+from ..method.pairs import uses_improver
 
 
 LONG_PROMPT_MODES = ("error", "drop", "truncate")

@@ -10,10 +10,9 @@ level-2 sleep, as it must). The trainer keeps TRL's online DPO trainer from buil
 (`SGPOTrainer.__init__`).
 """
 
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
-
-from trl.extras.profiling import profiling_context
 
 from .sampling import improver_sampling
 
@@ -47,16 +46,17 @@ def role_settings(args: Any, eos_token_ids: list[int]) -> dict[str, dict[str, An
     }
 
 
-def build_vllm_generation(trainer: Any) -> Any:
-    """`VLLMGeneration` for the trainer's model, configured from its `SGPOConfig` as GRPO configures it."""
+def build_vllm_generation(
+    args: Any, model: Any, accelerator: Any, processing_class: Any, eos_token_ids: list[int]
+) -> Any:
+    """`VLLMGeneration` for ``model``, configured from its `SGPOConfig` (``args``) as GRPO configures it."""
     from trl.generation.vllm_generation import VLLMGeneration
 
-    args = trainer.args
-    policy = role_settings(args, trainer.eos_token_ids)["policy"]
+    policy = role_settings(args, eos_token_ids)["policy"]
     return VLLMGeneration(
-        model=trainer.model,
-        accelerator=trainer.accelerator,
-        processing_class=trainer.processing_class,
+        model=model,
+        accelerator=accelerator,
+        processing_class=processing_class,
         mode=args.vllm_mode,
         structured_outputs_regex=args.vllm_structured_outputs_regex,
         server_base_url=args.vllm_server_base_url,
@@ -75,22 +75,38 @@ def build_vllm_generation(trainer: Any) -> Any:
 
 
 class VLLMRoles:
-    """Sample one completion per prompt for a role with one `VLLMGeneration`, one weight push per optimizer step."""
+    """Sample one completion per prompt for a role with one `VLLMGeneration`, one weight push per optimizer step.
 
-    def __init__(self, trainer: Any, generation: Any = None):
-        self.trainer = trainer
-        self.generation = generation if generation is not None else build_vllm_generation(trainer)
-        self.settings = role_settings(trainer.args, trainer.eos_token_ids)
+    Args:
+        generation: the `VLLMGeneration` (`build_vllm_generation`).
+        args: the `SGPOConfig` (each role's sampling settings).
+        eos_token_ids: the ids generation stops on.
+        current_step: the run's optimizer step now (the weights are pushed again when it changes).
+        profile: a context manager per named stage (TRL's `profiling_context`, bound to the trainer).
+    """
+
+    def __init__(
+        self,
+        generation: Any,
+        args: Any,
+        eos_token_ids: list[int],
+        current_step: Callable[[], int],
+        profile: Callable[[str], AbstractContextManager],
+    ):
+        self.generation = generation
+        self.settings = role_settings(args, eos_token_ids)
+        self.current_step = current_step
+        self.profile = profile
         self.synced_at_step: int | None = None
 
     def __call__(self, prompts: list[list[int]], role: str) -> list[list[int]]:
         """The generated token ids for each prompt (token ids without padding), sampled as ``role``."""
-        trainer = self.trainer
-        if trainer.state.global_step != self.synced_at_step:  # the weights changed since the last push
-            with profiling_context(trainer, "vllm.sync_weights"):
+        step = self.current_step()
+        if step != self.synced_at_step:  # the weights changed since the last push
+            with self.profile("vllm.sync_weights"):
                 self.generation.sync_weights()
-            self.synced_at_step = trainer.state.global_step
-        with self._role(role), profiling_context(trainer, f"vllm.generate.{role}"):
+            self.synced_at_step = step
+        with self._role(role), self.profile(f"vllm.generate.{role}"):
             _, completion_ids, _, _ = self.generation.generate(prompts, images=None, num_generations=1)
         return [list(ids) for ids in completion_ids]
 

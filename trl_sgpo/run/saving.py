@@ -6,7 +6,7 @@ import os
 from safetensors.torch import load_model, save_model
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .model_card import config_section, describe_sources, is_hub_dataset
+from ..run.model_card import config_section, describe_sources, is_hub_dataset
 
 
 REF_MODEL_FILE = "sgpo_ref_model.safetensors"
@@ -37,7 +37,7 @@ class SavingMixin:
         super().create_model_card(model_name=model_name, dataset_name=hub_dataset, tags=tags)
         if not self.is_world_process_zero():
             return
-        from . import __version__
+        from .. import __version__
 
         path = os.path.join(self.args.output_dir, "README.md")
         with open(path, encoding="utf-8") as handle:

@@ -1,37 +1,79 @@
 """Scoring: per-token log-probabilities of completions under a prompt, as cheaply as the model allows.
 
-`Scorer` (the trainer's ``scorer``) runs every forward pass a step scores: separate passes (`forward`), one packed
-row per prompt whose continuations share the prompt (`pack`, `packed_forward`, `pair_logps`, `packed_scores`), and
-the LM head and log-softmax only at the scored positions (`token_logps`, selective logits), each falling back to the
-plain path where the model does not allow it.
+`Scorer` runs every forward pass a step scores: separate passes (`forward`), one packed row per prompt whose
+continuations share the prompt (`pack`, `packed_forward`, `pair_logps`, `packed_scores`), and the LM head and
+log-softmax only at the scored positions (`token_logps`, selective logits), each falling back to the plain path
+where the model does not allow it. It times and counts its passes into the step's `StageClock` (``clock``).
 """
 
 import inspect
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from transformers.utils import logging
 
+from ..records import DraftBatch, ImproverPrompts, Padded, Scores, StageClock
 from .gathered_log_softmax import gathered_log_softmax
-from .pairs import Completion
-from .prompt_layout import DraftBatch, ImproverPrompts
 
 
 logger = logging.get_logger(__name__)
 
 
 class Scorer:
-    """The forward passes of `SGPOTrainer`'s steps; reads the trainer's tokenizer, `max_length`, accelerator and
-    its switches (``select_logits``, ``pack_shared_prefix``). Tests and benchmarks may replace a method on the
-    instance (``trainer.scorer.forward = ...``): the methods call each other through ``self``."""
+    """The forward passes of a step. Tests may replace a method on the instance (``trainer.scorer.forward = ...``):
+    the methods call each other through ``self``.
 
-    def __init__(self, trainer: Any):
-        self.trainer = trainer
+    Args:
+        max_length: the longest scored sequence; longer ones lose prompt tokens from the left (as TRL does).
+        pad_token_id: the padding id of packed rows.
+        device: where the tensors go.
+        unwrap: the model under its distributed wrappers (`accelerate.Accelerator.unwrap_model`).
+        policy_sft_weight: whether (``> 0``) the improver's passes also score the references under the policy
+            prompts (the policy's SFT term).
+        select_logits: run the LM head and log-softmax only at the scored positions, where the model allows
+            (False: at every position from the first scored one on; the same log-probabilities).
+        pack_shared_prefix: score every continuation of a prompt in one packed row, where `packable` says it is
+            exact (False: separate passes; the same log-probabilities).
+    """
+
+    def __init__(
+        self,
+        max_length: int,
+        pad_token_id: int,
+        device: torch.device,
+        unwrap: Callable[[nn.Module], nn.Module],
+        policy_sft_weight: float = 0.0,
+        select_logits: bool = True,
+        pack_shared_prefix: bool = True,
+    ):
+        self.max_length = max_length
+        self.pad_token_id = pad_token_id
+        self.device = device
+        self.unwrap = unwrap
+        self.policy_sft_weight = policy_sft_weight
+        self.select_logits = select_logits
+        self.pack_shared_prefix = pack_shared_prefix
         self._rotary_models: dict[int, bool] = {}  # id of a model -> whether it has rotary position embeddings
-        self._said_truncation = False  # each "said once" warning, once per trainer
+        self._said_truncation = False  # each "said once" warning, once per scorer
         self._said_full_logits = False
+        self.clock: StageClock | None = None  # the current step's: times the passes and counts what they forward
+
+    def _timed(self) -> AbstractContextManager:
+        return self.clock.stage("forward") if self.clock is not None else nullcontext()
+
+    def _count(self, kind: str, tokens: int, real: torch.Tensor) -> None:
+        """A pass's work: ``kind`` ``grad`` or ``no_grad``, its tokens, and how many of them were real."""
+        if self.clock is not None:
+            self.clock.count(
+                **{
+                    f"forward_calls_{kind}": 1,
+                    f"forward_tokens_{kind}": tokens,
+                    f"forward_padding_tokens_{kind}": tokens - real,
+                }
+            )
 
     def forward(
         self,
@@ -54,27 +96,32 @@ class Scorer:
         the result): the fused next-turn pass reads the draft's log-probabilities there. ``tail_mask`` (rows x
         ``prompt_tail``, default: the prompt's mask there) says which of them to score; the others read zero.
         """
-        input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
-        attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
-        start = prompt_ids.size(1) - prompt_tail  # column of the first scored token
-        if tail_mask is None:
-            tail_mask = prompt_mask[:, start:]
-        scored = torch.cat((tail_mask.bool(), completion_mask.bool()), dim=1)
-        rows, offsets = scored.nonzero(as_tuple=True)
-        columns = start + offsets  # each token is predicted at the column before it
-        excess = max(input_ids.size(1) - self.trainer.max_length, 0)
-        if excess:
-            input_ids, attention_mask, columns = self.fit_to_max_length(
-                input_ids, attention_mask, completion_mask, rows, columns, excess
+        with self._timed():
+            input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
+            attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
+            start = prompt_ids.size(1) - prompt_tail  # column of the first scored token
+            if tail_mask is None:
+                tail_mask = prompt_mask[:, start:]
+            scored = torch.cat((tail_mask.bool(), completion_mask.bool()), dim=1)
+            rows, offsets = scored.nonzero(as_tuple=True)
+            columns = start + offsets  # each token is predicted at the column before it
+            excess = max(input_ids.size(1) - self.max_length, 0)
+            if excess:
+                input_ids, attention_mask, columns = self.fit_to_max_length(
+                    input_ids, attention_mask, completion_mask, rows, columns, excess
+                )
+            logps = self.token_logps(
+                model,
+                {"input_ids": input_ids, "attention_mask": attention_mask},
+                rows,
+                columns - 1,
+                input_ids[rows, columns],
             )
-        logps = self.token_logps(
-            model,
-            {"input_ids": input_ids, "attention_mask": attention_mask},
-            rows,
-            columns - 1,
-            input_ids[rows, columns],
-        )
-        return torch.zeros(scored.shape, dtype=logps.dtype, device=logps.device).index_put((rows, offsets), logps)
+            real = prompt_mask.sum() + completion_mask.sum()
+            self._count(
+                "grad" if logps.requires_grad else "no_grad", prompt_ids.numel() + completion_ids.numel(), real
+            )
+            return torch.zeros(scored.shape, dtype=logps.dtype, device=logps.device).index_put((rows, offsets), logps)
 
     def fit_to_max_length(self, input_ids, attention_mask, completion_mask, rows, columns, excess: int):
         """The padded rows cut to `max_length` columns, losing real tokens only from rows longer than that.
@@ -91,20 +138,18 @@ class Scorer:
         input_ids, attention_mask = input_ids.gather(1, source), attention_mask.gather(1, source)
         columns = columns + padding[rows]
         lengths = attention_mask.sum(dim=1)
-        if (lengths > self.trainer.max_length).any() and not self._said_truncation:
+        if (lengths > self.max_length).any() and not self._said_truncation:
             self._said_truncation = True
             logger.warning(
                 "A scored sequence has %d tokens, more than max_length %d, so its first %d prompt tokens are cut (as "
                 "TRL does). The data check measured every prompt and reference against the budget, so a rewrite or "
                 "a draft re-tokenized longer than it was sampled is the likely cause; raise max_length. Said once.",
                 int(lengths.max()),
-                self.trainer.max_length,
-                int(lengths.max()) - self.trainer.max_length,
+                self.max_length,
+                int(lengths.max()) - self.max_length,
             )
         if int(columns.min()) - excess < 1:
-            raise ValueError(
-                f"max_length ({self.trainer.max_length}) leaves no room for the prompt: raise max_length."
-            )
+            raise ValueError(f"max_length ({self.max_length}) leaves no room for the prompt: raise max_length.")
         return input_ids[:, excess:], attention_mask[:, excess:], columns - excess
 
     # ------------------------------------------------------------- selective logits
@@ -118,9 +163,9 @@ class Scorer:
         adapter (virtual tokens widen the rows the mask is laid on). Otherwise `token_logps` asks for every
         position from the first scored one on, as before, and gathers from there: the same log-probabilities.
         """
-        if not self.trainer.select_logits:
+        if not self.select_logits:
             return False
-        unwrapped = self.trainer.accelerator.unwrap_model(model)
+        unwrapped = self.unwrap(model)
         peft_config = getattr(unwrapped, "active_peft_config", None)
         if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
             self._say_full_logits("a prompt-learning adapter adds virtual tokens to the rows")
@@ -155,9 +200,7 @@ class Scorer:
             logits = model(**inputs, logits_to_keep=keep).logits
             if logits.shape[:-1] == (int(keep.sum()),):
                 return gathered_log_softmax(logits, source, tokens)
-            _SLICES_LOGITS[_base_class(self.trainer.accelerator.unwrap_model(model))] = (
-                False  # unexpected layout: not again
-            )
+            _SLICES_LOGITS[_base_class(self.unwrap(model))] = False  # unexpected layout: not again
         first = int(columns.min()) if columns.numel() else width - 1
         logits = model(**inputs, logits_to_keep=width - first).logits
         source = rows * (width - first) + (columns - first)
@@ -171,7 +214,7 @@ class Scorer:
         ``width``: the widest row the separate passes would forward; past ``max_length`` they cut prompt tokens from
         the left (differently per pass), which one shared prompt cannot reproduce, so those batches are not packed.
         """
-        return self.trainer.pack_shared_prefix and width <= self.trainer.max_length and self.packable(model)
+        return self.pack_shared_prefix and width <= self.max_length and self.packable(model)
 
     def packable(self, model) -> bool:
         """Whether packing gives exactly the separate passes' log-probabilities for this model (checked each call).
@@ -183,7 +226,7 @@ class Scorer:
         custom mask replaces the model's own), and no prompt-learning adapter (virtual tokens change the row width).
         Otherwise the step falls back to the separate passes.
         """
-        unwrapped = self.trainer.accelerator.unwrap_model(model)
+        unwrapped = self.unwrap(model)
         config = getattr(unwrapped, "config", None)
         if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
             return False
@@ -194,7 +237,7 @@ class Scorer:
         if any(layer not in ("full_attention", "sliding_attention") for layer in layer_types):
             return False
         window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-        if window is not None and window < self.trainer.max_length:
+        if window is not None and window < self.max_length:
             return False
         rotary = self._rotary_models.get(id(unwrapped))
         if rotary is None:  # the models a trainer holds live as long as it does
@@ -213,7 +256,7 @@ class Scorer:
         rows, width = prompt_ids.shape
         lengths = torch.tensor([[len(branch[row]) for branch in branches] for row in range(rows)], dtype=torch.long)
         total = width + max(1, int(lengths.sum(1).max()))
-        ids = torch.full((rows, total), self.trainer._tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((rows, total), self.pad_token_id, dtype=torch.long)
         segments = torch.full((rows, total), -1, dtype=torch.long)
         positions = torch.arange(total, dtype=torch.long).repeat(rows, 1)
         starts = torch.zeros_like(lengths)
@@ -229,7 +272,7 @@ class Scorer:
                 positions[row, span] = torch.arange(width, width + len(tokens))
                 starts[row, k] = offset
                 offset += len(tokens)
-        device = self.trainer.accelerator.device
+        device = self.device
         return Packed(ids.to(device), positions.to(device), segments.to(device), width, starts, lengths)
 
     def packed_forward(
@@ -238,44 +281,46 @@ class Scorer:
         """Per-token log-probabilities of every branch of `pack`'s rows, each given ``x`` and its own tokens only.
 
         Returns one tensor per branch, right-padded with zeros to its longest row (at least one column): the layout
-        `PromptLayout.pad_completions` gives the same tokens. A 4D mask lets a token see the prompt's real tokens
+        `PromptLayout.pad` gives the same tokens. A 4D mask lets a token see the prompt's real tokens
         and the earlier tokens of its own branch (`packed_attention`).
         ``scored[k]`` (rows x that layout's width, boolean; None: all): the tokens of branch ``k`` to score; the
         others read zero, and the LM head does not run for them (`token_logps`).
         """
-        segments, width = packed.segments, packed.prompt_width
-        allowed = packed_attention(segments)
-        unwrapped = self.trainer.accelerator.unwrap_model(model)
-        if unwrapped.config._attn_implementation == "eager":  # eager adds the mask to the scores
-            dtype = unwrapped.get_input_embeddings().weight.dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
-        else:  # sdpa takes a boolean mask, True where attention is allowed
-            mask = allowed
-        device = segments.device
-        starts, lengths = packed.starts.to(device), packed.lengths.to(device)
-        queries, shapes = [], []
-        for k in range(starts.size(1)):
-            offsets = torch.arange(max(1, int(lengths[:, k].max())), device=device).unsqueeze(0)
-            wanted = offsets < lengths[:, k : k + 1]
-            if scored is not None and scored[k] is not None:
-                wanted = wanted & scored[k].to(device).bool()
-            rows, offset = wanted.nonzero(as_tuple=True)
-            column = width + starts[rows, k] + offset
-            # A branch's first token follows the prompt's last column; every other token the one before it.
-            queries.append((rows, offset, torch.where(offset == 0, width - 1, column - 1), column))
-            shapes.append(wanted.shape)
-        rows, _, predictors, columns = (torch.cat(parts) for parts in zip(*queries))
-        inputs = {
-            "input_ids": packed.input_ids,
-            "attention_mask": mask.unsqueeze(1),
-            "position_ids": packed.position_ids,
-        }
-        logps = self.token_logps(model, inputs, rows, predictors, packed.input_ids[rows, columns])
-        result = []
-        for (rows, offset, _, _), shape, values in zip(queries, shapes, logps.split([len(q[0]) for q in queries])):
-            result.append(torch.zeros(shape, dtype=logps.dtype, device=device).index_put((rows, offset), values))
-        return result
+        with self._timed():
+            segments, width = packed.segments, packed.prompt_width
+            allowed = packed_attention(segments)
+            unwrapped = self.unwrap(model)
+            if unwrapped.config._attn_implementation == "eager":  # eager adds the mask to the scores
+                dtype = unwrapped.get_input_embeddings().weight.dtype
+                mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+                mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+            else:  # sdpa takes a boolean mask, True where attention is allowed
+                mask = allowed
+            device = segments.device
+            starts, lengths = packed.starts.to(device), packed.lengths.to(device)
+            queries, shapes = [], []
+            for k in range(starts.size(1)):
+                offsets = torch.arange(max(1, int(lengths[:, k].max())), device=device).unsqueeze(0)
+                wanted = offsets < lengths[:, k : k + 1]
+                if scored is not None and scored[k] is not None:
+                    wanted = wanted & scored[k].to(device).bool()
+                rows, offset = wanted.nonzero(as_tuple=True)
+                column = width + starts[rows, k] + offset
+                # A branch's first token follows the prompt's last column; every other token the one before it.
+                queries.append((rows, offset, torch.where(offset == 0, width - 1, column - 1), column))
+                shapes.append(wanted.shape)
+            rows, _, predictors, columns = (torch.cat(parts) for parts in zip(*queries))
+            inputs = {
+                "input_ids": packed.input_ids,
+                "attention_mask": mask.unsqueeze(1),
+                "position_ids": packed.position_ids,
+            }
+            logps = self.token_logps(model, inputs, rows, predictors, packed.input_ids[rows, columns])
+            self._count("grad" if logps.requires_grad else "no_grad", packed.input_ids.numel(), (segments >= 0).sum())
+            result = []
+            for (rows, offset, _, _), shape, values in zip(queries, shapes, logps.split([len(q[0]) for q in queries])):
+                result.append(torch.zeros(shape, dtype=logps.dtype, device=device).index_put((rows, offset), values))
+            return result
 
     @staticmethod
     def spans(logps: torch.Tensor, starts: list[int], lengths: list[int]) -> torch.Tensor:
@@ -286,43 +331,47 @@ class Scorer:
         index = (start + offsets).clamp(max=logps.size(1) - 1)
         return logps.gather(1, index) * (offsets < length)
 
-    def pair_logps(self, model, prompt_ids, prompt_mask, chosen, rejected, completion_ids, completion_mask):
-        """Per-token log-probabilities of ``chosen + rejected`` rows (laid out as ``completion_ids``) under the
-        prompt: one packed row ``[x | chosen | rejected]`` per prompt where `packs` allows, else 2 rows each."""
-        if self.packs(model, prompt_ids.size(1) + completion_ids.size(1)):
-            branches = [[self.trainer.layout.completion_tokens(c) for c in side] for side in (chosen, rejected)]
-            width = completion_ids.size(1)
+    def pair_logps(self, model, prompt_ids, prompt_mask, pair: Padded) -> torch.Tensor:
+        """Per-token log-probabilities of ``pair``'s rows, the chosen sides then the rejected ones (one per prompt
+        each), under the prompt: one packed row ``[x | chosen | rejected]`` per prompt where `packs` allows, else 2
+        rows each."""
+        if self.packs(model, prompt_ids.size(1) + pair.ids.size(1)):
+            size = prompt_ids.size(0)
+            branches = [pair.tokens[:size], pair.tokens[size:]]
+            width = pair.ids.size(1)
             sides = self.packed_forward(model, self.pack(prompt_ids, prompt_mask, branches))
             return torch.cat([torch.nn.functional.pad(side, (0, width - side.size(1))) for side in sides], dim=0)
-        return self.forward(model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), completion_ids, completion_mask)
+        return self.forward(model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), pair.ids, pair.mask)
 
     def improver_scores(
-        self, model, batch: DraftBatch, prompts: ImproverPrompts, targets: list[Completion], chosen=None
-    ) -> "Scores":
+        self, model, batch: DraftBatch, prompts: ImproverPrompts, targets: Padded, pair: Padded | None = None
+    ) -> Scores:
         """Everything the improver objective scores, and what a DPO step can take from the same passes.
 
         Always the targets (under the improver prompts) and, with ``policy_sft_weight > 0``, the references (under
-        the policy prompts). In a DPO step (``chosen``: the rewrites) with next-turn prompts, also the drafts, read
-        inside the improver's own pass, and the rewrites where that pass is packed (`packed_scores`); the DPO loss
-        forwards whatever is missing. Passes run in a fixed order: packed, else improver then reference.
+        the policy prompts). In a DPO step (``pair``: the rewrites, then the drafts) with next-turn prompts, also the
+        drafts, read inside the improver's own pass, and the rewrites where that pass is packed (`packed_scores`); the
+        DPO loss forwards whatever is missing. Passes run in a fixed order: packed, else improver then reference.
         """
-        chosen = chosen if prompts.next_turn else None
-        scores = self.packed_scores(model, batch, prompts, targets, chosen, score_rejected=chosen is not None)
+        pair = pair if prompts.next_turn else None
+        scores = self.packed_scores(model, batch, prompts, targets, pair, score_rejected=pair is not None)
         if scores is None:
-            target_ids, target_mask = self.trainer.layout.pad_completions(targets)
-            target, rejected = self.improver_logps(model, prompts, target_ids, target_mask, chosen is not None)
+            target, rejected = self.improver_logps(model, prompts, targets, pair is not None)
             scores = Scores(rejected=rejected, target=target)
-        if self.trainer.args.policy_sft_weight > 0 and scores.reference is None:
-            reference_ids, reference_mask = self.trainer.layout.pad_completions(batch.references)
-            scores.reference = self.forward(model, batch.prompt_ids, batch.prompt_mask, reference_ids, reference_mask)
+        if self.policy_sft_weight > 0 and scores.reference is None:
+            references = batch.reference_tokens
+            scores.reference = self.forward(
+                model, batch.prompt_ids, batch.prompt_mask, references.ids, references.mask
+            )
         return scores
 
     def improver_logps(
-        self, model, prompts: ImproverPrompts, target_ids, target_mask, score_rejected: bool = False
+        self, model, prompts: ImproverPrompts, targets: Padded, score_rejected: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The targets' per-token log-probabilities under the improver prompts, and, with ``score_rejected``
         (next-turn prompts), the drafts' inside those prompts from the same pass (laid out like
-        `PromptLayout.pad_completions(drafts)`), else None. The unpacked path; `packed_scores` is the packed one."""
+        `PromptLayout.pad(drafts)`), else None. The unpacked path; `packed_scores` is the packed one."""
+        target_ids, target_mask = targets.ids, targets.mask
         tail, tail_mask = 0, None
         if score_rejected:  # score the drafts at the end of the prompt block, not the new turn after them
             tail = max(r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths))
@@ -336,16 +385,13 @@ class Scorer:
         rejected_logps = drafts_in_tail(logps[:, :tail], prompts) if score_rejected else None
         return logps[:, tail:], rejected_logps
 
-    def policy_pair_logps(
-        self, model, batch: DraftBatch, chosen, completion_ids, completion_mask, scores: "Scores | None" = None
-    ) -> torch.Tensor:
-        """The policy's per-token log-probabilities of ``[chosen; drafts]`` (laid out as ``completion_ids``) under
-        the policy prompts: what ``scores`` already holds (the next turn's fused pass scored the drafts, and the
-        rewrites too when it was packed), the rest forwarded here (`pair_logps` when nothing is held)."""
+    def policy_pair_logps(self, model, batch: DraftBatch, pair: Padded, scores: Scores | None = None) -> torch.Tensor:
+        """The policy's per-token log-probabilities of ``pair`` (the chosen sides, then the drafts) under the policy
+        prompts: what ``scores`` already holds (the next turn's fused pass scored the drafts, and the rewrites too
+        when it was packed), the rest forwarded here (`pair_logps` when nothing is held)."""
         if scores is None or scores.rejected is None:
-            return self.pair_logps(
-                model, batch.prompt_ids, batch.prompt_mask, chosen, batch.drafts, completion_ids, completion_mask
-            )
+            return self.pair_logps(model, batch.prompt_ids, batch.prompt_mask, pair)
+        completion_ids, completion_mask = pair.ids, pair.mask
         width = completion_ids.size(1)
 
         def padded(logps: torch.Tensor) -> torch.Tensor:
@@ -354,7 +400,7 @@ class Scorer:
         if scores.chosen is not None:
             chosen_logps = padded(scores.chosen)
         else:
-            size = len(chosen)
+            size = batch.prompt_ids.size(0)
             chosen_logps = self.forward(
                 model, batch.prompt_ids, batch.prompt_mask, completion_ids[:size], completion_mask[:size]
             )
@@ -365,10 +411,10 @@ class Scorer:
         model,
         batch: DraftBatch,
         prompts: ImproverPrompts,
-        targets: list[Completion],
-        chosen,
+        targets: Padded,
+        pair: Padded | None,
         score_rejected: bool = True,
-    ) -> "Scores | None":
+    ) -> Scores | None:
         """Next turn: everything the step scores under the policy prompt ``x``, in one packed forward pass.
 
         One row per prompt, ``[x | y, new turn, target | y' | reference]`` (``y'`` in DPO steps, the reference when
@@ -378,19 +424,16 @@ class Scorer:
         Of the conversation branch only the target, and the draft where ``score_rejected`` (else the scores'
         ``rejected`` is None), are scored: the new turn's instruction is context, its logits are not computed.
         """
-        sft = self.trainer.args.policy_sft_weight > 0
-        if not prompts.next_turn or (chosen is None and not sft):
+        sft = self.policy_sft_weight > 0
+        if not prompts.next_turn or (pair is None and not sft):
             return None
-        target_tokens = [self.trainer.layout.completion_tokens(t) for t in targets]
+        target_tokens = targets.tokens
         widths = [prompts.ids.size(1) + max(1, *map(len, target_tokens))]
         prompt_width = batch.prompt_ids.size(1)
         if sft:
-            widths.append(
-                prompt_width + max(1, *(len(self.trainer.layout.completion_tokens(r)) for r in batch.references))
-            )
-        if chosen is not None:
-            pair = [len(self.trainer.layout.completion_tokens(c)) for c in [*chosen, *batch.drafts]]
-            widths.append(prompt_width + max(1, *pair))
+            widths.append(prompt_width + max(1, *map(len, batch.reference_tokens.tokens)))
+        if pair is not None:
+            widths.append(prompt_width + max(1, *map(len, pair.tokens)))
         if not self.packs(model, max(widths)):
             return None
         prompt_lengths = batch.prompt_mask.sum(1).tolist()
@@ -399,10 +442,10 @@ class Scorer:
             for row, mask, length, target in zip(prompts.ids, prompts.mask, prompt_lengths, target_tokens)
         ]
         branches = [conversations]
-        if chosen is not None:
-            branches.append([self.trainer.layout.completion_tokens(c) for c in chosen])
+        if pair is not None:
+            branches.append(pair.tokens[: len(target_tokens)])  # the rewrites (the pair's drafts come after them)
         if sft:
-            branches.append([self.trainer.layout.completion_tokens(r) for r in batch.references])
+            branches.append(batch.reference_tokens.tokens)
         before_target = [r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths)]
         offsets = torch.arange(max(1, *map(len, conversations))).unsqueeze(0)
         starts = torch.tensor(before_target).unsqueeze(1)
@@ -413,11 +456,11 @@ class Scorer:
         logps = self.packed_forward(model, packed, [scored] + [None] * (len(branches) - 1))
         conversation = logps[0]
         return Scores(
-            rejected=self.spans(conversation, [0] * len(targets), prompts.rejected_lengths)
+            rejected=self.spans(conversation, [0] * len(target_tokens), prompts.rejected_lengths)
             if score_rejected
             else None,
             target=self.spans(conversation, before_target, list(map(len, target_tokens))),
-            chosen=logps[1] if chosen is not None else None,
+            chosen=logps[1] if pair is not None else None,
             reference=logps[-1] if sft else None,
         )
 
@@ -488,14 +531,3 @@ class Packed:
     prompt_width: int
     starts: torch.Tensor
     lengths: torch.Tensor
-
-
-@dataclass
-class Scores:
-    """Per-token log-probabilities from one packed pass, each right-padded like `PromptLayout.pad_completions` of its
-    side: the drafts (DPO rejected), the improver's targets, the rewrites (DPO chosen), the references (policy SFT)."""
-
-    rejected: torch.Tensor | None = None
-    target: torch.Tensor | None = None
-    chosen: torch.Tensor | None = None
-    reference: torch.Tensor | None = None
