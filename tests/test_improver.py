@@ -1,5 +1,7 @@
 """The improver role without a model: templates, edit scripts, targets and the outlier filter."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from trl_sgpo.method.improver import (
@@ -8,11 +10,14 @@ from trl_sgpo.method.improver import (
     edit_script,
     fill_template,
     improver_target,
+    improver_targets,
+    plausible_keeps,
     render_improver_prompt,
     select_targets,
     tukey_keep,
     validate_template,
 )
+from trl_sgpo.records import Completion
 from trl_sgpo.toy import build_char_tokenizer
 
 
@@ -123,3 +128,50 @@ def test_select_targets_drops_unchanged_then_outliers():
     assert select_targets(sizes) == [False, True, True, True, True, False]
     assert select_targets(sizes, filter_outliers=False) == [False, True, True, True, True, True]
     assert select_targets(sizes, drop_unchanged=False, filter_outliers=False) == [True] * 6
+
+
+# ------------------------------------------------------------------------------------------ keep_plausible
+
+
+def _settings(**overrides) -> SimpleNamespace:
+    values = dict(
+        improver_target="keep_plausible",
+        improver_alpha=0.5,
+        improver_drop_unchanged=False,
+        improver_filter_outliers=True,
+        improver_outlier_k=1.5,
+    )
+    return SimpleNamespace(**{**values, **overrides})
+
+
+def test_keep_plausible_keeps_a_right_draft_and_moves_a_broken_one():
+    # Many right answers: the right draft "Paris is the capital." differs from its reference "The capital is Paris.",
+    # and the initial policy finds it as plausible per token; the broken draft is less plausible than its reference.
+    right, reference_1 = Completion([5, 6, 7, 8], True), Completion([8, 7, 6, 5], True)
+    broken, reference_2 = Completion([9, 9, 9], True), Completion([1, 2], True)
+    cut = Completion([3, 4], False)  # cut at the length limit: unfinished, never kept, however plausible
+    drafts, references = [right, broken, cut], [reference_1, reference_2, Completion([3], True)]
+    plausibility = ([-0.4, -3.0, -0.1], [-0.5, -0.6, -2.0])  # mean token log-probs: drafts, references
+    targets, keep, sizes = improver_targets(drafts, references, _settings(), plausibility)
+    assert [t.token_ids for t in targets] == [[5, 6, 7, 8], [1, 2], [3]]
+    assert sizes[0] == 0 and sizes[1] > 0 and all(keep)
+    # the same right draft under the reference strategy would be swapped for the reference
+    swapped, _, _ = improver_targets(drafts, references, _settings(improver_target="reference"))
+    assert swapped[0].token_ids == reference_1.token_ids
+    assert plausible_keeps(drafts, *plausibility) == [True, False, False]
+    with pytest.raises(ValueError, match="needs the initial policy's log-probabilities"):
+        improver_targets(drafts, references, _settings())
+
+
+def test_keep_plausible_filters_moved_targets_by_their_plausibility_gain():
+    # Five drafts moved to their references with gains 1, 1.1, 1.2, 1.3 and 9 (a draft far less plausible than its
+    # reference: a whole rewrite, not an incremental step), and one kept draft, which the fences never judge.
+    drafts = [Completion([index + 10], True) for index in range(6)]
+    references = [Completion([index + 20], True) for index in range(6)]
+    draft_logps, reference_logps = [-2.0, -2.1, -2.2, -2.3, -10.0, -0.1], [-1.0] * 5 + [-0.5]
+    _, keep, sizes = improver_targets(drafts, references, _settings(), (draft_logps, reference_logps))
+    assert keep == [True, True, True, True, False, True] and sizes[5] == 0
+    _, keep, _ = improver_targets(
+        drafts, references, _settings(improver_filter_outliers=False), (draft_logps, reference_logps)
+    )
+    assert all(keep)

@@ -1,44 +1,48 @@
-"""`improver_ready_at`: Step 1 ends when held-out rewrites gain token overlap with the reference, capped by
-`improver_warmup_steps`; the signal, the schedule change, its checkpoint state and what the run says."""
+"""`improver_ready_at`: Step 1 ends when held-out rewrites do what Step 1 teaches (keep a draft the initial policy
+finds plausible, make an implausible one more plausible), capped by `improver_warmup_steps`; the signal, the schedule
+change, its checkpoint state and what the run says."""
 
 import logging
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from trl_sgpo import SGPOTrainer
-from trl_sgpo.method.improver import token_overlap
 from trl_sgpo.method.schedule import DPO, IMPROVER
 from trl_sgpo.records import Completion
 from trl_sgpo.run.phases import SGPOPhaseCallback
-from trl_sgpo.run.readiness import readiness_of
+from trl_sgpo.run.readiness import ImproverReadiness, closer_share, readiness_of
 
-from .helpers import conversational_dataset, make_config, rule_sampler, tiny_model
+from .helpers import WORDS, conversational_dataset, make_config, rule_sampler, tiny_model
 
 
-def test_token_overlap_does_not_reward_a_short_garbage_rewrite():
-    reference = [7, 8]  # "122"
-    long_wrong_draft = [1, 2, 3, 4, 5, 6, 9]  # "The sum of the two numbers is 124."
-    short_garbage = [11, 12]  # "original original."
-    good = [7, 8]
-    assert token_overlap(good, reference) == 1.0 and token_overlap(short_garbage, reference) == 0.0
-    assert token_overlap([7, 9], reference) == pytest.approx(0.5) and token_overlap([], []) == 1.0
-    drafts, rewrites = (
-        [Completion(long_wrong_draft, True)] * 2,
-        [Completion(short_garbage, True), Completion(good, True)],
-    )
-    gain, closer = readiness_of(drafts, rewrites, [Completion(reference, True)] * 2)
-    # edit distance calls both rewrites "closer" (they are shorter); the overlap counts the good one only
-    assert closer == 1.0 and gain == 0.5
-    # a draft already right, kept right by the rewrite, counts as ready; broken by it, does not
-    assert (
-        readiness_of(
-            [Completion(good, True)] * 2,
-            [Completion(good, True), Completion([7], True)],
-            [Completion(reference, True)] * 2,
-        )[0]
-        == 0.5
-    )
+def test_readiness_on_a_request_with_many_right_answers():
+    """ "Name a fruit.": the reference says "pear"; the draft "apple" is right too, and as plausible to the initial
+    policy. Keeping it is what Step 1 teaches; swapping it for "plum" (also right, and closer to "pear" by edit
+    distance) is not, though it would count as progress for a measure that rewards moving toward the reference."""
+    apple, plum, pear = [1, 2, 3, 4, 5], [6, 7, 3, 4], [6, 2, 3, 4]
+    broken, fixed, garbage = [1, 9, 9, 9, 9, 9], [6, 2, 3, 5], [8, 8, 8]
+    drafts = [Completion(apple, True), Completion(apple, True), Completion(broken, True), Completion(broken, True)]
+    rewrites = [Completion(apple, True), Completion(plum, True), Completion(fixed, True), Completion(garbage, True)]
+    keeps = [True, True, False, False]  # the initial policy: apple as plausible as pear; the broken draft is not
+    margins = [0.0, -0.1, 1.2, -0.8]  # rewrite minus draft, mean token log-probability under the initial policy
+    assert readiness_of(drafts, rewrites, keeps, margins) == 0.5  # the kept apple and the fixed draft
+    references = [Completion(pear, True)] * 4
+    assert closer_share(drafts, rewrites, references) == 0.75  # edit distance calls the swap and the garbage progress
+    assert readiness_of(drafts[:2], [Completion(plum, True)] * 2, keeps[:2], margins[:2]) == 0.0  # always changes
+
+
+def _plausible_if_a_reference(tokenizer):
+    """The initial policy, as the readiness reads it: a reference is plausible (-0.5 per token), anything else is
+    not (-2.0): so every rule-sampler draft ('cbax') is moved, and a rewrite that is the reference is progress."""
+    references = {word[::-1] for word in WORDS}
+
+    def reference_logps(batch, rows):
+        plausible = [tokenizer.decode(tokens[:-1]) in references for tokens in rows.tokens]
+        return torch.tensor([-0.5 if good else -2.0 for good in plausible]).unsqueeze(1) * rows.mask
+
+    return reference_logps
 
 
 def _trainer(tmp_path, tokenizer, **overrides):
@@ -61,10 +65,15 @@ def _trainer(tmp_path, tokenizer, **overrides):
     )
 
 
+def _readiness(trainer) -> ImproverReadiness:
+    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, ImproverReadiness))
+
+
 def test_step_1_ends_when_the_improver_is_ready(tmp_path, tokenizer, caplog):
     trainer = _trainer(tmp_path, tokenizer)
     assert len(trainer.train_dataset) == 8  # two rows set aside to measure on
     trainer.sampler = rule_sampler(tokenizer)  # the improver writes the reference
+    _readiness(trainer).reference_logps = _plausible_if_a_reference(tokenizer)
     with caplog.at_level(logging.WARNING, logger="trl_sgpo.run.readiness"):
         trainer.train()
     assert trainer.phase_callback.phase_history == [IMPROVER, IMPROVER] + [DPO] * 4  # cap 4, ready at step 2
@@ -83,11 +92,13 @@ def test_step_1_stops_at_its_cap_when_the_improver_never_gets_ready(tmp_path, to
         return sample(model, prompt_ids, prompt_mask, role, cache)
 
     trainer.sampler = garbage_rewrites
+    _readiness(trainer).reference_logps = _plausible_if_a_reference(tokenizer)
     with caplog.at_level(logging.WARNING, logger="trl_sgpo.run.readiness"):
         trainer.train()
     assert trainer.phase_callback.phase_history == [IMPROVER] * 4 + [DPO] * 2
     assert caplog.text.count("Step 1 readiness at step") == 1  # step 2 (step 4 is the cap)
-    assert "reached its cap (improver_warmup_steps=4)" in caplog.text and "last readiness 0%" in caplog.text
+    assert "NOT READY: Step 1 reached its cap (improver_warmup_steps=4)" in caplog.text
+    assert "last readiness 0%" in caplog.text and "ERROR" in caplog.text  # said at error level
 
 
 def test_an_early_end_of_step_1_is_kept_across_a_resume():
@@ -125,30 +136,3 @@ def test_too_few_rows_to_set_aside_is_refused(tmp_path, tokenizer):
             train_dataset=conversational_dataset(2),
             processing_class=tokenizer,
         )
-
-
-def test_on_smollm2_rewrites_the_overlap_tells_garbage_from_progress(smollm2_dir):
-    """The rewrites SmolLM2's untrained improver wrote (issue 17), against good ones, on its own tokenizer: the edit
-    distance calls every short rewrite of a long wrong draft closer to the reference; the token overlap only those
-    that carry the answer."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-
-    def completion(text):
-        return Completion(tokenizer(text, add_special_tokens=False)["input_ids"], True)
-
-    draft = completion("To find the sum, we add the tens first: 80 + 40 is 120, and the ones make it 124 in total.")
-    garbage = [
-        "protein strengthens the bones 2+times more than 100%.",
-        "Try again, keep what is good, but fix the original original.",
-        "Improve the answer.",  # an echo of the instruction
-    ]
-    good = ["122", "The sum is 122.", "80 + 42 = 122"]
-    rewrites = [completion(text) for text in garbage + good]
-    references = [completion("122")] * len(rewrites)
-    gain, closer = readiness_of([draft] * len(rewrites), rewrites, references)
-    assert closer == 1.0  # every one "closer" by edit distance: they are all shorter than the draft
-    assert gain == 0.5  # the three good ones only
-    garbage_gain, _ = readiness_of([draft] * 3, rewrites[:3], references[:3])
-    assert garbage_gain == 0.0

@@ -13,7 +13,7 @@ from trl.import_utils import is_vllm_available
 from .data.prompt_lengths import LONG_PROMPT_MODES, PromptBudget
 from .method.improver import IMPROVER_FORMATS, TARGET_STRATEGIES, validate_instruction, validate_template
 from .method.objectives import LOSS_TYPES
-from .method.pairs import PAIR_SOURCES
+from .method.pairs import PAIR_GATES, PAIR_SOURCES
 from .method.schedule import WARMUP_DRAFT_SOURCES, PhaseSchedule
 
 
@@ -302,6 +302,23 @@ class SGPOConfig(OnlineDPOConfig):
             "choices": list(PAIR_SOURCES),
         },
     )
+    pair_gate: str = field(
+        default="none",
+        metadata={
+            "help": "Drop DPO pairs the model's own evidence does not support, without a reward: 'reference_margin' "
+            "(the initial policy finds the rewrite more plausible per token than the draft), 'improver_keep' (the "
+            "improver prefers its rewrite to keeping the draft), 'round_trip' (the improver leaves its own rewrite "
+            "unchanged), or 'none'. Dropped pairs are logged as sgpo/pairs_gated. Our design.",
+            "choices": list(PAIR_GATES),
+        },
+    )
+    pair_gate_margin: float = field(
+        default=0.0,
+        metadata={
+            "help": "The least per-token log-probability margin a pair must show to pass 'reference_margin' or "
+            "'improver_keep'."
+        },
+    )
     improver_loss_weight: float = field(
         default=0.3,
         metadata={"help": "Weight of the improver's supervised loss added in DPO steps (0 disables it)."},
@@ -329,6 +346,15 @@ class SGPOConfig(OnlineDPOConfig):
         metadata={
             "help": "The paper's Step 1: improver-training steps before the first DPO step. Below 1: a fraction of "
             "the run's total steps. 0: start with the improver/DPO cycles at once."
+        },
+    )
+    improver_warmup_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Run Step 1 alone: every step trains the improver (one epoch over the data with "
+            "improver_warmup_drafts='initial' is the paper's Step 1: the initial policy's drafts of every training "
+            "prompt, one pass). The saved model (merged, with PEFT) starts any number of Step 2 runs: "
+            "--model_name_or_path <output_dir> --improver_warmup_steps 0."
         },
     )
     improver_ready_at: float | None = field(
@@ -445,6 +471,18 @@ class SGPOConfig(OnlineDPOConfig):
         validate_instruction(self.improver_instruction)
         if self.pair_source not in PAIR_SOURCES:
             raise ValueError(f"Unknown pair_source {self.pair_source!r}: choose one of {sorted(PAIR_SOURCES)}.")
+        if self.pair_gate not in PAIR_GATES:
+            raise ValueError(f"Unknown pair_gate {self.pair_gate!r}: choose one of {sorted(PAIR_GATES)}.")
+        if self.improver_warmup_only and self.pair_source != "sgpo":
+            raise ValueError(
+                f"improver_warmup_only trains the improver role alone, and pair_source={self.pair_source!r} has none: "
+                "unset improver_warmup_only, or use pair_source='sgpo'."
+            )
+        if self.pair_gate in ("improver_keep", "round_trip") and self.pair_source != "sgpo":
+            raise ValueError(
+                f"pair_gate={self.pair_gate!r} asks the improver about its rewrite, and pair_source="
+                f"{self.pair_source!r} has no improver: use pair_gate='reference_margin' or 'none'."
+            )
         if not 0.0 <= self.improver_alpha <= 1.0:
             raise ValueError(
                 f"improver_alpha must be in [0, 1] (the fraction of edits applied), got {self.improver_alpha}."
@@ -517,7 +555,7 @@ class SGPOConfig(OnlineDPOConfig):
                 f"{self.improver_warmup_drafts!r}."
             )
         if self.improver_warmup_drafts == "initial" and (
-            self.pair_source != "sgpo" or self.improver_warmup_steps == 0
+            self.pair_source != "sgpo" or (self.improver_warmup_steps == 0 and not self.improver_warmup_only)
         ):
             raise ValueError(
                 "improver_warmup_drafts='initial' samples Step 1's drafts up front, so it needs pair_source='sgpo' "

@@ -32,7 +32,7 @@ from trl.trainer.callbacks import SyncRefModelCallback
 from .config import SGPOConfig
 from .data.formats import prepare_training_data
 from .method.improver import end_of_turn_token
-from .method.pairs import filter_pairs, uses_improver
+from .method.pairs import filter_pairs, gate_pairs, uses_improver
 from .method.schedule import DPO, IMPROVER, PHASE_IDS
 from .method.step_stats import RewriteHealth, StepStats, completion_stats, nan_mean, pair_stats, reduce_stats
 from .preflight import check_trainer_arguments
@@ -48,6 +48,7 @@ from .run.saving import SavingMixin
 from .step.drafts import DraftStage
 from .step.layout import PromptLayout
 from .step.losses import DPOLoss, ImproverLoss
+from .step.pair_gates import PairGate
 from .step.pair_sources import pair_source
 from .step.rewrite import Rewriter
 from .step.sampling import Sampler
@@ -255,8 +256,9 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         )
         self.draft = DraftStage(self.layout, self._sample)
         self.rewrite = Rewriter(self.layout, self._sample, speculate=args.improver_speculative_tokens > 0)
-        self.choose = pair_source(args.pair_source, self.rewrite, args.improver_alpha)
-        self.improver_loss = ImproverLoss(self.scorer, self.layout, args)
+        self.choose = pair_source(args.pair_source, self.rewrite, args.improver_alpha, self._sample)
+        self.gate = PairGate(args.pair_gate, args.pair_gate_margin, self.scorer, self.rewrite, self._reference_logps)
+        self.improver_loss = ImproverLoss(self.scorer, self.layout, args, self._reference_logps)
         self.dpo_loss = DPOLoss(
             self.scorer, self._reference_logps, lambda: self.beta, args.loss_type, args.chosen_nll_weight
         )
@@ -285,6 +287,7 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
                     self.draft,
                     self.rewrite,
                     self.processing_class,
+                    self._reference_logps,
                     model=lambda: self.model_wrapped,
                     phases=lambda: self.phase_callback,
                     report=lambda name, value: self._metrics[name].append(value),
@@ -411,8 +414,9 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
         record: StepRecord,
     ) -> torch.Tensor:
         """Chosen = the pair source's side (the improver's rewrite with ``sgpo``, the reference with ``spin``, the
-        mechanical edit with ``edit``), rejected = the draft; degenerate pairs dropped; the DPO loss, plus the
-        improver objective weighted by ``improver_loss_weight`` where the improver wrote the rewrites."""
+        mechanical edit with ``edit``, the greedy answer with ``self_sharpen``), rejected = the draft; degenerate
+        pairs dropped, then those the pair gate refuses; the DPO loss, plus the improver objective weighted by
+        ``improver_loss_weight`` where the improver wrote the rewrites."""
         args = self.args
         side = self.choose(model, batch, clock)
         chosen = side.completions
@@ -430,9 +434,11 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
                 terms = self.improver_loss(model, batch, side.rewrites.prompts, scale, stats, pair)
                 loss = loss + args.improver_loss_weight * terms.loss
                 scores, record.targets, record.target_kept = terms.scores, terms.targets, terms.keep
-        pairs = filter_pairs(chosen, batch.drafts)
+        prompts = side.rewrites.prompts if side.rewrites is not None else None
+        passes, ref_logps = self.gate(model, batch, prompts, chosen, pair)
+        pairs = gate_pairs(filter_pairs(chosen, batch.drafts), passes)
         pair_stats(stats, chosen, batch.drafts, batch.references, pairs)
-        loss = loss + self.dpo_loss(model, batch, pair, pairs.keep, scale, stats, scores)
+        loss = loss + self.dpo_loss(model, batch, pair, pairs.keep, scale, stats, scores, ref_logps)
         record.chosen, record.pair_verdicts = chosen, [reason or "kept" for reason in pairs.reasons]
         return loss
 

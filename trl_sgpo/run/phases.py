@@ -30,7 +30,9 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
     Args:
         improver_warmup_steps, improver_steps, dpo_steps, num_cycles: the `PhaseSchedule`; a warm-up below 1 is a
             fraction of the run's steps, resolved when training begins.
-        skip_improver (`bool`): run DPO steps only (the `spin` and `edit` pair sources have no improver role).
+        skip_improver (`bool`): run DPO steps only (the `spin`, `edit` and `self_sharpen` pair sources have no
+            improver role).
+        warmup_only (`bool`): every step of the run is a Step 1 step (`improver_warmup_only`).
     """
 
     def __init__(
@@ -40,8 +42,10 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
         dpo_steps: int = 1,
         num_cycles: int | None = None,
         skip_improver: bool = False,
+        warmup_only: bool = False,
     ):
         self.skip_improver = skip_improver
+        self.warmup_only = warmup_only
         # As configured; `schedule` is this resolved for the run's length when training begins.
         self.configured_schedule = PhaseSchedule(improver_warmup_steps, improver_steps, dpo_steps, num_cycles)
         self.schedule = self.run_schedule = self.configured_schedule
@@ -58,6 +62,7 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
             dpo_steps=args.dpo_steps,
             num_cycles=args.num_cycles,
             skip_improver=not uses_improver(args.pair_source),
+            warmup_only=args.improver_warmup_only,
         )
 
     def phase_at(self, step: int) -> str:
@@ -80,7 +85,10 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
         return [phase for phase, count in self.phase_runs for _ in range(count)]
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        self.schedule = self.run_schedule = self.configured_schedule.for_run(state.max_steps)
+        schedule = self.configured_schedule
+        if self.warmup_only:  # the whole run is Step 1
+            schedule = replace(schedule, improver_warmup_steps=state.max_steps)
+        self.schedule = self.run_schedule = schedule.for_run(state.max_steps)
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if state.global_step > 0 and isinstance(saved, dict):  # resuming: take back the phases already run
             if saved.get("args") != self.state()["args"]:
@@ -111,7 +119,11 @@ class SGPOPhaseCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         return {
-            "args": {**asdict(self.run_schedule), "skip_improver": self.skip_improver},
+            "args": {
+                **asdict(self.run_schedule),
+                "skip_improver": self.skip_improver,
+                "warmup_only": self.warmup_only,
+            },
             "attributes": {
                 "phase_runs": [list(run) for run in self.phase_runs],
                 "warmup_ended_at": self.warmup_ended_at,

@@ -5,15 +5,18 @@ import os
 
 from safetensors.torch import load_model, save_model
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 
 from ..run.model_card import config_section, describe_sources, is_hub_dataset
 
 
 REF_MODEL_FILE = "sgpo_ref_model.safetensors"
 
+logger = logging.get_logger(__name__)
+
 
 class SavingMixin:
-    """Needs the trainer's ``ref_model``, ``dataset_name`` and ``args`` (an `SGPOConfig`)."""
+    """A part of `SGPOTrainer`: needs its ``ref_model``, ``dataset_name`` and ``args`` (an `SGPOConfig`)."""
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -71,8 +74,29 @@ class SavingMixin:
                 f"again, or upload that folder with `hf upload`."
             ) from error
 
+    def _merge_step1_adapter(self) -> None:
+        """Step 1 alone under PEFT (`improver_warmup_only`): merge the adapter into the weights before the final
+        save, so that Step 2 runs load an ordinary model whose adapter-free self is their DPO reference."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if not (self.args.improver_warmup_only and hasattr(unwrapped, "merge_and_unload")):
+            return
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            logger.warning(
+                "improver_warmup_only under DeepSpeed or FSDP: the adapter is saved unmerged; merge it "
+                "(`PeftModel.merge_and_unload`) before starting Step 2 from it."
+            )
+            return
+        self.model = self.model_wrapped = unwrapped.merge_and_unload()
+        logger.warning(
+            "Step 1 alone: the LoRA adapter is merged into the saved model, so Step 2 runs start from this folder "
+            "(--model_name_or_path <folder> --improver_warmup_steps 0, with a new adapter under --use_peft)."
+        )
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model and tokenizer, and (outside checkpoints) the SGPO model card beside them."""
+        """Save the model and tokenizer, and (outside checkpoints) the SGPO model card beside them; a Step-1-only
+        run under PEFT saves its adapter merged (`_merge_step1_adapter`)."""
+        if not _internal_call:
+            self._merge_step1_adapter()
         super().save_model(output_dir, _internal_call)
         if not _internal_call and self.is_world_process_zero():
             self.create_model_card(model_name=os.path.basename(os.path.normpath(output_dir or self.args.output_dir)))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..method.improver import improver_targets
+from ..method.improver import PLAUSIBILITY_STRATEGIES, improver_targets
 from ..method.objectives import dpo_objective, improver_objective
 from ..method.step_stats import StepStats, target_stats
 from ..records import Completion, DraftBatch, ImproverPrompts, Padded, Scores
@@ -27,6 +27,14 @@ class ImproverTerms:
     keep: list[bool]
 
 
+def mean_token_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Each row's mean log-probability per scored token (0 for a row with none)."""
+    return ((token_logps * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
+
+
+ReferenceLogps = Callable[[DraftBatch, Padded], torch.Tensor]
+
+
 class ImproverLoss:
     """The improver's targets toward the references, their scores under the improver prompts, and the supervised
     loss on them, plus the policy's SFT term on the references (`method.objectives.improver_objective`).
@@ -37,12 +45,22 @@ class ImproverLoss:
         settings: the `SGPOConfig` (the target strategy and filter: ``improver_target``, ``improver_alpha``,
             ``improver_drop_unchanged``, ``improver_filter_outliers``, ``improver_outlier_k``; and
             ``policy_sft_weight``).
+        reference_logps: the initial policy's (the DPO reference model's) per-token log-probabilities of a batch's
+            rows, without gradients: ``keep_plausible`` weighs each draft against its reference with them.
     """
 
-    def __init__(self, scorer: Scorer, layout: PromptLayout, settings: Any):
+    def __init__(self, scorer: Scorer, layout: PromptLayout, settings: Any, reference_logps: ReferenceLogps):
         self.scorer = scorer
         self.layout = layout
         self.settings = settings
+        self.reference_logps = reference_logps
+
+    def plausibility(self, batch: DraftBatch) -> tuple[list[float], list[float]]:
+        """The initial policy's mean token log-probabilities of the drafts and of the references (policy prompt)."""
+        rows = self.layout.pad(batch.drafts + batch.references)
+        with torch.no_grad():
+            means = mean_token_logps(self.reference_logps(batch, rows), rows.mask)
+        return means[: len(batch.drafts)], means[len(batch.drafts) :]
 
     def __call__(
         self,
@@ -55,7 +73,10 @@ class ImproverLoss:
     ) -> ImproverTerms:
         """The objective for ``batch``'s drafts under ``prompts``. ``pair`` (a DPO step: the rewrites, then the
         drafts): scored in the same passes where the next turn allows, for the DPO loss to take."""
-        targets, keep, sizes = improver_targets(batch.drafts, batch.references, self.settings)
+        plausibility = None
+        if self.settings.improver_target in PLAUSIBILITY_STRATEGIES:
+            plausibility = self.plausibility(batch)
+        targets, keep, sizes = improver_targets(batch.drafts, batch.references, self.settings, plausibility)
         target_stats(stats, sizes, keep)
         padded = self.layout.pad(targets)
         scores = self.scorer.improver_scores(model, batch, prompts, padded, pair)
@@ -94,7 +115,7 @@ class DPOLoss:
     def __init__(
         self,
         scorer: Scorer,
-        reference_logps: Callable[[DraftBatch, Padded], torch.Tensor],
+        reference_logps: ReferenceLogps,
         beta: Callable[[], float],
         loss_type: str,
         chosen_nll_weight: float,
@@ -114,12 +135,14 @@ class DPOLoss:
         scale: float,
         stats: StepStats,
         scores: Scores | None = None,
+        ref_logps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The loss of the pairs ``pair`` (the chosen sides, then the drafts); ``scores``: what the improver's
-        passes already scored of them."""
+        passes already scored of them; ``ref_logps``: the reference model's, where a pair gate computed them."""
         token_logps = self.scorer.policy_pair_logps(model, batch, pair, scores)
-        with torch.no_grad():
-            ref_logps = self.reference_logps(batch, pair)
+        if ref_logps is None:
+            with torch.no_grad():
+                ref_logps = self.reference_logps(batch, pair)
         beta = self.beta()
         terms = dpo_objective(
             token_logps, ref_logps, pair.mask, keep, beta, self.loss_type, self.chosen_nll_weight, scale
