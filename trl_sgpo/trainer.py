@@ -45,6 +45,7 @@ from .run.phases import SGPOPhaseCallback
 from .run.readiness import ImproverReadiness, set_aside_readiness_rows
 from .run.sample_table import SGPOSampleTableCallback
 from .run.saving import SavingMixin
+from .run.summary import RunSummary
 from .step.drafts import DraftStage
 from .step.layout import PromptLayout
 from .step.losses import DPOLoss, ImproverLoss
@@ -280,19 +281,25 @@ class SGPOTrainer(EvaluationMixin, SavingMixin, OnlineDPOTrainer):
                 current_step=lambda: self.state.global_step,
                 warmup_cap=lambda: self.phase_callback.warmup_cap,
             )
+        readiness = None
         if readiness_rows is not None:  # Step 1 ends when the improver is ready (`improver_ready_at`)
-            self.add_callback(
-                ImproverReadiness(
-                    readiness_rows,
-                    self.draft,
-                    self.rewrite,
-                    self.processing_class,
-                    self._reference_logps,
-                    model=lambda: self.model_wrapped,
-                    phases=lambda: self.phase_callback,
-                    report=lambda name, value: self._metrics[name].append(value),
-                )
+            readiness = ImproverReadiness(
+                readiness_rows,
+                self.draft,
+                self.rewrite,
+                self.processing_class,
+                self._reference_logps,
+                model=lambda: self.model_wrapped,
+                phases=lambda: self.phase_callback,
+                report=lambda name, value: self._metrics[name].append(value),
             )
+            self.add_callback(readiness)
+        # What the run did, said when training ends (and shown in the model card).
+        self.run_summary = RunSummary(
+            reduce=lambda values: self.accelerator.reduce(values.to(self.accelerator.device), reduction="sum"),
+            readiness=readiness.last if readiness is not None else None,
+        )
+        self.add_callback(self.run_summary)
 
     def _sample(self, *args: Any, **kwargs: Any) -> Any:
         """The sampler seam as the stages call it: whatever `sampler` is now."""

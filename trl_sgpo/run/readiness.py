@@ -113,6 +113,13 @@ class ImproverReadiness(TrainerCallback):
         self.model, self.phases, self.report = model, phases, report
         self.curve: list[tuple[int, float, float]] = []  # (global step, readiness, edit-distance closer share)
 
+    def last(self) -> tuple[float, bool] | None:
+        """The last readiness measured and whether Step 1 ended because the improver was ready; None if none was
+        measured."""
+        if not self.curve:
+            return None
+        return self.curve[-1][1], self.phases().warmup_ended_at is not None
+
     def measure(self) -> tuple[float, float, str]:
         """The readiness of the current model on the held-out rows (greedy drafts and rewrites), the edit-distance
         share beside it, and the first row as ``draft -> rewrite (reference)`` to show on the console."""
