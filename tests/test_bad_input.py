@@ -354,6 +354,38 @@ CLI_CASES = {
         "would never be used",
         "--eval_strategy steps",
     ),
+    "an empty data file": ([MODEL, "{model}", DATA, "{empty_file}"], ValueError, "is empty", "Write your rows"),
+    "a CSV file with a header only": ([MODEL, "{model}", DATA, "{header_only}"], ValueError, "is empty", "rows"),
+    "a model name that is no folder, with the Hub off": (
+        [MODEL, "my-model", DATA, "{data}"],
+        FileNotFoundError,
+        "is not a local folder",
+        "write it as ./my-model",
+    ),
+    "a tracker that is not installed": (
+        [MODEL, "{model}", DATA, "{data}", "--report_to", "wandb"],
+        ImportError,
+        "--report_to wandb needs the 'wandb' package",
+        "--report_to none",
+    ),
+    "an attention implementation that is not installed": (
+        [MODEL, "{model}", DATA, "{data}", "--attn_implementation", "flash_attention_2"],
+        ImportError,
+        "needs the 'flash_attn' package",
+        "--attn_implementation sdpa",
+    ),
+    "--push_to_hub with the Hub off": (
+        [MODEL, "{model}", DATA, "{data}", "--push_to_hub", "true"],
+        ValueError,
+        "--push_to_hub needs the Hub, and the Hub is switched off",
+        "upload output_dir later",
+    ),
+    "--resume_from_checkpoint with no checkpoint": (
+        [MODEL, "{model}", DATA, "{data}", "--resume_from_checkpoint", "true"],
+        FileNotFoundError,
+        "holds no checkpoint-N folder",
+        "Drop --resume_from_checkpoint",
+    ),
 }
 
 
@@ -377,6 +409,9 @@ def test_command_line_options_that_cannot_work_fail_before_any_model_is_loaded(t
         paths[name] = tmp_path / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(row) + "\n" for row in file_rows))
     paths["empty"] = tmp_path / "empty"
+    paths.update(empty_file=tmp_path / "none.jsonl", header_only=tmp_path / "header.csv")
+    paths["empty_file"].write_text("")
+    paths["header_only"].write_text("prompt,completion\n")
     argv = [arg.format(**paths) for arg in argv if arg != "--fake_bitsandbytes"]
     if "--fake_bitsandbytes" in CLI_CASES[case][0]:
         find_spec = importlib.util.find_spec

@@ -176,3 +176,22 @@ def test_a_single_cpu_process_under_accelerate_launch_uses_every_core(monkeypatc
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_refusal_under_accelerate_launch_is_one_line_without_a_traceback(tmp_path):
+    """`accelerate launch` reprints a failed child's last lines and a CalledProcessError traceback; a refusal asks it
+    to exit quietly instead, so the one line is all the user reads (and the status is not 0)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "sgpo.py"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", str(script)]
+    command += ["--model_name_or_path", "./missing", "--dataset_name", "data.jsonl", "--output_dir", "out"]
+    (tmp_path / "data.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode != 0
+    assert [line for line in lines if "trl-sgpo: error:" in line] == lines[-1:], lines
+    assert "is not a folder" in lines[-1] and not any("Traceback" in line for line in lines), lines

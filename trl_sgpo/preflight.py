@@ -34,7 +34,99 @@ def check_options(script_args: Any, training_args: Any, model_args: Any) -> None
         )
     check_peft_reference(model_args.use_peft, training_args.sync_ref_model_each_dpo_phase, command_line=True)
     check_model_path(model_args.model_name_or_path, option="--model_name_or_path")
+    check_hub_model(model_args.model_name_or_path)
     _check_eval_options(script_args, training_args)
+    check_installed(training_args, model_args)
+    if training_args.push_to_hub:
+        check_hub_push(training_args.hub_token)
+
+
+# `--report_to` name -> the module it needs (transformers' integrations import these).
+TRACKER_MODULES = {
+    "wandb": "wandb",
+    "trackio": "trackio",
+    "tensorboard": "tensorboard",
+    "comet_ml": "comet_ml",
+    "mlflow": "mlflow",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "neptune": "neptune",
+    "swanlab": "swanlab",
+}
+# `--attn_implementation` -> the package it needs.
+ATTENTION_MODULES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def check_installed(training_args: Any, model_args: Any) -> None:
+    """A tracker named in ``--report_to`` or an attention implementation that is not installed, refused before the
+    model loads (transformers fails on them later, with a long traceback)."""
+    report_to = training_args.report_to or []
+    for name in [report_to] if isinstance(report_to, str) else report_to:
+        module = TRACKER_MODULES.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            raise ImportError(
+                f"--report_to {name} needs the {module!r} package, which is not installed: `pip install {module}`, "
+                "or pick another tracker (--report_to none logs to the console only)."
+            )
+    attention = getattr(model_args, "attn_implementation", None)
+    module = ATTENTION_MODULES.get(attention)
+    if module and importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f"--attn_implementation {attention} needs the {module!r} package, which is not installed (a CUDA GPU is "
+            "needed too): install it, or use --attn_implementation sdpa."
+        )
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be used now (switched off, or not answering), or None."""
+    from .data.files import is_offline
+
+    if is_offline():
+        return "the Hub is switched off (HF_HUB_OFFLINE)"
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=10)  # any answer will do: the Hub is reachable
+    except Exception as error:  # no network, a proxy, a firewall: say why
+        return f"the Hub at {constants.ENDPOINT} does not answer ({type(error).__name__}: {error})"
+    return None
+
+
+def check_hub_model(name: str | None) -> None:
+    """A model named by a Hub id that is neither a local folder nor cached needs the Hub: refused where it cannot be
+    reached, with the hint to write a local folder as ./name."""
+    if name is None or os.path.isdir(os.path.expanduser(name)):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # downloaded before: transformers reads the cache
+    why = _hub_unreachable()
+    if why:
+        raise FileNotFoundError(
+            f"--model_name_or_path {name!r} is not a local folder (looked from {os.getcwd()!r}) nor a downloaded Hub "
+            f"model, and {why}. For a local folder, check the path (write it as ./{name}); for a Hub model, go online "
+            "once to download it."
+        )
+
+
+def check_hub_push(token: str | None = None) -> None:
+    """``--push_to_hub`` needs a token (``--hub_token``, or the saved one) and a reachable Hub: refused before
+    training, not after it."""
+    from huggingface_hub import get_token
+
+    why = _hub_unreachable()
+    if why:
+        raise ValueError(
+            f"--push_to_hub needs the Hub, and {why}. Train without --push_to_hub and upload output_dir later "
+            "(`hf upload`), or go online."
+        )
+    if token is None and get_token() is None:
+        raise ValueError(
+            "--push_to_hub needs a Hub token, and none is set: `hf auth login` or HF_TOKEN, or train without "
+            "--push_to_hub and upload output_dir later (`hf upload`)."
+        )
 
 
 def check_peft_reference(uses_peft: bool, sync_ref_model: bool, command_line: bool = False) -> None:

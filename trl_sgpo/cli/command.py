@@ -8,6 +8,7 @@ Options that cannot work are refused (`preflight`) before the data, then the mod
 """
 
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 
@@ -203,7 +204,9 @@ def main(argv: list[str] | None = None, one_line_errors: bool = False) -> dict:
     except INPUT_ERRORS as error:
         if not one_line_errors:
             raise
-        print(f"trl-sgpo: error: {error}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under a launcher every process checks; one says it
+            print(f"trl-sgpo: error: {error}", file=sys.stderr)
+        _quiet_launcher()
         raise InputRefused(2) from error
     return _train(script_args, training_args, model_args, data)
 
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None, one_line_errors: bool = False) -> dict:
 def _checked_inputs(argv: list[str] | None) -> tuple:
     """Parse and check everything that needs no model; load the data and the tokenizer (not the model)."""
     script_args, training_args, model_args = parse_args(argv)
+    if model_args.model_name_or_path and model_args.model_name_or_path.startswith("~"):  # a YAML recipe's ~/path
+        model_args.model_name_or_path = os.path.expanduser(model_args.model_name_or_path)
     builtin = uses_builtin_world(script_args, model_args)
     check_options(script_args, training_args, model_args)
     if str(training_args.resume_from_checkpoint).lower() in ("true", "yes", "1"):  # `true`: the latest checkpoint
@@ -239,6 +244,23 @@ def _checked_inputs(argv: list[str] | None) -> tuple:
         training_args, tokenizer, train_dataset, eval_dataset
     )
     return script_args, training_args, model_args, (train_dataset, eval_dataset, tokenizer)
+
+
+def _quiet_launcher() -> None:
+    """Under `accelerate launch` with one process, the launcher answers a child that exits with an error by printing
+    the child's last lines again and a `CalledProcessError` traceback (about 20 lines) after the one-line refusal.
+    Its SIGTERM handler exits quietly instead (status 143), so the refusal is the only thing printed."""
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if not launched:
+        return
+    try:
+        import psutil
+
+        parent = psutil.Process(os.getppid())
+        if any("accelerate" in part for part in parent.cmdline()[:3]):
+            parent.send_signal(signal.SIGTERM)
+    except Exception:  # the launcher's own error then follows the refusal: no worse than before
+        return
 
 
 def use_all_cores_under_accelerate(training_args) -> int | None:

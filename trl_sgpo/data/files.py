@@ -29,6 +29,15 @@ def is_offline() -> bool:
     return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in OFFLINE_VARIABLES)
 
 
+def _has_data(path: str, extension: str) -> bool:
+    """Whether a JSON lines or CSV file holds a row (a header alone, or blank lines, hold none)."""
+    if extension not in (".jsonl", ".csv", ".json"):
+        return True
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = [line for line in (next(handle, "") for _ in range(2)) if line.strip()]
+    return len(lines) >= (2 if extension == ".csv" else 1)
+
+
 def load_splits(
     name: str, option: str = "--dataset_name", config: str | None = None, streaming: bool = False
 ) -> dict[str, Dataset | IterableDataset]:
@@ -38,6 +47,8 @@ def load_splits(
         extension = os.path.splitext(path)[1].lower()
         if extension not in DATA_FILE_BUILDERS:
             raise ValueError(f"{option} {name!r}: unsupported file type {extension!r}. Use {ACCEPTED}.")
+        if os.path.getsize(path) == 0 or not _has_data(path, extension):
+            raise ValueError(f"{option} {name!r} is empty: it holds no rows. Write your rows to it first.")
         return dict(load_dataset(DATA_FILE_BUILDERS[extension], data_files=path, streaming=streaming))
     if os.path.isdir(path):
         if any(os.path.isfile(os.path.join(path, marker)) for marker in SAVE_TO_DISK_MARKERS):
@@ -92,6 +103,8 @@ def load_train_and_eval(
     only split) if given, else the ``test_split`` of ``dataset_name`` if it has one, else ``None``."""
     splits = load_splits(dataset_name, "--dataset_name", config, streaming)
     train = pick_split(splits, train_split, dataset_name, "--dataset_name")
+    if isinstance(train, Dataset) and len(train) == 0:
+        raise ValueError(f"--dataset_name {dataset_name!r} has no rows in its {train_split!r} split.")
     if eval_dataset_name is None:
         return train, splits.get(test_split)
     eval_splits = load_splits(eval_dataset_name, "--eval_dataset_name", config, streaming)
