@@ -28,10 +28,48 @@ KEY_TRAINING_FIELDS = (
 )
 
 
-def config_section(args, version: str) -> str:
-    """Markdown: SGPO's own settings and the key training settings of this run, as a table."""
+def resolved_settings(args, step1_steps: int | None = None) -> dict:
+    """The run's settings as they acted: unset improver sampling settings resolved to the policy's, Step 1 in steps,
+    and the prompt field of the format not used left out (the template under the next turn, and the reverse)."""
     config = args.to_dict()
-    rows = [(name, config.get(name)) for name in sgpo_field_names() + list(KEY_TRAINING_FIELDS)]
+    settings = {name: config.get(name) for name in sgpo_field_names() + list(KEY_TRAINING_FIELDS)}
+    for own, policy in (("improver_temperature", "temperature"), ("improver_top_p", "top_p")):
+        if settings.get(own) is None:
+            settings[own] = f"{config.get(policy)} (the policy's)"
+    if settings.get("improver_max_new_tokens") is None:
+        settings["improver_max_new_tokens"] = f"{config.get('max_new_tokens')} (max_new_tokens)"
+    unused = "improver_template" if settings.get("improver_format") == "next_turn" else "improver_instruction"
+    settings.pop(unused, None)
+    if step1_steps is not None:
+        settings["improver_warmup_steps"] = f"{settings['improver_warmup_steps']} ({step1_steps} steps run)"
+    return settings
+
+
+def summary_section(figures: dict) -> str:
+    """Markdown: what the run did (`run.summary.RunSummary` figures)."""
+    if not figures:
+        return ""
+    drafted, kept = figures.get("pairs_drafted", 0), figures.get("pairs_kept", 0)
+    dropped = ", ".join(f"{count} {reason}" for reason, count in figures.get("pairs_dropped", {}).items()) or "none"
+    pairs = f"{kept} of {drafted} drafted ({100 * kept / drafted:.0f}%); dropped: {dropped}" if drafted else None
+    rows = [
+        ("Step 1 (improver) steps", figures.get("step1_steps")),
+        ("DPO steps", figures.get("dpo_steps")),
+        ("DPO pairs kept", pairs or "none drafted (Step 1 only)"),
+    ]
+    if figures.get("rewrite_closer") is not None:
+        rows.append(("rewrites closer to the reference than their draft", f"{100 * figures['rewrite_closer']:.0f}%"))
+    if figures.get("readiness") is not None:
+        level, ready = figures["readiness"]
+        rows.append(
+            ("improver readiness (last measured)", f"{100 * level:.0f}% ({'ready' if ready else 'not ready'})")
+        )
+    lines = ["## SGPO run", "", "| | |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)]
+    return "\n".join(lines) + "\n\n"
+
+
+def config_section(args, version: str, step1_steps: int | None = None) -> str:
+    """Markdown: SGPO's own settings and the key training settings of this run, as they acted, as a table."""
     lines = [
         "## SGPO configuration",
         "",
@@ -42,10 +80,25 @@ def config_section(args, version: str) -> str:
         "| setting | value |",
         "| --- | --- |",
     ]
-    for name, value in rows:
+    for name, value in resolved_settings(args, step1_steps).items():
         text = str(value).replace("|", "\\|").replace("\n", "\\n")
         lines.append(f"| `{name}` | `{text}` |")
     return "\n".join(lines) + "\n\n"
+
+
+def quick_start_prompt(card: str, prompt) -> str:
+    """TRL's quick start asks every model a fixed question; ask one of the training prompts instead."""
+    if isinstance(prompt, list):
+        prompt = next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), prompt[-1]["content"])
+    return re.sub(r'^question = ".*"$', lambda _: f"question = {prompt!r}", card, count=1, flags=re.M)
+
+
+def adapter_front_matter(card: str, base_model: str | None) -> str:
+    """A LoRA adapter's card: ``library_name: peft`` and its base model (TRL writes ``transformers``)."""
+    card = card.replace("library_name: transformers", "library_name: peft", 1)
+    if base_model and "base_model:" not in card.split("---", 2)[1]:
+        card = card.replace("library_name: peft", f"base_model: {base_model}\nlibrary_name: peft", 1)
+    return card
 
 
 def is_hub_dataset(name: str | None) -> bool:

@@ -3,11 +3,19 @@ reference model in checkpoints, the SGPO model card, and Hub errors that say wha
 
 import os
 
+from datasets import IterableDataset
 from safetensors.torch import load_model, save_model
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from ..run.model_card import config_section, describe_sources, is_hub_dataset
+from .model_card import (
+    adapter_front_matter,
+    config_section,
+    describe_sources,
+    is_hub_dataset,
+    quick_start_prompt,
+    summary_section,
+)
 
 
 REF_MODEL_FILE = "sgpo_ref_model.safetensors"
@@ -16,7 +24,8 @@ logger = logging.get_logger(__name__)
 
 
 class SavingMixin:
-    """A part of `SGPOTrainer`: needs its ``ref_model``, ``dataset_name`` and ``args`` (an `SGPOConfig`)."""
+    """A part of `SGPOTrainer`: needs its ``ref_model``, ``dataset_name``, ``run_summary``, ``train_dataset`` and
+    ``args`` (an `SGPOConfig`)."""
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -45,9 +54,15 @@ class SavingMixin:
         path = os.path.join(self.args.output_dir, "README.md")
         with open(path, encoding="utf-8") as handle:
             card = handle.read()
-        model_path = getattr(self.accelerator.unwrap_model(self.model).config, "_name_or_path", "")
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        model_path = getattr(unwrapped.config, "_name_or_path", "")
         card = describe_sources(card, model_path, dataset_name, self.args.output_dir)
-        section = config_section(self.args, __version__)
+        if hasattr(unwrapped, "peft_config"):  # an adapter: PEFT's card fields, its base model named
+            card = adapter_front_matter(card, model_path if is_hub_dataset(model_path) else None)
+        if self.train_dataset is not None and not isinstance(self.train_dataset, IterableDataset):
+            card = quick_start_prompt(card, self.train_dataset[0]["prompt"])
+        figures = self.run_summary.figures
+        section = summary_section(figures) + config_section(self.args, __version__, figures.get("step1_steps"))
         card = card.replace("## Citations", section + "## Citations", 1) if "## Citations" in card else card + section
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(card)
