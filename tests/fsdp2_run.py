@@ -1,10 +1,11 @@
 """Score a step's rows with the model whole and sharded by torch's FSDP2 (`fully_shard`) on 2 CPU processes (gloo).
 
-Usage: torchrun --nproc_per_node 2 tests/fsdp2_run.py OUTPUT_DIR; run by tests/test_fsdp2.py. Both ranks build the
-same toy trainer and batch (drafts that ended and drafts cut), then score it with `Scorer.improver_scores` twice per
-path, packed and separate passes, selective logits on: once with the whole model, once with a copy whose layers and
-root are sharded over the 2 processes, and back-propagate the target scores through both. Each rank writes, per
-path, the largest differences of the scores and of the gradients (the sharded ones gathered with `full_tensor`).
+Usage, from the repository root: torchrun --nproc_per_node 2 -m tests.fsdp2_run OUTPUT_DIR (a module of the tests
+package, for its helpers); run by tests/test_fsdp2.py. Both ranks build the same toy trainer and batch (drafts that
+ended and drafts cut), then score it with `Scorer.improver_scores` twice per path, packed and separate passes,
+selective logits on: once with the whole model, once with a copy whose layers and root are sharded over the 2
+processes, and back-propagate the target scores through both. Each rank writes, per path, the largest differences of
+the scores and of the gradients (the sharded ones gathered with `full_tensor`).
 """
 
 import copy
@@ -16,7 +17,6 @@ from pathlib import Path
 
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-sys.path.insert(0, str(Path(__file__).parents[1]))  # the tests package, for its helpers
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402

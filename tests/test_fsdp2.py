@@ -23,14 +23,17 @@ import pytest
 from .helpers import FLOAT32_REASSOCIATION_RTOL
 
 
-SCRIPT = Path(__file__).with_name("fsdp2_run.py")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(600)
 def test_scoring_under_fully_shard_matches_the_whole_model(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29611"]
-    completed = subprocess.run([*command, str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True)
+    # `-m tests.fsdp2_run`: run as a module of the tests package (from the repository root), so it imports its helpers
+    completed = subprocess.run(
+        [*command, "-m", "tests.fsdp2_run", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.toy.report import gate_and_goal_lines
+
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
 ARMS = {
@@ -79,19 +81,9 @@ def test_quick_quality_benchmark_reports_every_arm_gate_and_goal(tmp_path):
     assert "python benchmarks/quality.py --quick" in table
 
 
-def _quality_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_gate_and_the_goal_say_not_run_when_their_arms_are_left_out():
     """`--arms sft spin sgpo` has no oracle arm: the gate is not run (no "+nan ... FAIL"); `--arms sgpo` alone
     cannot judge the goal either."""
-    quality = _quality_module()
     summary = {
         "oracle_gain": math.nan,
         "sgpo_minus_spin": 3.0,
@@ -99,8 +91,8 @@ def test_the_gate_and_the_goal_say_not_run_when_their_arms_are_left_out():
         "sgpo_minus_sft": 4.0,
         "sigma_sgpo_minus_sft": 1.0,
     }
-    gate, goal = quality.gate_and_goal_lines(summary)
+    gate, goal = gate_and_goal_lines(summary)
     assert gate.startswith("Sensitivity gate: not run") and "nan" not in gate and "FAIL" not in gate
     assert goal.startswith("Goal: SGPO - SPIN = +3.0")
-    gate, goal = quality.gate_and_goal_lines({**summary, "oracle_gain": 9.0, "sgpo_minus_sft": math.nan})
+    gate, goal = gate_and_goal_lines({**summary, "oracle_gain": 9.0, "sgpo_minus_sft": math.nan})
     assert gate.endswith("PASS.") and goal.startswith("Goal: not judged")

@@ -1,14 +1,8 @@
 """The real benchmark's evaluation: sampling several answers from one prefill of each prompt."""
 
-import sys
-from pathlib import Path
-
 import torch
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from real_eval import generate_from_shared_prompts  # noqa: E402
+from benchmarks.real.evaluation import generate_from_shared_prompts
 
 
 def _tiny_llama():

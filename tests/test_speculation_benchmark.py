@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.speed.speculation import main
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +37,6 @@ def test_quick_speculation_benchmark_writes_complete_results(tmp_path):
 
 def test_step1_updates_need_the_real_start():
     """Step 1 trains the real model's improver: on the toy world the flag is refused, before anything loads."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speculation
-
     for argv in (["--step1-updates", "4"], ["--real-start", "--step1-updates", "-1"]):
         with pytest.raises(SystemExit):
-            speculation.main(argv)
+            main(argv)

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.protocol.quartiles import spread
+from benchmarks.speed import suite as speed_suite
+from benchmarks.speed.main import parse_args
+from benchmarks.speed.report import check_goals
+from benchmarks.speed.settings import results_name
+
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("online_dpo", "online_dpo_rm", "sgpo_dpo", "sgpo_improver", "sgpo_dpo_template", "sgpo_improver_template")
@@ -143,23 +149,17 @@ def _check_tiny_configuration(results: dict, report: str) -> None:
 
 
 def _timing(ratios: dict[str, list[float]]) -> dict:
-    """Paired per-repeat ratios as `speed.summarize_timing` reports them, for the goal check."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
-
+    """Paired per-repeat ratios as `summarize_timing` reports them, for the goal check."""
     return {
-        arm: {f"paired_ratio_vs_{baseline}": speed.summarize(values) for baseline in ("online_dpo", "online_dpo_rm")}
+        arm: {f"paired_ratio_vs_{baseline}": spread(values) for baseline in ("online_dpo", "online_dpo_rm")}
         for arm, values in ratios.items()
     }
 
 
 def test_a_timing_goal_is_met_by_its_upper_quartile_not_its_median():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
-
     # median 0.98 (under 1.0) but the upper quartile 1.05 (over it): noise could flip it, so it is not met
     timing = _timing({"sgpo_dpo": [0.90, 0.95, 0.98, 1.05, 1.10], "sgpo_improver": [0.5, 0.55, 0.6, 0.62, 0.65]})
-    goals = {goal["name"]: goal for goal in speed.check_goals(timing, None)}
+    goals = {goal["name"]: goal for goal in check_goals(timing, None)}
     rm = goals["dpo_step_ratio_rm"]
     assert (rm["value"], rm["lower"], rm["upper"]) == (0.98, 0.95, 1.05) and not rm["met"]
     assert goals["dpo_step_ratio"]["met"]  # 1.05 <= 1.3
@@ -167,23 +167,17 @@ def test_a_timing_goal_is_met_by_its_upper_quartile_not_its_median():
 
 
 def test_sampled_lengths_need_a_trained_model():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
-
     with pytest.raises(SystemExit):
-        speed.parse_args(["--model-size", "small", "--lengths", "sampled"])  # a random Llama rarely samples EOS
+        parse_args(["--model-size", "small", "--lengths", "sampled"])  # a random Llama rarely samples EOS
     with pytest.raises(SystemExit):
-        speed.parse_args(["--model-size", "small", "--arms", "sgpo_dpo"])  # the ratios need both baselines
-    settings, _ = speed.parse_args(["--model-size", "smollm2"])
+        parse_args(["--model-size", "small", "--arms", "sgpo_dpo"])  # the ratios need both baselines
+    settings, _ = parse_args(["--model-size", "smollm2"])
     assert settings.lengths == "sampled" and settings.real_model
 
 
 def test_each_configuration_writes_its_own_report():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
-
     def name(*argv: str) -> str:
-        return speed.results_name(speed.parse_args(list(argv))[0])
+        return results_name(parse_args(list(argv))[0])
 
     assert name("--model-size", "small") == "speed_small"
     assert name("--model-size", "tiny", "--quick") == "speed_tiny"
@@ -196,26 +190,19 @@ def test_each_configuration_writes_its_own_report():
 def test_without_a_model_size_speed_runs_the_suite_and_refuses_one_configurations_flags(capsys):
     """Without --model-size the suite runs its parts at their own settings: a flag that would set one configuration
     is refused, naming --model-size, rather than silently ignored."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
-
     for flags in (["--lora"], ["--repeats", "3"], ["--gradient-checkpointing"], ["--arms", *ARMS]):
         with pytest.raises(SystemExit):
-            speed.parse_args(flags)
+            parse_args(flags)
         assert "pass --model-size with them" in capsys.readouterr().err
-    _, args = speed.parse_args(["--quick", "--skip-memory", "--threads", "1"])  # the suite's own flags
+    _, args = parse_args(["--quick", "--skip-memory", "--threads", "1"])  # the suite's own flags
     assert args.model_size is None
-    _, args = speed.parse_args(["--model-size", "small", "--lora", "--repeats", "3"])
+    _, args = parse_args(["--model-size", "small", "--lora", "--repeats", "3"])
     assert args.model_size == "small" and args.lora
 
 
 def test_every_suite_part_names_its_configuration():
     """Each part runs one configuration (a part without --model-size would run the suite again, for ever), at
     the sizes the docs give, and writes the file the suite reads."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
-    import speed_suite
-
     for quick in (False, True):
         parts = speed_suite.parts(quick)
         assert [part.name for part in parts] == ["tiny" if quick else "small", "smollm2", "speculation"]
@@ -225,17 +212,14 @@ def test_every_suite_part_names_its_configuration():
             if part.script == "speculation.py":
                 assert part.results_file == "speculation"
                 continue
-            settings, args = speed.parse_args(command[2:])
-            assert args.model_size is not None and speed.results_name(settings) == part.results_file
-        real = speed.parse_args(parts[1].command(Path("/tmp/out"), [])[2:])[0]
+            settings, args = parse_args(command[2:])
+            assert args.model_size is not None and results_name(settings) == part.results_file
+        real = parse_args(parts[1].command(Path("/tmp/out"), [])[2:])[0]
         assert real.real_model and real.lora and real.lengths == "sampled"
         assert set(real.arms) == {"online_dpo", "online_dpo_rm", "sgpo_dpo", "sgpo_improver"}
 
 
 def test_the_speculation_goal_is_met_by_its_upper_quartile():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed_suite
-
     def report(q1: float, median: float, q3: float) -> dict:
         ratio = {"q1": q1, "median": median, "q3": q3}
         return {"results": {"greedy": {"summary": {"speculated_vs_draft": ratio}}}, "goal": {"target": 0.5}}

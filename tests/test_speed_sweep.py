@@ -1,5 +1,6 @@
-"""benchmarks/speed_sweep.py: the figures of a point come from its arms' timings, bad grids are refused, and
-``--quick`` runs end to end (no timing assertions: speed targets live in the benchmark's report)."""
+"""benchmarks/speed_sweep.py (benchmarks/speed/sweep.py): the figures of a point come from its arms' timings, bad
+grids are refused, and ``--quick`` runs end to end (no timing assertions: speed targets live in the benchmark's
+report)."""
 
 import json
 import math
@@ -10,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.speed import sweep as speed_sweep
+
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import speed_sweep  # noqa: E402
 
 
 def _arm(step: float, generation: float, forward_backward: float, paired: tuple[float, float, float]) -> dict:

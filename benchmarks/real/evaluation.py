@@ -1,11 +1,12 @@
-"""Scoring a chat model on the real task (benchmarks/real_task.py): greedy, sampled and pass@k accuracy.
+"""Scoring a chat model on the real task (benchmarks/real/task.py): greedy, sampled and pass@k accuracy.
 
 Answers are generated from the model's chat template (its default system prompt included, as a user's run would
 see it), left-padded in batches, stopping at the end-of-turn token, and judged by the task's checkers.
 """
 
 import torch
-from real_task import Row
+
+from benchmarks.real.task import Row
 
 
 def chat_prompts(tokenizer, rows: list[Row]) -> list[str]:

@@ -18,8 +18,6 @@ The goal table gathers each part's goals as the part reported them (a timing goa
 its paired per-repeat ratio is within the target); none is recomputed or adjusted here.
 """
 
-from __future__ import annotations
-
 import datetime
 import json
 import os
@@ -29,8 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.protocol.command import BENCHMARKS_DIR
+from benchmarks.real.smollm2 import default_cache_dir, gguf_folder
+from benchmarks.speed.report import goal_cells, goal_entry
 
-HERE = Path(__file__).resolve().parent
+
+ROOT = BENCHMARKS_DIR.parent  # the parts run from the repository root, as a user runs them
 SMOLLM2_ARMS = ("online_dpo", "online_dpo_rm", "sgpo_dpo", "sgpo_improver")
 
 
@@ -47,8 +49,8 @@ class Part:
     def command(self, output_dir: Path, common: list[str]) -> list[str]:
         """The part's command line, run from the repository root (its reports then name the script as a user would)."""
         script, output = f"benchmarks/{self.script}", output_dir.resolve()
-        if output.is_relative_to(HERE.parent):  # the part runs from the repository root: its reports say results/
-            output = output.relative_to(HERE.parent)
+        if output.is_relative_to(ROOT):  # the part runs from the repository root: its reports say results/
+            output = output.relative_to(ROOT)
         return [sys.executable, script, *self.arguments, *common, "--output-dir", str(output)]
 
 
@@ -111,16 +113,14 @@ def common_arguments(part: Part, device: str, threads: int, seed: int, skip_memo
 def speculation_goal(report: dict[str, Any]) -> dict[str, Any]:
     """speculation.py's goal as a goal row: greedy speculated rewrite / draft generation, paired IQR."""
     ratio = report["results"]["greedy"]["summary"]["speculated_vs_draft"]
-    target = report["goal"]["target"]
-    return {
-        "name": "speculated_rewrite_vs_draft",
-        "what": "Speculated rewrite generation / the draft's generation (greedy rewrites)",
-        "target": target,
-        "value": ratio["median"],
-        "lower": ratio["q1"],
-        "upper": ratio["q3"],
-        "met": ratio["q3"] <= target,
-    }
+    return goal_entry(
+        "speculated_rewrite_vs_draft",
+        "Speculated rewrite generation / the draft's generation (greedy rewrites)",
+        report["goal"]["target"],
+        ratio["median"],
+        ratio["q1"],
+        ratio["q3"],
+    )
 
 
 def part_goals(part: Part, results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,9 +130,6 @@ def part_goals(part: Part, results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def check_smollm2_available() -> None:
     """Fail before the first part runs where SmolLM2 cannot be had (its conversion needs two packages)."""
-    sys.path.insert(0, str(HERE))
-    from smollm2 import default_cache_dir, gguf_folder
-
     if not (default_cache_dir() / "SmolLM2-135M-Instruct" / "config.json").is_file():
         gguf_folder()  # raises, naming the install command, where the packages are missing
 
@@ -168,12 +165,7 @@ def markdown(report: dict[str, Any], sections: dict[str, str]) -> str:
         "| part | goal | target | value (paired IQR) | |",
         "|---|---|---|---|---|",
     ]
-    for goal in report["goals"]:
-        spread = f" ({goal['lower']:.2f}–{goal['upper']:.2f})" if goal["upper"] != goal["value"] else ""
-        lines.append(
-            f"| {goal['configuration']} | {goal['what']} | <= {goal['target']:.2f}x | {goal['value']:.2f}x{spread} | "
-            f"{'met' if goal['met'] else 'MISSED'} |"
-        )
+    lines += [f"| {goal['configuration']} | {goal['what']} | {goal_cells(goal)}" for goal in report["goals"]]
     for part in report["parts"]:
         lines += ["", f"## {part['name']}: {part['what']}", "", demoted(sections[part["name"]]).rstrip()]
     return "\n".join(lines) + "\n"
@@ -194,7 +186,7 @@ def run(
         words = part.command(output_dir, common_arguments(part, device, threads, seed, skip_memory))
         print(f"[speed] {part.name}: {' '.join(words[1:])}", file=sys.stderr, flush=True)
         part_started = datetime.datetime.now(datetime.timezone.utc)
-        completed = subprocess.run(words, cwd=HERE.parent, env=env, stdout=subprocess.DEVNULL, check=False)
+        completed = subprocess.run(words, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=False)
         if completed.returncode != 0:
             raise SystemExit(f"[speed] part {part.name!r} failed with exit code {completed.returncode}: {words}")
         results = json.loads((output_dir / f"{part.results_file}.json").read_text())

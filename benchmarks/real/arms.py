@@ -1,0 +1,138 @@
+"""The real-model benchmark's arms on SmolLM2-135M-Instruct: what every arm shares (`Settings`), the rows they train
+on, one run (`run_job`: a fresh LoRA adapter from the start, then scored) and the start's own scores."""
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from benchmarks.protocol.arms import load_start, run_sgpo, supervised_updates, train_arm
+from benchmarks.protocol.runs import Job, RunResult
+from benchmarks.real.evaluation import headroom, scores
+from benchmarks.real.start import lora_config, sft_batch
+from benchmarks.real.task import Row, conversational, make_splits, prompt_from_json
+
+
+ARMS: dict[str, tuple[str, dict | None]] = {
+    "sft": ("sft", None),
+    "spin": ("spin", {"pair_source": "spin"}),
+    "online_dpo_oracle": ("online_dpo_oracle", None),
+    "sgpo": ("sgpo", {}),
+    "sgpo_step1_gated": ("sgpo", {"improver_ready_at": 0.5, "improver_warmup_steps": 0.5}),
+    "sgpo_sees_reference": (
+        "sgpo",
+        {"improver_instruction": "Rewrite your answer so that it gets closer to this one: {reference}"},
+    ),
+}
+SEARCHED = ("sft", "spin", "online_dpo_oracle", "sgpo")
+HEADLINE = "sampled_accuracy"
+GOLD_COLUMN = "task"
+READINESS_ROWS = 8  # SGPOConfig's improver_readiness_prompts
+
+
+@dataclass
+class Settings:
+    checkpoint: str = ""  # the start (benchmarks/real_start.py); resolved at run time
+    steps: int = 24
+    batch_size: int = 8
+    learning_rates: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+    seeds: tuple[int, ...] = (0, 1)
+    validation_prompts: int = 64
+    test_prompts: int = 128
+    held_out_prompts: int = 64
+    temperature: float = 1.0
+    beta: float = 0.1
+    warmup: float = 0.1
+    max_new_tokens: int = 24  # the longest reference is 19 tokens with its end of turn
+    pass_at_k: int = 8
+    eval_samples: int = 4
+
+
+def task_score(text: str, task: str) -> float:
+    """The checker's partial credit of ``text`` for the prompt serialised in ``task`` (the oracle's reward)."""
+    return prompt_from_json(json.loads(task)).partial_credit(text)
+
+
+def _train_rows(job: Job):
+    from datasets import Dataset
+
+    rows = Dataset.from_list(conversational(make_splits()["train"])).shuffle(seed=job.seed)
+    # Every arm gets the rows its updates use, plus the rows that `improver_ready_at` sets aside (its default 8), so
+    # that the readiness-gated arm trains on as many rows as the others.
+    return rows.select(range(min(len(rows), job.settings.steps * job.settings.batch_size + READINESS_ROWS)))
+
+
+def _shared_arm_settings(job: Job) -> dict:
+    """What the shared SGPO and oracle arms take from this task: the trainers' lengths and logging, the checker,
+    and a fresh LoRA adapter."""
+    return dict(
+        max_length=384,
+        logging_steps=min(4, job.settings.steps),
+        gold_column=GOLD_COLUMN,
+        score=task_score,
+        peft_config=lora_config(),
+    )
+
+
+def _run_sft(job: Job, model, tokenizer, rows) -> tuple[object, dict]:
+    """Continued SFT on the references, a fresh LoRA adapter (as the start was built)."""
+    from peft import get_peft_model
+
+    def encode(batch: dict) -> dict:
+        prompts = [prompt_from_json(json.loads(task)) for task in batch[GOLD_COLUMN]]
+        references = [completion[0]["content"] for completion in batch["completion"]]
+        return sft_batch(tokenizer, [Row(p, r, False) for p, r in zip(prompts, references)])
+
+    torch.manual_seed(job.seed)
+    model = get_peft_model(model, lora_config())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job.learning_rate)
+    warmup_steps = max(1, round(job.settings.warmup * job.settings.steps))
+    supervised_updates(model, optimizer, rows, job, warmup_steps, encode)
+    return model, {}
+
+
+def _run_sgpo(job: Job, model, tokenizer, rows, overrides: dict) -> tuple[object, dict]:
+    """SGPO with the arm's overrides on a fresh LoRA adapter; its diagnostics record how long Step 1 lasted."""
+    trainer, summary = run_sgpo(
+        job, model, tokenizer, rows, overrides, skip_special_tokens=True, **_shared_arm_settings(job)
+    )
+    runs = next(c.phase_runs for c in trainer.callback_handler.callbacks if hasattr(c, "phase_runs"))
+    summary["step1_updates"] = runs[0][1] if runs and runs[0][0] == "improver" else 0  # how long Step 1 lasted
+    return trainer.model, summary
+
+
+def _evaluate(model, tokenizer, split: str, count: int, settings: Settings) -> dict:
+    rows = make_splits()[split][:count]
+    torch.manual_seed(0)  # the same sampling noise for every arm
+    return scores(model, tokenizer, rows, settings.eval_samples, settings.temperature, settings.max_new_tokens)
+
+
+def run_job(job: Job) -> RunResult:
+    """Train one arm from the start and score it on validation (and on test and the held-out family)."""
+    model, tokenizer, diagnostics, seconds = train_arm(
+        job, ARMS, _train_rows, _run_sft, _run_sgpo, _shared_arm_settings
+    )
+    settings = job.settings
+    if hasattr(model, "merge_and_unload"):  # scoring runs the merged weights: the adapter's extra matmuls cost time
+        model = model.merge_and_unload()
+    validation = _evaluate(model, tokenizer, "validation", settings.validation_prompts, settings)
+    test = None
+    if job.evaluate_test:
+        test = _evaluate(model, tokenizer, "test", settings.test_prompts, settings)
+        held_out = _evaluate(model, tokenizer, "held_out", settings.held_out_prompts, settings)
+        test |= {f"held_out_{key}": value for key, value in held_out.items()}
+    return RunResult(job.arm, job.learning_rate, job.seed, validation, test, seconds, diagnostics)
+
+
+def start_scores(settings: Settings) -> dict:
+    """The start's test, held-out-family and validation scores (the plateau gate compares continued SFT with the
+    last), and its headroom on validation."""
+    model, tokenizer = load_start(settings.checkpoint)
+    test = _evaluate(model, tokenizer, "test", settings.test_prompts, settings)
+    held_out = _evaluate(model, tokenizer, "held_out", settings.held_out_prompts, settings)
+    validation = _evaluate(model, tokenizer, "validation", settings.validation_prompts, settings)
+    test |= {f"validation_{key}": value for key, value in validation.items()}
+    torch.manual_seed(0)
+    rows = make_splits()["validation"][: settings.validation_prompts]
+    room = headroom(model, tokenizer, rows, settings.pass_at_k, settings.temperature, settings.max_new_tokens)
+    return {**test, **{f"held_out_{key}": value for key, value in held_out.items()}, "validation_headroom": room}
