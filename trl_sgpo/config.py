@@ -1,20 +1,18 @@
 """`SGPOConfig`: TRL's `OnlineDPOConfig` plus the improver, pair and schedule settings of SGPO."""
 
 import dataclasses
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from trl.experimental.online_dpo import OnlineDPOConfig
-from trl.import_utils import is_vllm_available
 
-from .data.prompt_lengths import LONG_PROMPT_MODES, PromptBudget
-from .method.improver import IMPROVER_FORMATS, TARGET_STRATEGIES, validate_instruction, validate_template
-from .method.objectives import LOSS_TYPES
+from .config_checks import check_config
+from .data.prompt_lengths import LONG_PROMPT_MODES
+from .method.improver import IMPROVER_FORMATS, TARGET_STRATEGIES
 from .method.pairs import PAIR_GATES, PAIR_SOURCES
-from .method.schedule import WARMUP_DRAFT_SOURCES, PhaseSchedule
+from .method.schedule import WARMUP_DRAFT_SOURCES
 
 
 DEFAULT_IMPROVER_TEMPLATE = (
@@ -417,6 +415,13 @@ class SGPOConfig(OnlineDPOConfig):
             "use_cpu are off, off otherwise (so CPU runs need no flag)."
         },
     )
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Pin the data loader's memory. Unset: on when a CUDA GPU is present (and use_cpu is off), off "
+            "on the CPU, where pinning does nothing but warn."
+        },
+    )
     gradient_checkpointing: bool | None = field(
         default=None,
         metadata={
@@ -436,6 +441,8 @@ class SGPOConfig(OnlineDPOConfig):
         on_gpu = torch.cuda.is_available() and not self.use_cpu
         if self.bf16 is None:
             self.bf16 = bool(on_gpu and not self.fp16 and torch.cuda.is_bf16_supported())
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = on_gpu
         if self.gradient_checkpointing is None:
             # Newer transformers renamed it `activation_checkpointing` and warn (FutureWarning) whenever the old name
             # is set: resolve the device default into the new name where it exists.
@@ -445,152 +452,7 @@ class SGPOConfig(OnlineDPOConfig):
             else:
                 self.gradient_checkpointing = on_gpu
         super().__post_init__()
-        self._validate_sgpo_fields()
-
-    def _validate_sgpo_fields(self) -> None:
-        """Reject bad settings here, before any model is loaded."""
-        if self.reward_model_path is not None or self.reward_weights is not None or self.missing_eos_penalty:
-            raise ValueError(
-                "SGPO uses no reward: unset `reward_model_path`, `reward_weights` and `missing_eos_penalty`. The "
-                "chosen side of each pair comes from the improver role (or the reference with pair_source='spin')."
-            )
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(
-                f"Unknown loss_type {self.loss_type!r}: SGPO supports {list(LOSS_TYPES)} (TRL's DPO and IPO losses)."
-            )
-        if self.improver_target not in TARGET_STRATEGIES:
-            raise ValueError(
-                f"Unknown improver_target {self.improver_target!r}: choose one of {sorted(TARGET_STRATEGIES)}."
-            )
-        if self.improver_format not in IMPROVER_FORMATS:
-            raise ValueError(
-                f"Unknown improver_format {self.improver_format!r}: choose one of {list(IMPROVER_FORMATS)} "
-                "('auto': next_turn where the chat template allows, else template; 'template': a user turn built "
-                "from improver_template; 'next_turn': the next turn of the policy's conversation)."
-            )
-        validate_instruction(self.improver_instruction)
-        if self.pair_source not in PAIR_SOURCES:
-            raise ValueError(f"Unknown pair_source {self.pair_source!r}: choose one of {sorted(PAIR_SOURCES)}.")
-        if self.pair_gate not in PAIR_GATES:
-            raise ValueError(f"Unknown pair_gate {self.pair_gate!r}: choose one of {sorted(PAIR_GATES)}.")
-        if self.improver_warmup_only and self.pair_source != "sgpo":
-            raise ValueError(
-                f"improver_warmup_only trains the improver role alone, and pair_source={self.pair_source!r} has none: "
-                "unset improver_warmup_only, or use pair_source='sgpo'."
-            )
-        if self.pair_gate in ("improver_keep", "round_trip") and self.pair_source != "sgpo":
-            raise ValueError(
-                f"pair_gate={self.pair_gate!r} asks the improver about its rewrite, and pair_source="
-                f"{self.pair_source!r} has no improver: use pair_gate='reference_margin' or 'none'."
-            )
-        if not 0.0 <= self.improver_alpha <= 1.0:
-            raise ValueError(
-                f"improver_alpha must be in [0, 1] (the fraction of edits applied), got {self.improver_alpha}."
-            )
-        if self.improver_outlier_k < 0:
-            raise ValueError(
-                f"improver_outlier_k must be >= 0, got {self.improver_outlier_k}; to switch the filter off set "
-                "improver_filter_outliers=False."
-            )
-        betas = self.beta if isinstance(self.beta, list) else [self.beta]
-        if any(b <= 0 for b in betas):
-            raise ValueError(f"beta must be > 0 (it scales the DPO log-ratio), got {self.beta}.")
-        # The schedule's own rules (non-negative lengths, at least one step, a whole or fractional warm-up).
-        PhaseSchedule(self.improver_warmup_steps, self.improver_steps, self.dpo_steps, self.num_cycles)
-        for name in ("improver_loss_weight", "chosen_nll_weight", "policy_sft_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 disables the term), got {getattr(self, name)}.")
-        if self.improver_speculative_tokens < 0:
-            raise ValueError(
-                f"improver_speculative_tokens must be >= 0 (0: off), got {self.improver_speculative_tokens}."
-            )
-        if self.improver_speculative_tokens and self.use_vllm:
-            raise ValueError(
-                "improver_speculative_tokens speculates with transformers generation; TRL's VLLMGeneration builds "
-                "the vLLM engine without a speculative config. Set improver_speculative_tokens=0 with use_vllm=True."
-            )
-        if self.use_vllm and not is_vllm_available():
-            raise ImportError(
-                "use_vllm=True but vLLM is not installed: `pip install trl-sgpo[vllm]` (needs a CUDA GPU), or set "
-                "use_vllm=False to generate with transformers."
-            )
-        if self.improver_learning_rate is not None and self.improver_learning_rate <= 0:
-            raise ValueError(
-                f"improver_learning_rate must be > 0 (unset: learning_rate), got {self.improver_learning_rate}."
-            )
-        if self.improver_max_new_tokens is not None and self.improver_max_new_tokens < 1:
-            raise ValueError(f"improver_max_new_tokens must be >= 1, got {self.improver_max_new_tokens}.")
-        if self.num_completions_to_print is not None and self.num_completions_to_print < 1:
-            raise ValueError(
-                f"num_completions_to_print must be >= 1 (unset: all rows), got {self.num_completions_to_print}."
-            )
-        if self.long_prompts not in LONG_PROMPT_MODES:
-            raise ValueError(f"long_prompts must be one of {list(LONG_PROMPT_MODES)}, got {self.long_prompts!r}.")
-        if self.improver_temperature is not None and self.improver_temperature < 0:
-            raise ValueError(f"improver_temperature must be >= 0 (0 = greedy), got {self.improver_temperature}.")
-        self._check_length_budget()
-        self._check_readiness()
-        self._check_warmup_drafts()
-        if self.pair_source == "sgpo" and self.improver_filter_outliers and self.per_device_train_batch_size < 4:
-            warnings.warn(
-                f"per_device_train_batch_size={self.per_device_train_batch_size}: the improver's outlier filter "
-                "(improver_filter_outliers) needs at least 4 targets per micro-batch, so it never acts. Use a "
-                "micro-batch of 4 or more (and fewer gradient_accumulation_steps for the same total batch), or set "
-                "improver_filter_outliers=False to silence this.",
-                UserWarning,
-                stacklevel=4,  # the line that built the config
-            )
-        if isinstance(self.improver_template, str):
-            validate_template(self.improver_template)
-        elif not callable(self.improver_template):
-            raise TypeError(
-                "improver_template must be a string with {prompt} and {response} or a callable "
-                f"(prompt, response) -> str | messages, got {type(self.improver_template).__name__}."
-            )
-
-    def _check_warmup_drafts(self) -> None:
-        if self.improver_warmup_drafts not in WARMUP_DRAFT_SOURCES:
-            raise ValueError(
-                f"improver_warmup_drafts must be one of {list(WARMUP_DRAFT_SOURCES)}, got "
-                f"{self.improver_warmup_drafts!r}."
-            )
-        if self.improver_warmup_drafts == "initial" and (
-            self.pair_source != "sgpo" or (self.improver_warmup_steps == 0 and not self.improver_warmup_only)
-        ):
-            raise ValueError(
-                "improver_warmup_drafts='initial' samples Step 1's drafts up front, so it needs pair_source='sgpo' "
-                f"and a Step 1 (improver_warmup_steps > 0, got {self.improver_warmup_steps})."
-            )
-
-    def _check_readiness(self) -> None:
-        if self.improver_ready_at is None:
-            return
-        if not 0 < self.improver_ready_at <= 1:
-            raise ValueError(f"improver_ready_at must be a share in (0, 1], got {self.improver_ready_at}.")
-        if self.improver_readiness_steps < 1 or self.improver_readiness_prompts < 1:
-            raise ValueError("improver_readiness_steps and improver_readiness_prompts must be >= 1.")
-        if self.pair_source != "sgpo" or self.improver_warmup_steps == 0:
-            raise ValueError(
-                "improver_ready_at ends Step 1 early, so it needs pair_source='sgpo' and a Step 1 to end "
-                f"(improver_warmup_steps > 0, its cap; got {self.improver_warmup_steps})."
-            )
-
-    def _check_length_budget(self) -> None:
-        """The generated tokens alone must leave room for a prompt in `max_length` (no tokenizer needed).
-
-        The improver's sequence is the longest SGPO scores: template and prompt, a draft of `max_new_tokens`, then
-        a rewrite of `improver_max_new_tokens` (`prompt_lengths.PromptBudget`). The template's own tokens are counted
-        when the trainer is built, and every prompt is measured then.
-        """
-        if self.max_length is None:
-            return
-        budget = PromptBudget.of_generation(self)
-        if budget.available < 1:
-            raise ValueError(
-                f"{budget.arithmetic()} tokens for the prompt and the improver template: nothing fits. Raise "
-                f"max_length above {self.max_length - budget.available} plus your longest prompt and the template, "
-                "or lower max_new_tokens / improver_max_new_tokens."
-            )
+        check_config(self)  # before any model is loaded
 
     def to_dict(self) -> dict[str, Any]:
         # A callable template cannot be serialised to JSON (logs, model cards): record its name instead.
