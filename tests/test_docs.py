@@ -152,12 +152,28 @@ def test_mkdocs_build_strict(tmp_path):
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
 
     # The configuration tables are generated from the code: every SGPO field is on the page, no placeholder left.
-    sys.path.insert(0, str(DOCS / "hooks"))
-    try:
-        from config_table import PLACEHOLDER, sgpo_fields
-    finally:
-        sys.path.remove(str(DOCS / "hooks"))
+    spec = importlib.util.spec_from_file_location("config_table", DOCS / "hooks" / "config_table.py")
+    config_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config_table)
     configuration = (site / "configuration" / "index.html").read_text(encoding="utf-8")
-    assert PLACEHOLDER not in configuration
-    missing = [field.name for _, field in sgpo_fields() if f"<code>{field.name}</code>" not in configuration]
+    assert config_table.PLACEHOLDER not in configuration
+    missing = [
+        field.name for _, field in config_table.sgpo_fields() if f"<code>{field.name}</code>" not in configuration
+    ]
     assert not missing, f"SGPOConfig fields missing from the generated configuration page: {missing}"
+
+
+def test_every_documented_output_folder_is_git_ignored():
+    """A user who runs the README's and the docs' commands in a clone finds no untracked output folders."""
+    import shutil
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "examples").glob("*.py"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
+    folders = set(re.findall(r"--output_dir ([\w.\-]+)", text)) | set(re.findall(r'output_dir="([\w.\-]+)"', text))
+    folders |= {"sgpo-builtin-output", "trainer_output"}  # the built-in run's, and TRL's default
+    assert len(folders) > 10, folders
+    for folder in sorted(folders):
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"{folder}/"], cwd=ROOT).returncode == 0
+        assert ignored, f"{folder}/ is written by a documented command and not in .gitignore"

@@ -343,11 +343,14 @@ def _train(script_args, training_args, model_args, data) -> dict:
     if training_args.push_to_hub:
         trainer.push_to_hub()
 
+    saved = f"Model, tokenizer and model card saved to {os.path.abspath(training_args.output_dir)}"
     if not builtin:
+        if trainer.is_world_process_zero():
+            console.print(saved + (" (pushed to the Hub too)" if training_args.push_to_hub else ""))
         return result.metrics
     after = _builtin_scores(trainer.model, tokenizer, eval_dataset, training_args.temperature)
     console.print(_quality_table(before, after, regime))
-    console.print(f"Model, tokenizer and model card saved to {training_args.output_dir}")
+    console.print(saved)
     return {"before": before, "after": after}
 
 
