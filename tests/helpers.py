@@ -118,6 +118,10 @@ def make_config(tmp_path, **overrides) -> SGPOConfig:
         report_to="none",
         save_strategy="no",
         improver_format="template",  # tests that exercise the next turn (or "auto") ask for it
+        # Tests keep every pair the filter keeps and train toward the reference, so that a step's pairs and targets
+        # are those the stand-in samplers write; the gate and keep_plausible targets have tests of their own.
+        pair_gate="none",
+        improver_target="reference",
         improver_template=SHORT_TEMPLATE,
         generation_kwargs={"forced_eos_token_id": SPECIAL_TOKENS.index("</s>")},
         seed=0,

@@ -138,6 +138,6 @@ def test_right_defaults_and_prose_pass():
     text = (
         "Keep `improver_loss_weight > 0` (default `0.3`); the default `improver_steps=0, dpo_steps=1`;\n"
         "`improver_temperature` (default: the same)\n"
-        '| `improver_target` | Target |\n|---|---|\n| `"reference"` (default) | the reference |'
+        '| `improver_target` | Target |\n|---|---|\n| `"keep_plausible"` (default) | the draft or the reference |'
     )
     assert wrong_defaults(text) == [] and len(default_claims(text)) == 4

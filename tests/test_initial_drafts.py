@@ -81,6 +81,10 @@ def test_each_process_gets_its_own_whole_micro_batches():
 
 
 @pytest.mark.parametrize("overrides", [dict(improver_warmup_steps=0), dict(pair_source="spin")])
-def test_initial_drafts_need_a_step_1(tmp_path, overrides):
-    with pytest.raises(ValueError, match="improver_warmup_drafts='initial' samples Step 1's drafts up front"):
-        make_config(tmp_path, improver_warmup_drafts="initial", **overrides)
+def test_initial_drafts_without_a_step_1_sample_no_pool(tmp_path, tokenizer, overrides):
+    """The default 'initial' with no Step 1 (a Step 2 run, or a pair source without an improver) changes nothing:
+    no pool is sampled, every step samples its own drafts."""
+    trainer, calls = _recording_trainer(tmp_path, tokenizer, "initial", improver_steps=0, max_steps=2, **overrides)
+    trainer.train()
+    assert trainer.phase_callback.phase_history == [DPO, DPO]
+    assert [step for role, step, _ in calls if role == "policy"] == [0, 1]  # one micro-batch each, no pool

@@ -49,4 +49,4 @@ def test_the_card_says_what_the_run_did_with_the_settings_as_they_acted(tmp_path
     assert (steps["step1_steps"], steps["dpo_steps"]) == (2, 1)  # improver, DPO, improver: the test schedule
     assert f"| DPO steps | {steps['dpo_steps']} |" in card and "| DPO pairs kept | 4 of 4 drafted (100%)" in card
     assert "| `improver_instruction` | `improve` |" in card and "`improver_template`" not in card  # the format used
-    assert "| `improver_temperature` | `0.9 (the policy's)` |" in card  # resolved (TRL's temperature), not None
+    assert "| `improver_top_p` | `1.0 (the policy's)` |" in card  # resolved, not None

@@ -15,8 +15,7 @@ import pytest
 import torch
 from trl.generation import vllm_generation
 
-from trl_sgpo import SGPOTrainer
-from trl_sgpo import config as sgpo_config
+from trl_sgpo import SGPOTrainer, config_checks
 from trl_sgpo.method.schedule import DPO
 
 from .helpers import conversational_dataset, make_config, tiny_model
@@ -91,7 +90,7 @@ def stand_ins(monkeypatch, tokenizer):
     answer = tokenizer("cba", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     RecordingLLM.answer, RecordingClient.answer = answer, answer
     RecordingLLM.built, RecordingClient.built = [], []
-    monkeypatch.setattr(sgpo_config, "is_vllm_available", lambda: True)
+    monkeypatch.setattr(config_checks, "is_vllm_available", lambda: True)
     monkeypatch.setattr(vllm_generation, "is_vllm_available", lambda: True)
     monkeypatch.setattr(vllm_generation, "LLM", RecordingLLM, raising=False)
     monkeypatch.setattr(vllm_generation, "SamplingParams", lambda **settings: settings, raising=False)

@@ -123,13 +123,6 @@ def _check_warmup_drafts(config) -> None:
             f"improver_warmup_drafts must be one of {list(WARMUP_DRAFT_SOURCES)}, got "
             f"{config.improver_warmup_drafts!r}."
         )
-    if config.improver_warmup_drafts == "initial" and (
-        config.pair_source != "sgpo" or (config.improver_warmup_steps == 0 and not config.improver_warmup_only)
-    ):
-        raise ValueError(
-            "improver_warmup_drafts='initial' samples Step 1's drafts up front, so it needs pair_source='sgpo' "
-            f"and a Step 1 (improver_warmup_steps > 0, got {config.improver_warmup_steps})."
-        )
 
 
 def _check_readiness(config) -> None:
