@@ -205,18 +205,18 @@ def train_arm(
     run_sgpo_arm: Callable[[Job, Any, Any, Any, dict], tuple[Any, dict[str, float]]],
     oracle_settings: Callable[[Job], dict],
 ) -> tuple[Any, Any, dict[str, float], float]:
-    """Train ``job.arm`` from the start on this seed's rows, on one CPU thread: continued SFT, the oracle, or SGPO
-    with the arm's overrides (``run_sft(job, model, tokenizer, rows)``, ``run_sgpo_arm(..., overrides)``, each
-    returning the trained model and its diagnostics). The trained model, the tokenizer, the arm's diagnostics and the
-    seconds it took."""
+    """Train ``job.arm`` from the start on this seed's rows, on one CPU thread, as its method: continued SFT, the
+    oracle, or SGPO with the arm's overrides (``run_sft(job, model, tokenizer, rows)``,
+    ``run_sgpo_arm(..., overrides)``, each returning the trained model and its diagnostics). The trained model, the
+    tokenizer, the arm's diagnostics and the seconds it took."""
     torch.set_num_threads(1)
     started = time.perf_counter()
     model, tokenizer = load_start(job.settings.checkpoint)
     rows = train_rows(job)
-    _, overrides = arm_table[job.arm]
-    if job.arm == "sft":
+    method, overrides = arm_table[job.arm]  # an arm trains as its method does (a variant of SFT is SFT)
+    if method == "sft":
         model, diagnostics = run_sft(job, model, tokenizer, rows)
-    elif job.arm == "online_dpo_oracle":
+    elif method == "online_dpo_oracle":
         model, diagnostics = run_oracle(job, model, tokenizer, rows, **oracle_settings(job))
     else:
         model, diagnostics = run_sgpo_arm(job, model, tokenizer, rows, overrides)

@@ -1,8 +1,9 @@
 """The real-model benchmark's arms on SmolLM2-135M-Instruct: what every arm shares (`Settings`), the rows they train
-on, one run (`run_job`: a fresh LoRA adapter from the start, then scored) and the start's own scores."""
+on, one run (`run_job`: a fresh LoRA adapter from the start, or for SGPO from its cached Step 1, then scored) and the
+start's own scores."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -10,21 +11,29 @@ from benchmarks.protocol.arms import load_start, run_sgpo, supervised_updates, t
 from benchmarks.protocol.runs import Job, RunResult
 from benchmarks.real.evaluation import headroom, scores
 from benchmarks.real.start import lora_config, sft_batch
+from benchmarks.real.step1 import Step1Settings, real_step1_dir
 from benchmarks.real.task import Row, conversational, make_splits, prompt_from_json
 
 
+# arm -> (the method whose learning rate it uses, its SGPOConfig overrides; None: not an SGPOTrainer arm). An SGPO arm
+# starts from its seed's Step 1 (benchmarks/real/step1.py, with the target of ``improver_target``, the library's
+# default unless overridden) and runs Step 2 (improver_warmup_steps=0: Step 1 is done), unless it says otherwise.
 ARMS: dict[str, tuple[str, dict | None]] = {
     "sft": ("sft", None),
     "spin": ("spin", {"pair_source": "spin"}),
     "online_dpo_oracle": ("online_dpo_oracle", None),
+    "self_sharpen": ("self_sharpen", {"pair_source": "self_sharpen", "pair_gate": "reference_margin"}),
     "sgpo": ("sgpo", {}),
-    "sgpo_step1_gated": ("sgpo", {"improver_ready_at": 0.5, "improver_warmup_steps": 0.5}),
-    "sgpo_sees_reference": (
-        "sgpo",
-        {"improver_instruction": "Rewrite your answer so that it gets closer to this one: {reference}"},
-    ),
+    "sgpo_step1_only": ("sgpo", None),  # Step 1's model, scored without Step 2: what Step 1 alone does
+    "sgpo_reference_targets": ("sgpo", {"improver_target": "reference"}),
+    "sgpo_no_gate": ("sgpo", {"pair_gate": "none"}),
+    "sgpo_sampled_rewrites": ("sgpo", {"improver_temperature": 1.0}),
+    "sgpo_no_step1": ("sgpo", {"step1": False}),
+    "sft_same_updates": ("sft", None),  # as many prompts as SGPO's Step 1 and Step 2 together
+    "spin_same_updates": ("spin", {"pair_source": "spin"}),
 }
-SEARCHED = ("sft", "spin", "online_dpo_oracle", "sgpo")
+SEARCHED = ("sft", "spin", "online_dpo_oracle", "self_sharpen", "sgpo")
+STEP1 = Step1Settings()  # Step 1 as every SGPO arm builds it (its seed and target set per arm)
 HEADLINE = "sampled_accuracy"
 GOLD_COLUMN = "task"
 READINESS_ROWS = 8  # SGPOConfig's improver_readiness_prompts
@@ -91,14 +100,43 @@ def _run_sft(job: Job, model, tokenizer, rows) -> tuple[object, dict]:
     return model, {}
 
 
+def step1_settings(arm: str, seed: int) -> Step1Settings | None:
+    """The Step 1 an SGPO arm starts from (its seed; the target its Step 2 uses), or None (no Step 1)."""
+    method, overrides = ARMS[arm]
+    if method != "sgpo" or (overrides or {}).get("step1") is False:
+        return None
+    from trl_sgpo import SGPOConfig
+
+    target = (overrides or {}).get("improver_target", SGPOConfig.improver_target)
+    return replace(STEP1, seed=seed, target=target)
+
+
+def same_updates_steps(settings: Settings) -> int:
+    """Updates of ``batch_size`` prompts that hold as many prompts as SGPO's Step 1 and Step 2 together."""
+    return settings.steps + STEP1.rows // settings.batch_size
+
+
 def _run_sgpo(job: Job, model, tokenizer, rows, overrides: dict) -> tuple[object, dict]:
-    """SGPO with the arm's overrides on a fresh LoRA adapter; its diagnostics record how long Step 1 lasted."""
+    """SGPO's Step 2 with the arm's overrides on a fresh LoRA adapter, from the arm's Step 1 (loaded here in place of
+    the start) or, without one, from the start with no Step 1 at all."""
+    overrides = {key: value for key, value in overrides.items() if key != "step1"}
+    step1 = step1_settings(job.arm, job.seed)
+    if step1 is not None:
+        model, tokenizer = load_start(str(real_step1_dir(step1, quick=_quick(job))))
+    config = {"improver_warmup_steps": 0, **overrides}
     trainer, summary = run_sgpo(
-        job, model, tokenizer, rows, overrides, skip_special_tokens=True, **_shared_arm_settings(job)
+        job, model, tokenizer, rows, config, skip_special_tokens=True, **_shared_arm_settings(job)
     )
-    runs = next(c.phase_runs for c in trainer.callback_handler.callbacks if hasattr(c, "phase_runs"))
-    summary["step1_updates"] = runs[0][1] if runs and runs[0][0] == "improver" else 0  # how long Step 1 lasted
+    if step1 is not None:
+        build = json.loads((real_step1_dir(step1, quick=_quick(job)) / "build.json").read_text())
+        summary["step1_updates"], summary["step1_seconds"] = build["updates"], build["seconds"]
+    else:
+        summary["step1_updates"] = 0
     return trainer.model, summary
+
+
+def _quick(job: Job) -> bool:
+    return "quick" in job.settings.checkpoint  # CI's stand-in start: its Step 1 is the quick one too
 
 
 def _evaluate(model, tokenizer, split: str, count: int, settings: Settings) -> dict:
@@ -109,9 +147,17 @@ def _evaluate(model, tokenizer, split: str, count: int, settings: Settings) -> d
 
 def run_job(job: Job) -> RunResult:
     """Train one arm from the start and score it on validation (and on test and the held-out family)."""
-    model, tokenizer, diagnostics, seconds = train_arm(
-        job, ARMS, _train_rows, _run_sft, _run_sgpo, _shared_arm_settings
-    )
+    if job.arm.endswith("_same_updates"):
+        job = replace(job, settings=replace(job.settings, steps=same_updates_steps(job.settings)))
+    if job.arm == "sgpo_step1_only":
+        folder = real_step1_dir(step1_settings("sgpo", job.seed), quick=_quick(job))
+        model, tokenizer = load_start(str(folder))
+        diagnostics = {"step1_updates": json.loads((folder / "build.json").read_text())["updates"]}
+        seconds = json.loads((folder / "build.json").read_text())["seconds"]
+    else:
+        model, tokenizer, diagnostics, seconds = train_arm(
+            job, ARMS, _train_rows, _run_sft, _run_sgpo, _shared_arm_settings
+        )
     settings = job.settings
     if hasattr(model, "merge_and_unload"):  # scoring runs the merged weights: the adapter's extra matmuls cost time
         model = model.merge_and_unload()

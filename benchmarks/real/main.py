@@ -7,19 +7,21 @@
 The task (benchmarks/real/task.py) is instruction following with verifiable constraints: simple requests ("Name a
 fruit.") with one or two constraints (all lowercase, end with a given word, exactly N items, ...), checked by code.
 The start (benchmarks/real_start.py) is SmolLM2-135M-Instruct after LoRA SFT on the task's SFT set to its validation
-plateau, built once and cached. Every arm starts from it, trains a fresh LoRA adapter (r=16, every linear layer) on
-that same SFT set, with the same number of optimizer updates and prompts per update (improver updates count):
+plateau, built once and cached. Every arm trains a fresh LoRA adapter (r=16, every linear layer) on that same SFT set,
+for the same number of updates of the same number of prompts:
 
-- ``sft``: continued SFT on the references;
-- ``spin``: DPO with chosen = reference, rejected = own sample;
+- ``sft``: continued SFT on the references; ``spin``: DPO with chosen = reference, rejected = own sample;
 - ``online_dpo_oracle``: TRL's OnlineDPOTrainer with the checker's partial credit as reward (tied pairs carry no
   gradient, and are counted): the sensitivity gate;
-- ``sgpo``: SGPO with the package's defaults (a fixed Step 1 of 10% of the updates, then DPO steps);
-- ``sgpo_step1_gated``: Step 1 ends when half of the held-out rewrites gain overlap with the reference
-  (``improver_ready_at=0.5``), capped at half of the updates;
-- ``sgpo_sees_reference``: the improver's instruction also shows the reference.
+- ``self_sharpen``: the control: chosen = the policy's own greedy answer, rejected = its sample, the same pair gate,
+  no improver (what sharpening toward the policy's mode gains);
+- ``sgpo``: SGPO with the package's defaults, as the paper stages it: Step 1 (benchmarks/real/step1.py: the start's
+  drafts of 384 training prompts, one pass of the improver, built once per seed and cached), then Step 2 from it;
+- ``sgpo_step1_only``: Step 1's model scored as it is; ``sgpo_reference_targets``, ``sgpo_no_gate``,
+  ``sgpo_sampled_rewrites``, ``sgpo_no_step1``: each new mechanism switched off in turn;
+- ``sft_same_updates``, ``spin_same_updates``: SFT and SPIN given as many prompts as SGPO's Step 1 and Step 2.
 
-Each method's learning rate is chosen on validation (first seed), the SGPO variants use SGPO's; test and the
+Each method's learning rate is chosen on validation (first seed), the variants use their method's; test and the
 held-out constraint family play no part in any choice. The protocol, the pair diagnostics and the tables are shared
 with the toy benchmark (benchmarks/protocol/). Every run's results are kept under ``--output-dir``/real_quality_runs,
 so that a part (``--arms``, ``--seeds``) reuses what earlier parts ran and the table always shows every arm run so
@@ -35,16 +37,18 @@ from dataclasses import asdict
 from benchmarks.protocol.command import apply_overrides, parse_args, run_header, sgpo_defaults, write_report
 from benchmarks.protocol.runs import cache_folder_name, has_saved_runs
 from benchmarks.protocol.search import run_benchmark
-from benchmarks.real.arms import ARMS, HEADLINE, SEARCHED, Settings, run_job, start_scores
+from benchmarks.real.arms import ARMS, HEADLINE, SEARCHED, Settings, run_job, start_scores, step1_settings
 from benchmarks.real.report import markdown_table, summarize
 from benchmarks.real.start import real_start_dir
+from benchmarks.real.step1 import real_step1_dir
 
 
 SGPO_DEFAULTS = (  # the package's defaults the report records for the sgpo arm
     "improver_format",
-    "improver_warmup_steps",
-    "improver_ready_at",
     "improver_target",
+    "improver_temperature",
+    "pair_gate",
+    "improver_warmup_drafts",
     "improver_loss_weight",
     "policy_sft_weight",
 )
@@ -92,6 +96,12 @@ def main(argv: list[str] | None = None) -> dict:
     # another, or in the background, and merge: a later part reruns nothing an earlier one saved.
     cache_dir = os.path.join(args.output_dir, "real_quality_runs", cache_folder_name(settings))
     arms = [arm for arm in ARMS if arm in args.arms or has_saved_runs(cache_dir, arm)]
+    # Step 1 once per seed and target, before the workers start (two workers must not build one folder at once).
+    steps1 = {
+        step1 for arm in args.arms if arm in ARMS for seed in settings.seeds if (step1 := step1_settings(arm, seed))
+    }
+    for step1 in sorted(steps1, key=lambda step1: (step1.seed, step1.target)):
+        print(f"Step 1 ({step1.target}, seed {step1.seed}): {real_step1_dir(step1, quick=args.quick)}", flush=True)
     report = run_benchmark(
         settings,
         tuple(arms),

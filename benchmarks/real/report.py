@@ -60,8 +60,46 @@ def summarize(report: dict) -> dict:
     sgpo_runs = [r for r in report["final"] if r["arm"] == "sgpo" and "copied_share" in r["diagnostics"]]
     copied = [r["diagnostics"]["copied_share"] for r in sgpo_runs]
     summary["copy_share"] = statistics.fmean(copied) if copied else None
+    # The control: what sharpening toward the policy's own greedy answer gains, with the same gate and no improver.
+    value, sigma = difference(report, "sgpo", "self_sharpen", HEADLINE)
+    summary["sgpo_minus_self_sharpening"], summary["sigma_sgpo_minus_self_sharpening"] = value, sigma
+    # Of the SGPO default's kept pairs the checker tells apart, the share whose rewrite it rates better.
+    judged = [(r["diagnostics"].get("rewrite_better"), r["diagnostics"].get("rewrite_worse")) for r in sgpo_runs]
+    judged = [(better, worse) for better, worse in judged if better is not None and better + worse > 0]
+    summary["pair_precision"] = statistics.fmean(b / (b + w) for b, w in judged) if judged else None
+    summary["step1_only_gain"] = _mean(report, "sgpo_step1_only", HEADLINE) - start
+    step1 = [r["diagnostics"] for r in report["final"] if r["arm"] == "sgpo" and "step1_seconds" in r["diagnostics"]]
+    summary["step1_updates"] = step1[0]["step1_updates"] if step1 else None
+    summary["step1_minutes"] = statistics.fmean(d["step1_seconds"] for d in step1) / 60 if step1 else None
     summary["sgpo_default"] = report.get("sgpo_default", {})
     return summary
+
+
+def control_lines(summary: dict) -> list[str]:
+    """The self-sharpening control, Step 1 alone, and the precision of SGPO's pairs, as the report states them."""
+    lines = []
+    control = summary.get("sgpo_minus_self_sharpening", math.nan)
+    if math.isnan(control):
+        lines.append("Control: not run (it needs the sgpo and self_sharpen arms).")
+    else:
+        verdict = "at or above" if control >= 0 else "BELOW"
+        lines.append(
+            f"Control: SGPO - self-sharpening = {control:+.1f} ± {summary['sigma_sgpo_minus_self_sharpening']:.1f} "
+            f"points: SGPO is {verdict} the control (chosen = the policy's own greedy answer, the same gate, no "
+            "improver); what lies above it is what the improver adds."
+        )
+    if summary.get("step1_updates") is not None:
+        lines.append(
+            f"Step 1: {summary['step1_updates']} updates of the improver ({summary['step1_minutes']:.0f} min per "
+            f"seed, drafting included), alone {summary['step1_only_gain']:+.1f} points over the start "
+            "(sgpo_step1_only); SGPO's gain beyond it is Step 2's."
+        )
+    if summary.get("pair_precision") is not None:
+        lines.append(
+            f"Pair precision: of the SGPO default's DPO pairs the checker tells apart, "
+            f"{100 * summary['pair_precision']:.0f}% have the better side chosen (the checker is a diagnostic only)."
+        )
+    return lines
 
 
 def gate_and_goal_lines(summary: dict) -> list[str]:
@@ -152,6 +190,7 @@ def markdown_table(report: dict) -> str:
         f"{100 * room['pass_at_k']:.1f}%, {100 * room['mixed']:.0f}% of prompts solved by some but not all samples.",
         "",
         *gate_and_goal_lines(summary),
+        *control_lines(summary),
         grid_line(report),
         "",
         "The headline is the prompt-level accuracy of *sampled* answers (every constraint met and the request "
