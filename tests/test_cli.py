@@ -195,3 +195,18 @@ def test_a_refusal_under_accelerate_launch_is_one_line_without_a_traceback(tmp_p
     assert done.returncode != 0
     assert [line for line in lines if "trl-sgpo: error:" in line] == lines[-1:], lines
     assert "is not a folder" in lines[-1] and not any("Traceback" in line for line in lines), lines
+
+
+def test_use_peft_at_the_full_fine_tuning_rate_gets_the_lora_rates_and_says_so(caplog, tmp_path):
+    from trl_sgpo.cli.command import LORA_RATES, apply_lora_rates
+    from trl_sgpo.config import SGPOConfig
+
+    args = SGPOConfig(output_dir=str(tmp_path), use_cpu=True)
+    with caplog.at_level("WARNING"):
+        changed = apply_lora_rates(args, use_peft=True)
+    assert changed == LORA_RATES and (args.learning_rate, args.improver_learning_rate) == tuple(LORA_RATES.values())
+    assert "would barely move a LoRA adapter" in caplog.text and "--learning_rate 0.0001" in caplog.text
+    own = SGPOConfig(output_dir=str(tmp_path), use_cpu=True, learning_rate=2e-5, improver_learning_rate=1e-4)
+    assert apply_lora_rates(own, use_peft=True) == {} and own.learning_rate == 2e-5  # the user's rates stay
+    full = SGPOConfig(output_dir=str(tmp_path), use_cpu=True)
+    assert apply_lora_rates(full, use_peft=False) == {} and full.learning_rate == 5e-7

@@ -50,6 +50,7 @@ class RunSummary(TrainerCallback):
         self.reduce, self.readiness = reduce, readiness
         self.counts = RunCounts()
         self.figures: dict = {}
+        self.said_truncation = False
 
     def on_step_record(self, record: StepRecord) -> None:
         counts = self.counts
@@ -58,6 +59,14 @@ class RunSummary(TrainerCallback):
             return
         counts.drafted += len(record.pair_verdicts)
         counts.kept += record.pair_verdicts.count("kept")
+        if not self.said_truncation and record.pair_verdicts.count("truncated") > len(record.pair_verdicts) / 2:
+            self.said_truncation = True  # said at the first DPO step that loses most pairs this way, not at the end
+            logger.warning(
+                "%d of this step's %d DPO pairs were dropped because a side was cut at the length limit (no end of "
+                "turn): raise max_new_tokens / improver_max_new_tokens to fit the answers. Said once.",
+                record.pair_verdicts.count("truncated"),
+                len(record.pair_verdicts),
+            )
         counts.dropped.update(verdict for verdict in record.pair_verdicts if verdict != "kept")
         if record.rewrites is not None and "sgpo/rewrite_closer" in record.stats:
             counts.closer += record.stats["sgpo/rewrite_closer"]
