@@ -318,7 +318,7 @@ def _train(script_args, training_args, model_args, data) -> dict:
     if builtin:
         from ..toy import TOY_CHECKPOINT_DIR, TOY_IMPROVER_TEMPLATE, make_dataset, toy_checkpoint_metadata
 
-        torch.set_num_threads(1)  # a 0.9M-parameter model runs faster on one thread than on contended cores
+        torch.set_num_threads(1)  # a 0.67M-parameter model runs faster on one thread than on contended cores
         if training_args.improver_template == SGPOConfig.improver_template:
             training_args.improver_template = TOY_IMPROVER_TEMPLATE
         if training_args.improver_instruction == SGPOConfig.improver_instruction:
