@@ -1,8 +1,9 @@
 """The headline paths on a real instruct model, SmolLM2-135M-Instruct (the `smollm2_dir` fixture), a few small steps
 each, every run reloading what it saved:
 
-- the README's real-model command, exactly as written (`accelerate launch examples/sgpo.py ... --use_peft`):
-  LoRA, conversational data, the next-turn format that `auto` picks for SmolLM2's ChatML template;
+- the README's real-model commands, exactly as written (`accelerate launch examples/sgpo.py ... --use_peft`): Step 1
+  alone, saved merged, then Step 2 from it; LoRA at the command line's LoRA rates, conversational data, the next-turn
+  format that `auto` picks for SmolLM2's ChatML template;
 - the Python API: full fine-tuning, `messages` data, the template format, gradient checkpointing on.
 """
 
@@ -18,8 +19,8 @@ import torch
 
 
 ROOT = Path(__file__).resolve().parents[1]
-README_COMMAND = re.compile(
-    r"^accelerate launch examples/sgpo\.py --model_name_or_path ~/\.cache/trl_sgpo/\S+ .*$", re.M
+README_COMMANDS = re.compile(
+    r"^accelerate launch examples/sgpo\.py --model_name_or_path (?:~/\.cache/trl_sgpo/\S+|smol-step1) .*$", re.M
 )
 
 
@@ -50,32 +51,53 @@ def _generates(model, tokenizer) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_the_readme_command_trains_a_lora_adapter_on_smollm2(smollm2_dir, tmp_path):
-    (command,) = README_COMMAND.findall((ROOT / "README.md").read_text(encoding="utf-8"))
-    argv = shlex.split(command)
-    argv[argv.index("--model_name_or_path") + 1] = smollm2_dir  # the README's path, wherever the cache is here
-    argv[argv.index("examples/sgpo.py")] = str(ROOT / "examples" / "sgpo.py")
-    _write_conversational(tmp_path / "data.jsonl", 16)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    completed = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=880, env=env)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    output = completed.stdout + completed.stderr
-    assert "improver_format='auto': using 'next_turn'" in output  # said, at warning level
-    out = tmp_path / "out"
-    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
-    card = (out / "README.md").read_text(encoding="utf-8")
-    assert "| `improver_format` | `next_turn` |" in card  # the format used, not 'auto'
-
+@pytest.mark.timeout(1200)
+def test_the_readme_commands_train_step_1_then_a_lora_adapter_on_smollm2(smollm2_dir, tmp_path):
     from peft import PeftModel
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2_dir), out)
-    assert isinstance(_generates(model, tokenizer), str)
-    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
-    phases = state["stateful_callbacks"]["SGPOPhaseCallback"]["attributes"]["phase_runs"]
-    assert phases == [["improver", 1], ["dpo", 3]]  # Step 1 (10% of 4 steps, rounded up), then DPO
+    from trl_sgpo.cli.command import LORA_RATES
+
+    step1_command, step2_command = README_COMMANDS.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+    _write_conversational(tmp_path / "data.jsonl", 16)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    outputs = []
+    for command in (step1_command, step2_command):
+        argv = shlex.split(command)
+        if "~" in argv[argv.index("--model_name_or_path") + 1]:
+            argv[argv.index("--model_name_or_path") + 1] = smollm2_dir  # the README's path, wherever the cache is
+        argv[argv.index("examples/sgpo.py")] = str(ROOT / "examples" / "sgpo.py")
+        completed = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=1100, env=env)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        outputs.append(completed.stdout + completed.stderr)
+    step1, step2 = tmp_path / "smol-step1", tmp_path / "smol-sgpo"
+    # Step 1: every step trained the improver; the adapter was merged into an ordinary model folder that moved.
+    assert "would barely move a LoRA adapter" in outputs[0]  # the LoRA rates, said
+    assert (step1 / "model.safetensors").is_file() and not (step1 / "adapter_config.json").exists()
+    argv = shlex.split(step1_command)
+    rows, batch = len(_addition_rows(16)), int(argv[argv.index("--per_device_train_batch_size") + 1])
+    assert f"SGPO run: {-(-rows // batch)} improver (Step 1) steps, 0 DPO steps." in outputs[0]
+    merged, base = (AutoModelForCausalLM.from_pretrained(folder) for folder in (step1, smollm2_dir))
+    assert not torch.equal(
+        merged.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight
+    )
+    # Step 2: DPO steps only, pairs kept, an adapter that moved, said where it went.
+    output = outputs[1]
+    assert "improver_format='auto': using 'next_turn'" in output  # said, at warning level
+    kept = re.search(r"DPO pairs: (\d+) kept of (\d+) drafted", output)
+    assert kept and int(kept.group(1)) > 0, output[-3000:]
+    assert f"saved to {step2}" in output
+    # Adam's first update moves every parameter with a gradient by the learning rate (bias-corrected m/sqrt(v) is
+    # the gradient's sign): lora_B starts at zero, so its largest element is about the rate after 4 steps; at TRL's
+    # full-fine-tuning default (5e-7) it would stay 200 times smaller.
+    adapter = load_file(step2 / "adapter_model.safetensors")
+    largest = max(float(t.abs().max()) for name, t in adapter.items() if "lora_B" in name)
+    assert largest >= 0.5 * LORA_RATES["learning_rate"], largest
+    card = (step2 / "README.md").read_text(encoding="utf-8")
+    assert "| `improver_format` | `next_turn` |" in card and "library_name: peft" in card
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(step1), step2)
+    assert isinstance(_generates(model, AutoTokenizer.from_pretrained(step2)), str)
 
 
 @pytest.mark.slow
