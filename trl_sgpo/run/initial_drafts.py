@@ -1,12 +1,12 @@
 """Step 1 on the initial policy's drafts, sampled once up front (`SGPOConfig.improver_warmup_drafts="initial"`).
 
 The paper's Figure 1 builds Step 1's data from the *initial* policy: each prompt's draft `y` is sampled before the
-improver is trained, and the improver learns to rewrite those drafts toward the SFT references. The default
-(``"fresh"``) samples new drafts from the current model at every Step 1 step, as the DPO steps do. With
-``"initial"``, the first Step 1 step samples, before any update, drafts for a pool of training rows: as many as
+improver is trained, and the improver learns to rewrite those drafts toward the SFT references. With ``"initial"``
+(the default), the first Step 1 step samples, before any update, drafts for a pool of training rows: as many as
 Step 1 can use (its length, or its cap with `improver_ready_at`, times the rows of a step), at most the whole data
 set. Step 1's steps then train on those drafts in turn, cycling when Step 1 outlasts the pool; no Step 1 step
-generates. The pool is freed when Step 1 ends.
+generates. The pool is freed when Step 1 ends. ``"fresh"`` samples new drafts from the current model at every Step 1
+step instead, as the DPO steps do.
 """
 
 import time
