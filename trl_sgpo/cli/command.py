@@ -313,7 +313,7 @@ def use_all_cores_under_accelerate(training_args) -> int | None:
 
 
 def _train(script_args, training_args, model_args, data) -> dict:
-    console = Console()
+    console = Console(soft_wrap=True)  # a saved path stays on one line, whatever the terminal width
     builtin = data is None
     if builtin:
         from ..toy import TOY_CHECKPOINT_DIR, TOY_IMPROVER_TEMPLATE, make_dataset, toy_checkpoint_metadata
