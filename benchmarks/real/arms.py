@@ -11,7 +11,7 @@ from benchmarks.protocol.arms import load_start, run_sgpo, supervised_updates, t
 from benchmarks.protocol.runs import Job, RunResult
 from benchmarks.real.evaluation import headroom, scores
 from benchmarks.real.start import lora_config, sft_batch
-from benchmarks.real.step1 import Step1Settings, real_step1_dir
+from benchmarks.real.step1 import QUICK_STEP1, Step1Settings, real_step1_dir
 from benchmarks.real.task import Row, conversational, make_splits, prompt_from_json
 
 
@@ -100,27 +100,28 @@ def _run_sft(job: Job, model, tokenizer, rows) -> tuple[object, dict]:
     return model, {}
 
 
-def step1_settings(arm: str, seed: int) -> Step1Settings | None:
-    """The Step 1 an SGPO arm starts from (its seed; the target its Step 2 uses), or None (no Step 1)."""
+def step1_settings(arm: str, seed: int, quick: bool = False) -> Step1Settings | None:
+    """The Step 1 an SGPO arm starts from (its seed; the target its Step 2 uses), or None (no Step 1). ``quick``: CI's
+    few-row Step 1 on the stand-in start."""
     method, overrides = ARMS[arm]
     if method != "sgpo" or (overrides or {}).get("step1") is False:
         return None
     from trl_sgpo import SGPOConfig
 
     target = (overrides or {}).get("improver_target", SGPOConfig.improver_target)
-    return replace(STEP1, seed=seed, target=target)
+    return replace(QUICK_STEP1 if quick else STEP1, seed=seed, target=target)
 
 
-def same_updates_steps(settings: Settings) -> int:
+def same_updates_steps(settings: Settings, quick: bool = False) -> int:
     """Updates of ``batch_size`` prompts that hold as many prompts as SGPO's Step 1 and Step 2 together."""
-    return settings.steps + STEP1.rows // settings.batch_size
+    return settings.steps + (QUICK_STEP1 if quick else STEP1).rows // settings.batch_size
 
 
 def _run_sgpo(job: Job, model, tokenizer, rows, overrides: dict) -> tuple[object, dict]:
     """SGPO's Step 2 with the arm's overrides on a fresh LoRA adapter, from the arm's Step 1 (loaded here in place of
     the start) or, without one, from the start with no Step 1 at all."""
     overrides = {key: value for key, value in overrides.items() if key != "step1"}
-    step1 = step1_settings(job.arm, job.seed)
+    step1 = step1_settings(job.arm, job.seed, _quick(job))
     if step1 is not None:
         model, tokenizer = load_start(str(real_step1_dir(step1, quick=_quick(job))))
     config = {"improver_warmup_steps": 0, **overrides}
@@ -148,9 +149,9 @@ def _evaluate(model, tokenizer, split: str, count: int, settings: Settings) -> d
 def run_job(job: Job) -> RunResult:
     """Train one arm from the start and score it on validation (and on test and the held-out family)."""
     if job.arm.endswith("_same_updates"):
-        job = replace(job, settings=replace(job.settings, steps=same_updates_steps(job.settings)))
+        job = replace(job, settings=replace(job.settings, steps=same_updates_steps(job.settings, _quick(job))))
     if job.arm == "sgpo_step1_only":
-        folder = real_step1_dir(step1_settings("sgpo", job.seed), quick=_quick(job))
+        folder = real_step1_dir(step1_settings("sgpo", job.seed, _quick(job)), quick=_quick(job))
         model, tokenizer = load_start(str(folder))
         diagnostics = {"step1_updates": json.loads((folder / "build.json").read_text())["updates"]}
         seconds = json.loads((folder / "build.json").read_text())["seconds"]

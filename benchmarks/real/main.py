@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
     arms = [arm for arm in ARMS if arm in args.arms or has_saved_runs(cache_dir, arm)]
     # Step 1 once per seed and target, before the workers start (two workers must not build one folder at once).
     steps1 = {
-        step1 for arm in args.arms if arm in ARMS for seed in settings.seeds if (step1 := step1_settings(arm, seed))
+        step1
+        for arm in args.arms
+        if arm in ARMS
+        for seed in settings.seeds
+        if (step1 := step1_settings(arm, seed, args.quick))
     }
     for step1 in sorted(steps1, key=lambda step1: (step1.seed, step1.target)):
         print(f"Step 1 ({step1.target}, seed {step1.seed}): {real_step1_dir(step1, quick=args.quick)}", flush=True)
