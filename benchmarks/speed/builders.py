@@ -137,7 +137,13 @@ def build_trainer(arm: str, settings: Settings, tokenizer, model, dataset, outpu
             schedule = (
                 {"improver_warmup_steps": 0, "improver_steps": 0, "dpo_steps": 1}  # whatever the default warm-up
                 if expected == "dpo"
-                else {"improver_warmup_steps": 10**9, "improver_steps": 1, "dpo_steps": 1}
+                # the improver step that samples its drafts (the default Step 1 samples a pool once, up front)
+                else {
+                    "improver_warmup_steps": 10**9,
+                    "improver_steps": 1,
+                    "dpo_steps": 1,
+                    "improver_warmup_drafts": "fresh",
+                }
             )
             config = SGPOConfig(
                 **common, **schedule, improver_format=improver_format, improver_template=improver_template(settings)

@@ -13,8 +13,11 @@ Llama (built from a config), the same prompts, the same batch size and the same 
 - ``sgpo_dpo``: an `SGPOTrainer` DPO-phase step with ``improver_format="next_turn"`` (schedule ``improver_steps=0,
   dpo_steps=1``, the default ``improver_loss_weight`` of 0.3): one policy sample, the rewrite generated on the
   draft's KV cache, DPO loss plus the improver loss, the draft scored inside the improver's forward pass;
-- ``sgpo_improver``: an `SGPOTrainer` improver-phase step, next turn (``improver_warmup_steps`` large): one policy
-  sample and a supervised step of the improver role;
+- ``sgpo_improver``: an `SGPOTrainer` improver-phase step, next turn (``improver_warmup_steps`` large, with
+  ``improver_warmup_drafts="fresh"``): one policy sample and a supervised step of the improver role. This is the
+  improver step that generates (Step 1 with fresh drafts, or a refresh step with ``improver_steps`` > 0); Step 1 with
+  the default ``improver_warmup_drafts="initial"`` samples its pool once before its first update and generates
+  nothing per step, so its steps cost this arm's minus its generation;
 - ``sgpo_dpo_template``, ``sgpo_improver_template``: the same with ``improver_format="template"`` (what
   ``improver_format="auto"``, the default, picks for plain-text prompts or a chat template that does not continue the
   policy's prompt; ``--improver-template`` picks its template), for comparison.
