@@ -41,6 +41,20 @@ def test_log_completions_prints_the_rows_of_each_logged_step_with_the_reference(
     assert row["reference"] == word[::-1] and row["response"] == word[::-1] + "x"  # the row's own reference
 
 
+def test_an_improver_step_labels_its_third_column_as_the_target(tmp_path, tokenizer, capsys, monkeypatch):
+    """In improver steps the rows show the training target, not a rewrite: the column says so."""
+    monkeypatch.setenv("COLUMNS", "200")  # rich reads the width when the table prints: titles on one line
+    trainer = _trainer(tmp_path, tokenizer, log_completions=True, num_completions_to_print=2)
+    trainer.sampler = rule_sampler(tokenizer)
+    trainer.train()
+    tables = capsys.readouterr().out.split("SGPO samples, step ")[1:]
+    improver = [table for table in tables if "(improver phase)" in table]
+    dpo = [table for table in tables if "(dpo phase)" in table]
+    assert improver and dpo
+    assert all("improver target" in table and "improved response" not in table for table in improver)
+    assert all("improved response" in table and "improver target" not in table for table in dpo)
+
+
 def test_without_log_completions_no_table_is_shown(tmp_path, tokenizer, capsys):
     trainer = _trainer(tmp_path, tokenizer)
     trainer.sampler = rule_sampler(tokenizer)

@@ -65,6 +65,13 @@ class SGPOSampleTableCallback(TrainerCallback):
 
     COLUMNS = ("prompt", "response", "improved", "reference", "kept")
     TITLES = ("prompt (last turns)", "policy response", "improved response", "reference", "kept")
+    # In improver steps the third column is what the improver is trained to write, not a rewrite it generated.
+    IMPROVER_TITLES = ("prompt (last turns)", "policy response", "improver target", "reference", "kept")
+
+    @classmethod
+    def titles(cls, phase: str) -> tuple[str, ...]:
+        """The column titles of a ``phase`` step's table."""
+        return cls.TITLES if phase == "dpo" else cls.IMPROVER_TITLES
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, every_n_steps: int | None = None, num_rows: int | None = None
@@ -118,7 +125,7 @@ class SGPOSampleTableCallback(TrainerCallback):
         from rich.table import Table
 
         table = Table(title=f"SGPO samples, step {state.global_step} ({samples[0]['phase']} phase)", show_lines=True)
-        for title in self.TITLES:
+        for title in self.titles(samples[0]["phase"]):
             table.add_column(title, overflow="fold")
         for row in samples:
             table.add_row(*(row[column] for column in self.COLUMNS))
