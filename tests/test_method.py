@@ -212,12 +212,21 @@ def test_health_warning_fires_once_when_rewrites_are_rarely_closer(tmp_path, tok
     def identical(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):  # the improver copies the draft
         return same(model, prompt_ids, prompt_mask, "policy")
 
+    def worse(model, prompt_ids, prompt_mask, role, cache=None, **kwargs):  # the improver adds a wrong letter
+        completions = same(model, prompt_ids, prompt_mask, "policy")
+        if role == "improver":
+            for completion in completions:
+                completion.token_ids = completion.token_ids + tokenizer("x", add_special_tokens=False)["input_ids"]
+        return completions
+
     with caplog.at_level(logging.WARNING, logger="trl_sgpo.method.step_stats"):
-        _run_dpo_steps(trainer, identical, REWRITE_HEALTH_WINDOW - 1)
+        # copies make no pair and say nothing of the improver (a right draft kept is right): not counted
+        _run_dpo_steps(trainer, identical, REWRITE_HEALTH_WINDOW + 1)
+        _run_dpo_steps(trainer, worse, REWRITE_HEALTH_WINDOW - 1)
         assert "improver role is not ready" not in caplog.text  # judged only after the window
-        _run_dpo_steps(trainer, identical, 3)
+        _run_dpo_steps(trainer, worse, 3)
     assert caplog.text.count("improver role is not ready") == 1
-    assert "improver_warmup_steps" in caplog.text
+    assert "improver_warmup_only" in caplog.text
 
 
 def test_no_health_warning_when_rewrites_are_closer(tmp_path, tokenizer, caplog):

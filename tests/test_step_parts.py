@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from trl_sgpo.data.prompt_lengths import PromptBudget
 from trl_sgpo.method.objectives import dpo_objective, improver_objective, token_mean_nll
-from trl_sgpo.method.step_stats import RewriteHealth, StepStats, nan_mean, reduce_stats
+from trl_sgpo.method.pairs import filter_pairs
+from trl_sgpo.method.step_stats import RewriteHealth, StepStats, nan_mean, pair_stats, reduce_stats
 from trl_sgpo.records import Completion, ImproverPrompts
 from trl_sgpo.step.scoring import Scorer, drafts_in_tail, packed_attention
 
@@ -102,6 +103,32 @@ def test_rewrite_health_warns_once_after_its_window(caplog):
     quiet.observe(0.1)
     quiet.observe(0.3)  # mean 0.2: not below
     assert quiet.checked
+
+
+def test_rewrite_closer_judges_only_the_rewrites_that_changed_their_draft():
+    """A right draft kept as it is (what keep_plausible targets teach) is no sign of an unready improver: of the
+    rewrites that changed their draft, one moved to the reference and one away from it; the two kept drafts (one
+    right, one wrong) are left out. No rewrite changed: NaN, and the health check waits for a step that says
+    something."""
+    reference = [Completion([1, 2, 3], True)] * 4
+    drafts = [
+        Completion([1, 2, 3], True),
+        Completion([1, 2, 9], True),
+        Completion([1, 2, 9], True),
+        Completion([4], True),
+    ]
+    chosen = [drafts[0], drafts[1], Completion([1, 2, 3], True), Completion([4, 5], True)]
+    stats = StepStats()
+    pair_stats(stats, chosen, drafts, reference, filter_pairs(chosen, drafts))
+    reduced = reduce_stats(stats, ONE_PROCESS)
+    assert reduced["sgpo/rewrite_closer"] == 0.5 and reduced["sgpo/pairs_identical"] == 0.5
+    unchanged = StepStats()
+    pair_stats(unchanged, drafts, drafts, reference, filter_pairs(drafts, drafts))
+    assert math.isnan(reduce_stats(unchanged, ONE_PROCESS)["sgpo/rewrite_closer"])
+    health = RewriteHealth(window=2, warn_below=0.2)
+    health.observe(math.nan)
+    health.observe(0.5)
+    assert not health.checked and health.history == [0.5]
 
 
 # ---------------------------------------------------------------------------------------- end of sequence

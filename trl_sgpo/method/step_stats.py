@@ -85,7 +85,11 @@ def pair_stats(
     pairs: PairFilterResult,
 ) -> None:
     """The DPO pairs: kept and dropped (by reason), their edit distance, and the health signal without a reward:
-    is the chosen side closer to the SFT reference than the draft (``sgpo/rewrite_closer``)?"""
+    of the chosen sides that changed the draft, the share closer to the SFT reference (``sgpo/rewrite_closer``).
+
+    A rewrite equal to its draft is left out: it makes no pair, and an improver trained to keep right drafts (the
+    default ``improver_target="keep_plausible"``) is right to leave them; counting it as "not closer" would read a
+    good improver on a mostly right policy as an unready one. NaN in a step where no rewrite changed its draft."""
     stats.add("sgpo/pairs_kept", [float(k) for k in pairs.keep])
     for reason in DROP_REASONS:
         stats.add(f"sgpo/pairs_{reason}", [float(r == reason) for r in pairs.reasons])
@@ -94,6 +98,7 @@ def pair_stats(
     closer = [
         float(edit_distance(c.token_ids, r.token_ids) < edit_distance(d.token_ids, r.token_ids))
         for c, d, r in zip(chosen, drafts, references)
+        if list(c.token_ids) != list(d.token_ids)
     ]
     stats.add("sgpo/rewrite_closer", closer)
 
@@ -107,9 +112,9 @@ def target_stats(stats: StepStats, sizes: Sequence[float], keep: Sequence[bool])
 class RewriteHealth:
     """Warns once when the improver's rewrites are rarely closer to the references than the drafts they rewrite.
 
-    Judged over the first ``window`` DPO steps from the step values of ``sgpo/rewrite_closer`` (reduced over
-    processes, so every process decides alike): the improver is not ready, and its pairs teach the policy little or
-    the wrong thing.
+    Judged over the first ``window`` DPO steps in which some rewrite changed its draft, from the step values of
+    ``sgpo/rewrite_closer`` (reduced over processes, so every process decides alike): the improver is not ready, and
+    its pairs teach the policy little or the wrong thing.
     """
 
     def __init__(self, window: int = REWRITE_HEALTH_WINDOW, warn_below: float = REWRITE_CLOSER_WARNING_BELOW):
@@ -123,7 +128,7 @@ class RewriteHealth:
             self.observe(record.stats["sgpo/rewrite_closer"])
 
     def observe(self, closer: float) -> None:
-        if self.checked:
+        if self.checked or math.isnan(closer):  # NaN: no rewrite of the step changed its draft
             return
         self.history.append(closer)
         if len(self.history) < self.window:
@@ -132,9 +137,10 @@ class RewriteHealth:
         share = sum(self.history) / len(self.history)
         if share < self.warn_below:
             logger.warning(
-                "Over the first %d DPO steps only %.0f%% of the improver's rewrites were closer to the SFT reference "
-                "than the draft they rewrote (sgpo/rewrite_closer; below %.0f%%). The improver role is not ready: "
-                "lengthen Step 1 (improver_warmup_steps), raise improver_loss_weight, or check improver_template. "
+                "Over the first %d DPO steps only %.0f%% of the improver's rewrites that changed their draft were "
+                "closer to the SFT reference than the draft (sgpo/rewrite_closer; below %.0f%%). The improver role "
+                "is not ready: train Step 1 longer (improver_warmup_only, one pass over the data at its own "
+                "improver_learning_rate), raise improver_loss_weight, or check improver_template. "
                 "See docs/troubleshooting.md.",
                 self.window,
                 100 * share,

@@ -6,6 +6,7 @@ end of training reduces them over processes and says the summary once, on the ma
 ``run_summary`` (the model card shows its figures).
 """
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -68,8 +69,9 @@ class RunSummary(TrainerCallback):
                 len(record.pair_verdicts),
             )
         counts.dropped.update(verdict for verdict in record.pair_verdicts if verdict != "kept")
-        if record.rewrites is not None and "sgpo/rewrite_closer" in record.stats:
-            counts.closer += record.stats["sgpo/rewrite_closer"]
+        closer = record.stats.get("sgpo/rewrite_closer", math.nan)
+        if record.rewrites is not None and not math.isnan(closer):  # NaN: no rewrite changed its draft
+            counts.closer += closer
             counts.closer_steps += 1
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -104,8 +106,8 @@ class RunSummary(TrainerCallback):
             lines.append(f"DPO pairs: {kept} kept of {drafted} drafted ({100 * kept / drafted:.0f}%); dropped: {why}.")
         if figures["rewrite_closer"] is not None:
             lines.append(
-                f"Health: {100 * figures['rewrite_closer']:.0f}% of the improver's rewrites were closer to the "
-                "reference than their draft (sgpo/rewrite_closer)."
+                f"Health: {100 * figures['rewrite_closer']:.0f}% of the improver's rewrites that changed their draft "
+                "were closer to the reference than it (sgpo/rewrite_closer)."
             )
         readiness = figures["readiness"]
         if readiness is not None:
