@@ -117,8 +117,10 @@ class RunSummary(TrainerCallback):
         if drafted and kept < FEW_PAIRS_BELOW * drafted:
             lines.append(
                 f"WARNING: only {kept} of {drafted} DPO pairs were kept: the policy learned little. Raise "
-                "max_new_tokens / improver_max_new_tokens if pairs were 'truncated', lengthen Step 1 if rewrites were "
-                "'identical', or loosen pair_gate if they were 'gated'."
+                "max_new_tokens / improver_max_new_tokens if pairs were 'truncated'; 'identical' rewrites kept their "
+                "draft (right drafts are kept by design with improver_target='keep_plausible': more prompts, or "
+                "prompts the model gets wrong, make more pairs; a longer Step 1 if the drafts were wrong); loosen "
+                "pair_gate if they were 'gated'."
             )
         if figures["dpo_steps"] and figures["dpo_steps"] < REWRITE_HEALTH_WINDOW:
             lines.append(
