@@ -141,3 +141,37 @@ def test_right_defaults_and_prose_pass():
         '| `improver_target` | Target |\n|---|---|\n| `"keep_plausible"` (default) | the draft or the reference |'
     )
     assert wrong_defaults(text) == [] and len(default_claims(text)) == 4
+
+
+# The LoRA rates the command line uses with --use_peft, where the README and the configuration page state them.
+LORA_RATE_CLAIMS = {
+    "README.md": re.compile(
+        r"`--learning_rate (?P<dpo>[\d.e-]+)`, Step 1's `--improver_learning_rate (?P<step1>[\d.e-]+)`"
+    ),
+    "docs/configuration.md": re.compile(
+        r"\| `learning_rate`, LoRA \(`--use_peft`\) \| `(?P<dpo>[\d.e-]+)` for DPO, `improver_learning_rate` "
+        r"`(?P<step1>[\d.e-]+)` for Step 1"
+    ),
+}
+
+
+def lora_rate_claims(text: str, pattern: re.Pattern) -> list[dict[str, float]]:
+    return [
+        {"learning_rate": float(m["dpo"]), "improver_learning_rate": float(m["step1"])} for m in pattern.finditer(text)
+    ]
+
+
+@pytest.mark.parametrize("page", sorted(LORA_RATE_CLAIMS))
+def test_the_stated_lora_rates_are_the_command_lines(page):
+    from trl_sgpo.cli.command import LORA_RATES
+
+    claims = lora_rate_claims((ROOT / page).read_text(), LORA_RATE_CLAIMS[page])
+    assert claims and all(claim == LORA_RATES for claim in claims), (page, claims, LORA_RATES)
+
+
+def test_a_planted_wrong_lora_rate_is_caught():
+    from trl_sgpo.cli.command import LORA_RATES
+
+    planted = "validated for LoRA (`--learning_rate 5e-6`, Step 1's `--improver_learning_rate 3e-4`) instead"
+    (claim,) = lora_rate_claims(planted, LORA_RATE_CLAIMS["README.md"])  # read, and told apart
+    assert claim == {"learning_rate": 5e-6, "improver_learning_rate": 3e-4} and claim != LORA_RATES
