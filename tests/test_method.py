@@ -79,12 +79,26 @@ def test_warmup_must_be_whole_steps_or_a_fraction(tmp_path):
 # -------------------------------------------------------------------------------------------- the SFT mix
 
 
-def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer):
-    """improver NLL + w * policy SFT: its gradient equals the improver-only gradient plus w times the SFT one."""
+@pytest.mark.parametrize(
+    ("sft_target", "improver_format"), [("reference", "template"), ("draft", "template"), ("draft", "next_turn")]
+)
+def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer, sft_target, improver_format):
+    """improver NLL + w * policy SFT: its gradient equals the improver-only gradient plus w times the SFT one, the SFT
+    rows being the references or (``policy_sft_target="draft"``) the policy's own drafts; in the next turn, scored in
+    the improver's packed pass."""
     weight = 0.7
     grads = {}
     for name, sft_weight in (("mixed", weight), ("improver_only", 0.0)):
-        trainer = _trainer(tmp_path / name, tokenizer, improver_steps=1, dpo_steps=0, policy_sft_weight=sft_weight)
+        trainer = _trainer(
+            tmp_path / name,
+            tokenizer,
+            improver_steps=1,
+            dpo_steps=0,
+            policy_sft_weight=sft_weight,
+            policy_sft_target=sft_target,
+            improver_format=improver_format,
+            improver_instruction="improve",
+        )
         trainer.sampler = rule_sampler(tokenizer)
         trainer.model.zero_grad()
         trainer.training_step(trainer.model, _rows())
@@ -94,6 +108,11 @@ def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer):
     rows = _rows()
     prompt_ids, prompt_mask = trainer.layout.tokenize_prompts(trainer.layout.policy_prompt_texts(rows["prompt"]))
     references = [trainer.layout.reference_completion(m[0]["content"]) for m in rows["completion"]]
+    if sft_target == "draft":
+        drafts = trainer.sampler(trainer.model, prompt_ids, prompt_mask, "policy")
+        # The two SFT targets differ, so the choice shows in the gradient.
+        assert [d.token_ids for d in drafts] != [r.token_ids for r in references]
+        references = drafts
     padded = trainer.layout.pad(references)
     logps = trainer.scorer.forward(trainer.model, prompt_ids, prompt_mask, padded.ids, padded.mask)
     loss = token_mean_nll(logps, padded.mask).sum() / 4  # the SFT loss by its definition, over 4 prompts
@@ -102,6 +121,11 @@ def test_mixed_improver_gradient_is_the_sum_of_its_parts(tmp_path, tokenizer):
     assert set(grads["mixed"]) == set(sft)
     assert_gradients_close(grads["mixed"], {name: grads["improver_only"][name] + sft[name] for name in sft})
     assert any(g.abs().sum() > 0 for g in sft.values())  # the SFT part is not a no-op
+
+
+def test_an_unknown_policy_sft_target_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="Unknown policy_sft_target 'drafts'"):
+        make_config(tmp_path, policy_sft_target="drafts")
 
 
 def test_policy_sft_loss_is_logged_in_improver_steps(tmp_path, tokenizer):

@@ -110,3 +110,18 @@ def test_grid_line_tells_a_method_no_rate_helps_from_a_grid_to_extend():
     # the large edge is always a grid to extend
     line = grid_line(_grid_report({"spin": {1e-5: 0.5, 1e-4: 0.6, 1e-3: 0.9}}, 0.95))
     assert "NOT a choice for spin" in line
+
+
+def test_each_sgpo_arm_starts_from_the_step_1_its_overrides_ask_for():
+    """Arms share a Step 1 unless an override changes what Step 1 trains: the draft anchor gets its own (SFT on the
+    drafts), Step 2's SFT switch does not (Step 1 keeps the default), and the controls have none."""
+    from dataclasses import replace
+
+    from benchmarks.real.arms import step1_settings
+
+    default = step1_settings("sgpo", seed=1)
+    assert default.seed == 1 and default.policy_sft_target == "reference" and default.target == "keep_plausible"
+    assert step1_settings("sgpo_draft_anchor", seed=1) == replace(default, policy_sft_target="draft")
+    assert step1_settings("sgpo_no_step2_sft", seed=1) == default
+    assert step1_settings("sgpo_reference_targets", seed=1) == replace(default, target="reference")
+    assert step1_settings("sgpo_no_step1", seed=1) is None and step1_settings("self_sharpen", seed=1) is None

@@ -11,6 +11,7 @@ from trl.experimental.online_dpo import OnlineDPOConfig
 from .config_checks import check_config
 from .data.prompt_lengths import LONG_PROMPT_MODES
 from .method.improver import IMPROVER_FORMATS, TARGET_STRATEGIES
+from .method.objectives import POLICY_SFT_TARGETS
 from .method.pairs import PAIR_GATES, PAIR_SOURCES
 from .method.schedule import WARMUP_DRAFT_SOURCES
 
@@ -157,6 +158,10 @@ class SGPOConfig(OnlineDPOConfig):
             every improver update (our design). One model holds both roles: in our measurements improver-only
             updates erased the policy role of a small model (exact match 38% -> 11% in 100 updates), and this term
             kept it.
+        policy_sft_target (`str`, *optional*, defaults to `"reference"`):
+            What the policy's SFT term trains on (our design). `"reference"`: the dataset's completions.
+            `"draft"`: the policy's own drafts (in Step 1 the initial policy's samples), whose NLL keeps the policy
+            where it started, in expectation, instead of pulling it toward the references' wording.
         chosen_nll_weight (`float`, *optional*, defaults to `0.0`):
             Weight of an NLL term on the chosen side of each kept pair (as in RPO).
 
@@ -361,6 +366,14 @@ class SGPOConfig(OnlineDPOConfig):
         metadata={
             "help": "Weight of the policy's SFT loss on the references mixed into every improver update (0 disables "
             "it). Keeps the policy role intact while the shared model learns the improver role. Our design."
+        },
+    )
+    policy_sft_target: str = field(
+        default="reference",
+        metadata={
+            "help": "What the policy's SFT term trains on: 'reference' (the dataset's completions) or 'draft' (the "
+            "policy's own drafts: an anchor that keeps the policy where it started). Our design.",
+            "choices": list(POLICY_SFT_TARGETS),
         },
     )
     chosen_nll_weight: float = field(

@@ -10,7 +10,7 @@ from trl.import_utils import is_vllm_available
 
 from .data.prompt_lengths import LONG_PROMPT_MODES, PromptBudget
 from .method.improver import IMPROVER_FORMATS, TARGET_STRATEGIES, validate_instruction, validate_template
-from .method.objectives import LOSS_TYPES
+from .method.objectives import LOSS_TYPES, POLICY_SFT_TARGETS
 from .method.pairs import PAIR_GATES, PAIR_SOURCES
 from .method.schedule import WARMUP_DRAFT_SOURCES, PhaseSchedule
 
@@ -65,6 +65,10 @@ def check_config(config) -> None:
         raise ValueError(f"beta must be > 0 (it scales the DPO log-ratio), got {config.beta}.")
     # The schedule's own rules (non-negative lengths, at least one step, a whole or fractional warm-up).
     PhaseSchedule(config.improver_warmup_steps, config.improver_steps, config.dpo_steps, config.num_cycles)
+    if config.policy_sft_target not in POLICY_SFT_TARGETS:
+        raise ValueError(
+            f"Unknown policy_sft_target {config.policy_sft_target!r}: choose one of {list(POLICY_SFT_TARGETS)}."
+        )
     for name in ("improver_loss_weight", "chosen_nll_weight", "policy_sft_weight"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0 (0 disables the term), got {getattr(config, name)}.")

@@ -29,6 +29,8 @@ ARMS: dict[str, tuple[str, dict | None]] = {
     "sgpo_no_gate": ("sgpo", {"pair_gate": "none"}),
     "sgpo_sampled_rewrites": ("sgpo", {"improver_temperature": 1.0}),
     "sgpo_no_step1": ("sgpo", {"step1": False}),
+    "sgpo_draft_anchor": ("sgpo", {"policy_sft_target": "draft"}),  # the policy's SFT term on its own drafts
+    "sgpo_no_step2_sft": ("sgpo", {"policy_sft_weight": 0.0}),  # Step 1 as the default; no SFT term in Step 2
     "sft_same_updates": ("sft", None),  # as many prompts as SGPO's Step 1 and Step 2 together
     "spin_same_updates": ("spin", {"pair_source": "spin"}),
 }
@@ -108,8 +110,10 @@ def step1_settings(arm: str, seed: int, quick: bool = False) -> Step1Settings | 
         return None
     from trl_sgpo import SGPOConfig
 
-    target = (overrides or {}).get("improver_target", SGPOConfig.improver_target)
-    return replace(QUICK_STEP1 if quick else STEP1, seed=seed, target=target)
+    overrides = overrides or {}
+    target = overrides.get("improver_target", SGPOConfig.improver_target)
+    sft_target = overrides.get("policy_sft_target", SGPOConfig.policy_sft_target)
+    return replace(QUICK_STEP1 if quick else STEP1, seed=seed, target=target, policy_sft_target=sft_target)
 
 
 def same_updates_steps(settings: Settings, quick: bool = False) -> int:

@@ -18,7 +18,9 @@ for the same number of updates of the same number of prompts:
 - ``sgpo``: SGPO with the package's defaults, as the paper stages it: Step 1 (benchmarks/real/step1.py: the start's
   drafts of 384 training prompts, one pass of the improver, built once per seed and cached), then Step 2 from it;
 - ``sgpo_step1_only``: Step 1's model scored as it is; ``sgpo_reference_targets``, ``sgpo_no_gate``,
-  ``sgpo_sampled_rewrites``, ``sgpo_no_step1``: each new mechanism switched off in turn;
+  ``sgpo_sampled_rewrites``, ``sgpo_no_step1``: each new mechanism switched off in turn; ``sgpo_draft_anchor``:
+  the policy's SFT term on its own drafts instead of the references (``policy_sft_target="draft"``, Step 1 and 2);
+  ``sgpo_no_step2_sft``: Step 1 as the default, Step 2 without the policy's SFT term (``policy_sft_weight=0``);
 - ``sft_same_updates``, ``spin_same_updates``: SFT and SPIN given as many prompts as SGPO's Step 1 and Step 2.
 
 Each method's learning rate is chosen on validation (first seed), the variants use their method's; test and the
@@ -51,6 +53,7 @@ SGPO_DEFAULTS = (  # the package's defaults the report records for the sgpo arm
     "improver_warmup_drafts",
     "improver_loss_weight",
     "policy_sft_weight",
+    "policy_sft_target",
 )
 
 
@@ -104,8 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in settings.seeds
         if (step1 := step1_settings(arm, seed, args.quick))
     }
-    for step1 in sorted(steps1, key=lambda step1: (step1.seed, step1.target)):
-        print(f"Step 1 ({step1.target}, seed {step1.seed}): {real_step1_dir(step1, quick=args.quick)}", flush=True)
+    for step1 in sorted(steps1, key=lambda step1: (step1.seed, step1.target, step1.policy_sft_target)):
+        folder = real_step1_dir(step1, quick=args.quick)
+        print(f"Step 1 ({step1.target}, SFT on {step1.policy_sft_target}, seed {step1.seed}): {folder}", flush=True)
     report = run_benchmark(
         settings,
         tuple(arms),

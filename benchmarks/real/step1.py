@@ -29,6 +29,7 @@ class Step1Settings:
     temperature: float = 1.0  # the drafts' sampling temperature (the benchmark's)
     max_new_tokens: int = 24
     seed: int = 0
+    policy_sft_target: str = "reference"  # SGPOConfig.policy_sft_target: what the policy's SFT term trains on
 
 
 QUICK_STEP1 = Step1Settings(rows=8, batch_size=4, max_new_tokens=8)
@@ -46,7 +47,10 @@ def step1_train_rows(settings: Step1Settings) -> list[dict]:
 def step1_dir(settings: Step1Settings, quick: bool = False) -> Path:
     """The cached Step 1's folder, named after its settings and its start."""
     start = real_start_dir(quick)
-    digest = hashlib.sha256(json.dumps([asdict(settings), start.name]).encode()).hexdigest()[:8]
+    named = asdict(settings)
+    if named["policy_sft_target"] == "reference":  # the folder name Step 1 had before the field existed
+        del named["policy_sft_target"]
+    digest = hashlib.sha256(json.dumps([named, start.name]).encode()).hexdigest()[:8]
     return default_cache_dir() / f"real-task-step1{'-quick' if quick else ''}-{digest}"
 
 
@@ -69,6 +73,7 @@ def build_step1(settings: Step1Settings, target: Path, quick: bool = False) -> P
         improver_warmup_only=True,
         improver_warmup_drafts="initial",
         improver_target=settings.target,
+        policy_sft_target=settings.policy_sft_target,
         improver_format="next_turn",
         per_device_train_batch_size=settings.batch_size,
         num_train_epochs=1,

@@ -30,6 +30,7 @@ ARMS: dict[str, tuple[str, dict | None]] = {
     "sgpo": ("sgpo", {}),
     "sgpo_no_step1": ("sgpo", {"improver_warmup_steps": 0}),
     "sgpo_no_sft_mix": ("sgpo", {"policy_sft_weight": 0.0}),
+    "sgpo_draft_anchor": ("sgpo", {"policy_sft_target": "draft"}),  # the policy's SFT term on its own drafts
     "sgpo_sees_reference": ("sgpo", {"improver_instruction": "reference: {reference}\nimprove"}),
     "edit_pairs": ("edit_pairs", {"pair_source": "edit"}),
     "sgpo_template": ("sgpo", {"improver_format": "template"}),

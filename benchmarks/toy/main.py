@@ -50,6 +50,7 @@ SGPO_DEFAULTS = (  # the package's defaults the report records for the sgpo arm
     "improver_drop_unchanged",
     "improver_loss_weight",
     "policy_sft_weight",
+    "policy_sft_target",
 )
 
 

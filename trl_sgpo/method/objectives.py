@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 
 LOSS_TYPES = ("sigmoid", "ipo")
+POLICY_SFT_TARGETS = ("reference", "draft")  # what the policy's SFT term in improver updates trains on
 
 
 def preference_loss(

@@ -44,7 +44,7 @@ class ImproverLoss:
         layout: pads the targets.
         settings: the `SGPOConfig` (the target strategy and filter: ``improver_target``, ``improver_alpha``,
             ``improver_drop_unchanged``, ``improver_filter_outliers``, ``improver_outlier_k``; and
-            ``policy_sft_weight``).
+            ``policy_sft_weight``, ``policy_sft_target``).
         reference_logps: the initial policy's (the DPO reference model's) per-token log-probabilities of a batch's
             rows, without gradients: ``keep_plausible`` weighs each draft against its reference with them.
     """
@@ -61,6 +61,14 @@ class ImproverLoss:
         with torch.no_grad():
             means = mean_token_logps(self.reference_logps(batch, rows), rows.mask)
         return means[: len(batch.drafts)], means[len(batch.drafts) :]
+
+    def policy_sft_rows(self, batch: DraftBatch) -> Padded:
+        """What the policy's SFT term trains on (``policy_sft_target``): the references, or the policy's own
+        drafts, whose NLL (samples of the initial policy in Step 1) anchors the policy where it started instead of
+        pulling it toward the references."""
+        if self.settings.policy_sft_target == "draft":
+            return self.layout.pad(batch.drafts)
+        return batch.reference_tokens
 
     def __call__(
         self,
@@ -79,14 +87,14 @@ class ImproverLoss:
         targets, keep, sizes = improver_targets(batch.drafts, batch.references, self.settings, plausibility)
         target_stats(stats, sizes, keep)
         padded = self.layout.pad(targets)
-        scores = self.scorer.improver_scores(model, batch, prompts, padded, pair)
-        references = batch.reference_tokens
+        sft_rows = self.policy_sft_rows(batch)
+        scores = self.scorer.improver_scores(model, batch, prompts, padded, pair, sft_rows)
         loss, values = improver_objective(
             scores.target,
             padded.mask,
             keep,
             scores.reference,
-            references.mask,
+            sft_rows.mask,
             self.settings.policy_sft_weight,
             scale,
         )

@@ -344,25 +344,30 @@ class Scorer:
         return self.forward(model, prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), pair.ids, pair.mask)
 
     def improver_scores(
-        self, model, batch: DraftBatch, prompts: ImproverPrompts, targets: Padded, pair: Padded | None = None
+        self,
+        model,
+        batch: DraftBatch,
+        prompts: ImproverPrompts,
+        targets: Padded,
+        pair: Padded | None = None,
+        sft_rows: Padded | None = None,
     ) -> Scores:
         """Everything the improver objective scores, and what a DPO step can take from the same passes.
 
-        Always the targets (under the improver prompts) and, with ``policy_sft_weight > 0``, the references (under
-        the policy prompts). In a DPO step (``pair``: the rewrites, then the drafts) with next-turn prompts, also the
-        drafts, read inside the improver's own pass, and the rewrites where that pass is packed (`packed_scores`); the
-        DPO loss forwards whatever is missing. Passes run in a fixed order: packed, else improver then reference.
+        Always the targets (under the improver prompts) and, with ``policy_sft_weight > 0``, the policy's SFT rows
+        ``sft_rows`` (under the policy prompts; the references unless given; held in the scores' ``reference``). In
+        a DPO step (``pair``: the rewrites, then the drafts) with next-turn prompts, also the drafts, read inside the
+        improver's own pass, and the rewrites where that pass is packed (`packed_scores`); the DPO loss forwards
+        whatever is missing. Passes run in a fixed order: packed, else improver then reference.
         """
         pair = pair if prompts.next_turn else None
-        scores = self.packed_scores(model, batch, prompts, targets, pair, score_rejected=pair is not None)
+        sft_rows = batch.reference_tokens if sft_rows is None else sft_rows
+        scores = self.packed_scores(model, batch, prompts, targets, pair, pair is not None, sft_rows)
         if scores is None:
             target, rejected = self.improver_logps(model, prompts, targets, pair is not None)
             scores = Scores(rejected=rejected, target=target)
         if self.policy_sft_weight > 0 and scores.reference is None:
-            references = batch.reference_tokens
-            scores.reference = self.forward(
-                model, batch.prompt_ids, batch.prompt_mask, references.ids, references.mask
-            )
+            scores.reference = self.forward(model, batch.prompt_ids, batch.prompt_mask, sft_rows.ids, sft_rows.mask)
         return scores
 
     def improver_logps(
@@ -414,24 +419,26 @@ class Scorer:
         targets: Padded,
         pair: Padded | None,
         score_rejected: bool = True,
+        sft_rows: Padded | None = None,
     ) -> Scores | None:
         """Next turn: everything the step scores under the policy prompt ``x``, in one packed forward pass.
 
         One row per prompt, ``[x | y, new turn, target | y' | reference]`` (``y'`` in DPO steps, the reference when
-        ``policy_sft_weight > 0``), gives the draft's and the target's log-probabilities (the fused next-turn pass),
-        the rewrite's (the DPO chosen side) and the reference's (the policy's SFT loss). None where packing does not
-        apply: the template format (its prompt does not continue ``x``), a single branch, or `packs` says no.
-        Of the conversation branch only the target, and the draft where ``score_rejected`` (else the scores'
-        ``rejected`` is None), are scored: the new turn's instruction is context, its logits are not computed.
+        ``policy_sft_weight > 0``, or the ``sft_rows`` given), gives the draft's and the target's log-probabilities
+        (the fused next-turn pass), the rewrite's (the DPO chosen side) and the SFT rows' (the policy's SFT loss). None
+        where packing does not apply: the template format (its prompt does not continue ``x``), a single branch, or
+        `packs` says no. Of the conversation branch only the target, and the draft where ``score_rejected`` (else the
+        scores' ``rejected`` is None), are scored: the new turn's instruction is context, its logits are not computed.
         """
         sft = self.policy_sft_weight > 0
+        sft_rows = batch.reference_tokens if sft_rows is None else sft_rows
         if not prompts.next_turn or (pair is None and not sft):
             return None
         target_tokens = targets.tokens
         widths = [prompts.ids.size(1) + max(1, *map(len, target_tokens))]
         prompt_width = batch.prompt_ids.size(1)
         if sft:
-            widths.append(prompt_width + max(1, *map(len, batch.reference_tokens.tokens)))
+            widths.append(prompt_width + max(1, *map(len, sft_rows.tokens)))
         if pair is not None:
             widths.append(prompt_width + max(1, *map(len, pair.tokens)))
         if not self.packs(model, max(widths)):
@@ -445,7 +452,7 @@ class Scorer:
         if pair is not None:
             branches.append(pair.tokens[: len(target_tokens)])  # the rewrites (the pair's drafts come after them)
         if sft:
-            branches.append(batch.reference_tokens.tokens)
+            branches.append(sft_rows.tokens)
         before_target = [r + a for r, a in zip(prompts.rejected_lengths, prompts.after_lengths)]
         offsets = torch.arange(max(1, *map(len, conversations))).unsqueeze(0)
         starts = torch.tensor(before_target).unsqueeze(1)
