@@ -17,9 +17,10 @@ prompts per update (improver updates count as updates):
 - ``sgpo``: SGPO with the package's defaults (a short Step 1, then DPO steps; ``improver_format="auto"``, which is the
   next turn of the conversation on this world);
 - ablations of SGPO, each changing one thing: ``sgpo_no_step1`` (no warm-up improver phase), ``sgpo_no_sft_mix``
-  (``policy_sft_weight=0``), ``sgpo_sees_reference`` (the improver's instruction also shows the reference),
-  ``sgpo_template`` (the single-turn template format), and ``edit_pairs`` (chosen = the draft with half of its edits
-  toward the reference applied by arithmetic, no model).
+  (``policy_sft_weight=0``), ``sgpo_draft_anchor`` (the policy's SFT term on its own drafts),
+  ``sgpo_sees_reference`` (the improver's instruction also shows the reference), ``sgpo_template`` (the single-turn
+  template format), and ``edit_pairs`` (chosen = the draft with half of its edits toward the reference applied by
+  arithmetic, no model).
 
 The learning rate of each method is chosen on the validation split from one grid (first seed); the SGPO ablations
 use SGPO's. The chosen settings then run with every seed and are reported on the held-out test split, which plays no
