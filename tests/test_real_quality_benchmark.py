@@ -123,5 +123,7 @@ def test_each_sgpo_arm_starts_from_the_step_1_its_overrides_ask_for():
     assert default.seed == 1 and default.policy_sft_target == "reference" and default.target == "keep_plausible"
     assert step1_settings("sgpo_draft_anchor", seed=1) == replace(default, policy_sft_target="draft")
     assert step1_settings("sgpo_no_step2_sft", seed=1) == default
+    assert step1_settings("sgpo_step1_only", seed=1) == default
+    assert step1_settings("sgpo_draft_anchor_step1_only", seed=1) == replace(default, policy_sft_target="draft")
     assert step1_settings("sgpo_reference_targets", seed=1) == replace(default, target="reference")
     assert step1_settings("sgpo_no_step1", seed=1) is None and step1_settings("self_sharpen", seed=1) is None

@@ -30,6 +30,7 @@ ARMS: dict[str, tuple[str, dict | None]] = {
     "sgpo_sampled_rewrites": ("sgpo", {"improver_temperature": 1.0}),
     "sgpo_no_step1": ("sgpo", {"step1": False}),
     "sgpo_draft_anchor": ("sgpo", {"policy_sft_target": "draft"}),  # the policy's SFT term on its own drafts
+    "sgpo_draft_anchor_step1_only": ("sgpo", None),  # that arm's Step 1, scored without Step 2
     "sgpo_no_step2_sft": ("sgpo", {"policy_sft_weight": 0.0}),  # Step 1 as the default; no SFT term in Step 2
     "sft_same_updates": ("sft", None),  # as many prompts as SGPO's Step 1 and Step 2 together
     "spin_same_updates": ("spin", {"pair_source": "spin"}),
@@ -104,8 +105,8 @@ def _run_sft(job: Job, model, tokenizer, rows) -> tuple[object, dict]:
 
 def step1_settings(arm: str, seed: int, quick: bool = False) -> Step1Settings | None:
     """The Step 1 an SGPO arm starts from (its seed; the target its Step 2 uses), or None (no Step 1). ``quick``: CI's
-    few-row Step 1 on the stand-in start."""
-    method, overrides = ARMS[arm]
+    few-row Step 1 on the stand-in start. A ``<arm>_step1_only`` arm scores ``<arm>``'s Step 1."""
+    method, overrides = ARMS[arm.removesuffix("_step1_only")]
     if method != "sgpo" or (overrides or {}).get("step1") is False:
         return None
     from trl_sgpo import SGPOConfig
@@ -154,8 +155,8 @@ def run_job(job: Job) -> RunResult:
     """Train one arm from the start and score it on validation (and on test and the held-out family)."""
     if job.arm.endswith("_same_updates"):
         job = replace(job, settings=replace(job.settings, steps=same_updates_steps(job.settings, _quick(job))))
-    if job.arm == "sgpo_step1_only":
-        folder = real_step1_dir(step1_settings("sgpo", job.seed, _quick(job)), quick=_quick(job))
+    if job.arm.endswith("_step1_only"):  # the Step 1 of the arm named before the suffix, scored as it is
+        folder = real_step1_dir(step1_settings(job.arm, job.seed, _quick(job)), quick=_quick(job))
         model, tokenizer = load_start(str(folder))
         diagnostics = {"step1_updates": json.loads((folder / "build.json").read_text())["updates"]}
         seconds = json.loads((folder / "build.json").read_text())["seconds"]

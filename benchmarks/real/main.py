@@ -20,7 +20,8 @@ for the same number of updates of the same number of prompts:
 - ``sgpo_step1_only``: Step 1's model scored as it is; ``sgpo_reference_targets``, ``sgpo_no_gate``,
   ``sgpo_sampled_rewrites``, ``sgpo_no_step1``: each new mechanism switched off in turn; ``sgpo_draft_anchor``:
   the policy's SFT term on its own drafts instead of the references (``policy_sft_target="draft"``, Step 1 and 2);
-  ``sgpo_no_step2_sft``: Step 1 as the default, Step 2 without the policy's SFT term (``policy_sft_weight=0``);
+  ``sgpo_draft_anchor_step1_only``: its Step 1 scored as it is; ``sgpo_no_step2_sft``: Step 1 as the default, Step 2
+  without the policy's SFT term (``policy_sft_weight=0``);
 - ``sft_same_updates``, ``spin_same_updates``: SFT and SPIN given as many prompts as SGPO's Step 1 and Step 2.
 
 Each method's learning rate is chosen on validation (first seed), the variants use their method's; test and the
